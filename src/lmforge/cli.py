@@ -1,0 +1,337 @@
+"""`lmforge <stage>`: one subcommand per workflow rule; each logs to MLflow as a child run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+from lmforge.storage import InputError, write_json, write_text
+
+log = logging.getLogger("lmforge")
+
+
+def _json(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+def _job(name: str, params: dict | None = None):
+    from lmforge.tracking import job_run
+
+    return job_run(name, params)
+
+
+def cmd_warmup(args) -> None:
+    """Build DeepSpeed's CPU ops once (about a minute), so jobs and tests don't pay it."""
+    import torch
+
+    from lmforge.model import ModelConfig, Olmo2
+    from lmforge.train import train
+
+    cfg = {"steps": 1, "micro_batch_size": 1, "grad_accum": 1, "lr": 1e-3, "min_lr_ratio": 0.1,
+           "warmup_steps": 0, "weight_decay": 0.0, "grad_clip": 1.0, "zero_stage": 0,
+           "precision": "fp32", "log_every": 1}
+    model = Olmo2(ModelConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2, mlp_hidden=8,
+                              max_seq_len=8))
+    data = torch.zeros(1, 8, dtype=torch.long)
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch)
+        train(model, lambda s, m: (data[:, :-1], data[:, 1:]), cfg, 0, out / "ckpt", out / "m.csv")
+    print("DeepSpeed CPU ops are built")
+
+
+def cmd_make_tasks(args) -> None:
+    from lmforge.tasks import make_tasks
+
+    with _job("make_tasks", args.cfg) as run:
+        run.log_metrics({f"items.{k}": v for k, v in make_tasks(args.out_dir, args.cfg).items()})
+
+
+def cmd_crawl_demo(args) -> None:
+    from lmforge.democrawl import write_demo_crawl
+
+    with _job("crawl_demo", {**args.cfg, "seed": args.seed}) as run:
+        counts = write_demo_crawl(args.out_dir, args.cfg, args.tasks_dir, args.seed)
+        log.info("demo crawl: %s", counts)
+        run.log_metrics({f"records.{k}": v for k, v in counts.items()})
+        run.log_artifact(Path(args.out_dir) / "labels.jsonl.gz")
+
+
+def cmd_extract(args) -> None:
+    from lmforge.extract import extract
+
+    with _job(f"extract/{Path(args.out).name}", {"warc": args.warc, "source": args.source}) as run:
+        result = extract(args.warc, args.out, args.source)
+        write_json(args.report, result)
+        run.log_metrics({"documents": result["documents"],
+                         **{f"skipped.{k}": v for k, v in result["skipped"].items()}})
+
+
+def cmd_tag(args) -> None:
+    from lmforge.taggers import run_tagger
+
+    with _job(f"tag/{args.tagger}/{Path(args.out).name}", {"tagger": args.tagger, **args.cfg}) as run:
+        counts = run_tagger(args.tagger, args.docs, args.out, args.cfg)
+        run.log_metrics({k: v for k, v in counts.items() if "fail" in k or "__" not in k
+                         or args.tagger != "gopher"})
+
+
+def cmd_dedup(args) -> None:
+    from lmforge.dedup import dedup
+
+    with _job(f"dedup/{args.method}", {"method": args.method, "shards": len(args.docs)}) as run:
+        stats = dedup(args.method, args.docs, args.out)
+        log.info("%s: %s", args.method, stats)
+        run.log_metrics(stats)
+
+
+def cmd_mix(args) -> None:
+    from lmforge.mix import mix_shard
+
+    with _job(f"mix/{Path(args.out).parent.name}/{Path(args.out).name}", args.cfg) as run:
+        funnel = mix_shard(args.docs, args.attributes, args.out, args.funnel, args.cfg)
+        log.info("funnel: %s", funnel)
+        run.log_metrics({k.replace(":", "."): v for k, v in funnel.items()})
+
+
+def cmd_funnel(args) -> None:
+    from lmforge.mix import summarize_funnel
+
+    with _job(f"funnel/{Path(args.out_md).parent.name}") as run:
+        total, table = summarize_funnel(args.inputs, args.cfg["exclude"])
+        write_json(args.out_json, total)
+        write_text(args.out_md, table)
+        run.log_metrics({k.replace(":", "."): v for k, v in total.items()})
+        run.log_artifact(args.out_md)
+
+
+def cmd_stats(args) -> None:
+    from lmforge.stats import corpus_stats
+
+    with _job(f"stats/{Path(args.out_dir).name}", args.cfg) as run:
+        summary = corpus_stats(args.docs, args.out_dir, args.cfg)
+        log.info("stats: %s", summary)
+        run.log_metrics(summary)
+        for name in ("summary.md", "length_histogram.png", "domains.png"):
+            run.log_artifact(Path(args.out_dir) / name)
+
+
+def cmd_train_tokenizer(args) -> None:
+    from lmforge.tokenize import train_tokenizer
+
+    params = {"vocab_size": args.vocab_size, "seed": args.seed, "valid_fraction": args.valid_fraction}
+    with _job("train_tokenizer", params) as run:
+        run.log_metrics(train_tokenizer(args.docs, args.out, args.vocab_size, args.seed,
+                                        args.valid_fraction))
+
+
+def cmd_tokenize(args) -> None:
+    from lmforge.tokenize import tokenize_corpus
+
+    with _job("tokenize", {"seed": args.seed, "valid_fraction": args.valid_fraction}) as run:
+        meta = tokenize_corpus(args.docs, args.tokenizer, args.out_dir, args.seed,
+                               args.valid_fraction)
+        log.info("tokens: %s", meta)
+        run.log_metrics(meta["splits"])
+
+
+def cmd_init_model(args) -> None:
+    from lmforge.checkpoint import init_model, save_model
+    from lmforge.storage import atomic_dir, read_json
+
+    vocab = read_json(args.tokens_meta)["vocab_size"]
+    layers = args.cfg["n_layers"] * args.layers_factor
+    with _job(f"init/{Path(args.out).name}", {**args.cfg, "n_layers": layers, "seed": args.seed}) as run:
+        model = init_model(args.cfg, vocab, args.seed, n_layers=layers)
+        with atomic_dir(args.out) as tmp:
+            save_model(model, tmp)
+        run.log_metrics({"params": model.num_params(non_embedding=False),
+                         "non_embedding_params": model.num_params()})
+
+
+def _train_job(name: str, model, batches, args, extra_params: dict, extra_metrics: dict):
+    from lmforge.train import train
+
+    with _job(name, {**args.cfg, **extra_params, "seed": args.seed}) as run:
+        run.log_metrics({"params": model.num_params(non_embedding=False), **extra_metrics})
+        summary = train(model, batches, args.cfg, args.seed, args.out, args.metrics, tracker=run)
+        run.log_metrics({f"summary.{k}": v for k, v in summary.items()})
+        run.log_artifact(args.metrics)
+
+
+def _token_batches(tokens_dir: str, model, cfg: dict, seed: int):
+    import os
+
+    from lmforge.tokenize import open_tokens
+    from lmforge.train import instance_batches
+
+    tokens = open_tokens(Path(tokens_dir) / "train.npy", Path(tokens_dir) / "meta.json")
+    return instance_batches(tokens, model.cfg.max_seq_len, cfg, seed,
+                            rank=int(os.environ.get("RANK", 0)),
+                            world_size=int(os.environ.get("WORLD_SIZE", 1)))
+
+
+def cmd_pretrain(args) -> None:
+    from lmforge.checkpoint import load_model
+
+    model = load_model(args.init)
+    batches = _token_batches(args.tokens_dir, model, args.cfg, args.seed)
+    _train_job("pretrain", model, batches, args, {"init": args.init}, {})
+
+
+def cmd_grow(args) -> None:
+    import torch
+
+    from lmforge.checkpoint import load_model
+    from lmforge.grow import OPERATORS
+    from lmforge.model import causal_lm_loss
+
+    small = load_model(args.checkpoint)
+    grown = OPERATORS[args.operator](small, args.factor)
+    batches = _token_batches(args.tokens_dir, grown, args.cfg, args.seed)
+    probe_inputs, probe_labels = batches(0, 0)
+    with torch.no_grad():
+        before = causal_lm_loss(small(probe_inputs), probe_labels).item()
+        after = causal_lm_loss(grown(probe_inputs), probe_labels).item()
+    log.info("growth %s x%d: loss %.6f -> %.6f", args.operator, args.factor, before, after)
+    if abs(before - after) > 1e-4 * max(1.0, abs(before)):
+        raise RuntimeError(f"growth changed the loss: {before:.6f} -> {after:.6f}")
+    _train_job("grow", grown, batches, args,
+               {"operator": args.operator, "factor": args.factor, "from": args.checkpoint},
+               {"grow.loss_before": before, "grow.loss_after": after})
+
+
+def cmd_sft_data(args) -> None:
+    from lmforge.sft import make_sft_data
+
+    with _job("sft_data", args.cfg) as run:
+        run.log_metrics(make_sft_data(args.mixes, args.out, args.cfg, args.tasks_cfg, args.seed,
+                                      args.valid_fraction))
+
+
+def cmd_sft(args) -> None:
+    from lmforge.checkpoint import load_model
+    from lmforge.sft import sft_batches
+    from lmforge.tokenize import load_tokenizer
+
+    model = load_model(args.checkpoint)
+    batches, info = sft_batches(load_tokenizer(args.tokenizer), args.data, model.cfg.max_seq_len,
+                                args.cfg, args.seed)
+    log.info("sft data: %s", info)
+    _train_job("sft", model, batches, args, {"from": args.checkpoint},
+               {f"data.{k}": v for k, v in info.items()})
+
+
+def cmd_evaluate(args) -> None:
+    import torch
+
+    from lmforge.checkpoint import load_model
+    from lmforge.evaluate import evaluate
+    from lmforge.tokenize import load_tokenizer
+
+    torch.manual_seed(0)
+    with _job(f"evaluate/{args.model_name}/{args.task}", {"task": args.task, **args.cfg}) as run:
+        metrics = evaluate(load_model(args.checkpoint), load_tokenizer(args.tokenizer), args.task,
+                           args.tasks_dir, args.tokens_dir, args.cfg)
+        log.info("%s on %s: %s", args.model_name, args.task, metrics)
+        write_json(args.out, {"model": args.model_name, "task": args.task, "metrics": metrics,
+                              "checkpoint": args.checkpoint})
+        run.log_metrics({f"{args.task}.{k}": v for k, v in metrics.items()})
+
+
+def cmd_eval_summary(args) -> None:
+    from lmforge.evaluate import summary_table
+    from lmforge.storage import read_json
+
+    results = [read_json(p) for p in args.inputs]
+    with _job("eval_summary") as run:
+        table = summary_table(results)
+        write_text(args.out_md, "# Evaluation summary\n\n" + table)
+        rows = [{"model": r["model"], "task": r["task"], **{k: v for k, v in r["metrics"].items()
+                 if isinstance(v, (int, float))}} for r in results]
+        write_json(args.out_json, rows)
+        print(table)
+        run.log_artifact(args.out_md)
+
+
+def cmd_plot_loss(args) -> None:
+    from lmforge.train import plot_loss
+
+    plot_loss(dict(item.split("=", 1) for item in args.metrics), args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lmforge", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name, func, *arguments):
+        p = sub.add_parser(name, help=func.__doc__)
+        for flags, kwargs in arguments:
+            p.add_argument(*flags, **kwargs)
+        p.set_defaults(func=func)
+
+    req = {"required": True}
+    cfg = (["--cfg"], {"type": _json, **req})
+    seed = (["--seed"], {"type": int, **req})
+    out = (["--out"], {**req})
+    out_dir = (["--out-dir"], {**req})
+    docs = (["--docs"], {"nargs": "+", **req})
+    metrics = (["--metrics"], {**req})
+    tokens_dir = (["--tokens-dir"], {**req})
+    add("warmup", cmd_warmup)
+    add("make-tasks", cmd_make_tasks, cfg, out_dir)
+    add("crawl-demo", cmd_crawl_demo, cfg, seed, out_dir, (["--tasks-dir"], req))
+    add("extract", cmd_extract, (["--warc"], req), out, (["--report"], req), (["--source"], req))
+    add("tag", cmd_tag, (["--tagger"], req), (["--docs"], req), out, cfg)
+    add("dedup", cmd_dedup, (["--method"], {"choices": ["dedup_exact", "dedup_url"], **req}), docs,
+        (["--out"], {"nargs": "+", **req}))
+    add("mix", cmd_mix, (["--docs"], req), (["--attributes"], {"nargs": "+", **req}), out,
+        (["--funnel"], req), cfg)
+    add("funnel", cmd_funnel, (["--inputs"], {"nargs": "+", **req}), cfg, (["--out-json"], req),
+        (["--out-md"], req))
+    add("stats", cmd_stats, docs, out_dir, cfg)
+    add("train-tokenizer", cmd_train_tokenizer, docs, out, seed,
+        (["--vocab-size"], {"type": int, **req}), (["--valid-fraction"], {"type": float, **req}))
+    add("tokenize", cmd_tokenize, docs, (["--tokenizer"], req), out_dir, seed,
+        (["--valid-fraction"], {"type": float, **req}))
+    add("init-model", cmd_init_model, cfg, seed, out, (["--tokens-meta"], req),
+        (["--layers-factor"], {"type": int, "default": 1}))
+    add("pretrain", cmd_pretrain, (["--init"], req), tokens_dir, cfg, seed, out, metrics)
+    add("grow", cmd_grow, (["--checkpoint"], req), tokens_dir, cfg, seed, out, metrics,
+        (["--operator"], req), (["--factor"], {"type": int, **req}))
+    add("sft-data", cmd_sft_data, (["--mixes"], {"nargs": "+", **req}), out, cfg,
+        (["--tasks-cfg"], {"type": _json, **req}), seed,
+        (["--valid-fraction"], {"type": float, **req}))
+    add("sft", cmd_sft, (["--checkpoint"], req), (["--data"], req), (["--tokenizer"], req), cfg,
+        seed, out, metrics)
+    add("evaluate", cmd_evaluate, (["--checkpoint"], req), (["--model-name"], req),
+        (["--task"], req), (["--tasks-dir"], req), tokens_dir, (["--tokenizer"], req), cfg, out)
+    add("eval-summary", cmd_eval_summary, (["--inputs"], {"nargs": "+", **req}),
+        (["--out-md"], req), (["--out-json"], req))
+    add("plot-loss", cmd_plot_loss, (["--metrics"], {"nargs": "+", **req}), out)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except (InputError, ValueError, KeyError, FileNotFoundError) as err:
+        print(f"lmforge {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""WARC → Dolma documents.
+
+FastWARC reads the records (gzip per record or plain), Resiliparse decodes the charset and
+extracts the main text. A record that cannot become a document is skipped and counted by
+reason; a truncated or corrupt file ends that file's iteration with a counted error instead of
+killing the job.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+from fastwarc.warc import ArchiveIterator, WarcRecordType
+from resiliparse.extract.html2text import extract_plain_text
+from resiliparse.parse.encoding import bytes_to_str, detect_encoding
+from resiliparse.parse.html import HTMLTree
+
+from lmforge.storage import stable_hash, write_jsonl_gz
+
+log = logging.getLogger(__name__)
+
+HTML_TYPES = ("text/html", "application/xhtml+xml")
+
+
+def _iso(date) -> str:
+    return date.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def iter_documents(warc_path: str | Path, source: str, skips: Counter) -> Iterator[dict]:
+    warc_path = Path(warc_path)
+    try:
+        stream = open(warc_path, "rb")
+    except OSError as err:
+        raise FileNotFoundError(f"cannot open WARC {warc_path}: {err}") from None
+    with stream:
+        records = ArchiveIterator(stream, parse_http=True, verify_digests=False)
+        while True:
+            try:
+                record = next(records)
+            except StopIteration:
+                break
+            except Exception as err:  # fastwarc raises on truncated/corrupt gzip members
+                skips["corrupt_file_tail"] += 1
+                log.warning("%s: stopped reading after a corrupt record: %s", warc_path, err)
+                break
+            doc = _to_document(record, warc_path, source, skips)
+            if doc is not None:
+                yield doc
+
+
+def _to_document(record, warc_path: Path, source: str, skips: Counter) -> dict | None:
+    if record.record_type != WarcRecordType.response:
+        skips[f"record_type:{record.record_type}"] += 1
+        return None
+    url = (record.headers.get("WARC-Target-URI") or "").strip().strip("<>")
+    if not url:
+        skips["no_target_uri"] += 1
+        return None
+    if record.http_headers is None:
+        skips["no_http_headers"] += 1
+        return None
+    status = record.http_headers.status_code
+    if status != 200:
+        skips[f"http_status:{status}"] += 1
+        return None
+    content_type = (record.http_headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    if content_type and content_type not in HTML_TYPES:
+        skips["not_html"] += 1
+        return None
+    try:
+        body = record.reader.read()
+    except Exception:  # a record cut short inside its payload
+        skips["truncated_payload"] += 1
+        return None
+    if not body:
+        skips["empty_payload"] += 1
+        return None
+    html = bytes_to_str(body, detect_encoding(body))
+    text = extract_plain_text(HTMLTree.parse(html), main_content=True, alt_texts=False,
+                              links=False, list_bullets=True).strip()
+    if not text:
+        skips["no_text"] += 1
+        return None
+    record_id = record.headers.get("WARC-Record-ID", "")
+    date = _iso(record.record_date) if record.record_date else None
+    return {
+        "id": stable_hash(f"{warc_path.name}/{record_id}/{url}"),
+        "text": text,
+        "source": source,
+        "added": date,
+        "created": date,
+        "metadata": {
+            "url": url,
+            "warc_record_id": record_id,
+            "warc_file": warc_path.name,
+            "content_type": content_type or None,
+            "length": len(text),
+        },
+    }
+
+
+def extract(warc_path: str | Path, out_path: str | Path, source: str) -> dict:
+    skips: Counter = Counter()
+    kept = write_jsonl_gz(out_path, iter_documents(warc_path, source, skips))
+    for reason, count in sorted(skips.items()):
+        log.info("skipped %d record(s): %s", count, reason)
+    return {"documents": kept, "skipped": dict(sorted(skips.items()))}

@@ -1,0 +1,94 @@
+"""The mixer: documents + attribute files + a mix config → mixed shard, with a drop funnel.
+
+Rules are applied in config order and a dropped document is charged to the first rule that
+drops it, so the funnel adds up. PII spans found by the `pii` tagger are masked in the text.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from lmforge import pii
+from lmforge.storage import InputError, read_json, read_jsonl, write_json, write_jsonl_gz
+
+
+def _aligned(docs_path: Path, attr_paths: list[Path]):
+    """Yield (doc, merged attributes), checking that every attribute file follows the docs."""
+    readers = [read_jsonl(p) for p in attr_paths]
+    for number, doc in enumerate(read_jsonl(docs_path), start=1):
+        merged: dict = {}
+        for path, reader in zip(attr_paths, readers):
+            row = next(reader, None)
+            if row is None or row.get("id") != doc["id"]:
+                raise InputError(
+                    f"{path}: row {number} does not match document {doc['id']!r} of {docs_path}; "
+                    "attribute files must list the same documents in the same order"
+                )
+            merged.update(row.get("attributes") or {})
+        yield doc, merged
+    for path, reader in zip(attr_paths, readers):
+        if next(reader, None) is not None:
+            raise InputError(f"{path}: more rows than documents in {docs_path}")
+
+
+def drop_reason(attributes: dict, rules: list[dict]) -> str | None:
+    for rule in rules:
+        present = bool(attributes.get(rule["attribute"]))
+        if present == (rule.get("when", "present") == "present"):
+            return rule["reason"]
+    return None
+
+
+def mask_pii(doc: dict, attributes: dict) -> tuple[str, int]:
+    spans = [
+        (int(start), int(end), key.split("__", 1)[1])
+        for key, values in attributes.items()
+        if key.startswith("pii__") and key.split("__", 1)[1] in pii.MASKS
+        for start, end, _ in values
+    ]
+    return (pii.mask(doc["text"], spans), len(spans)) if spans else (doc["text"], 0)
+
+
+def mix_shard(docs_path, attr_paths, out_path, funnel_path, cfg: dict) -> dict:
+    funnel: Counter = Counter()
+
+    def kept():
+        for doc, attributes in _aligned(Path(docs_path), [Path(p) for p in attr_paths]):
+            tokens = len(doc["text"].split())
+            funnel["documents_in"] += 1
+            funnel["tokens_in"] += tokens
+            reason = drop_reason(attributes, cfg["exclude"])
+            if reason is not None:
+                funnel[f"dropped_documents:{reason}"] += 1
+                funnel[f"dropped_tokens:{reason}"] += tokens
+                continue
+            if cfg["mask_pii"]:
+                text, masked = mask_pii(doc, attributes)
+                if masked:
+                    doc = {**doc, "text": text}
+                    funnel["pii_spans_masked"] += masked
+            funnel["documents_out"] += 1
+            funnel["tokens_out"] += len(doc["text"].split())
+            yield doc
+
+    write_jsonl_gz(out_path, kept())
+    result = dict(sorted(funnel.items()))
+    write_json(funnel_path, result)
+    return result
+
+
+def summarize_funnel(funnel_paths: list[str | Path], rules: list[dict]) -> tuple[dict, str]:
+    """Add the per-shard funnels; return the total and a markdown table in rule order."""
+    total: Counter = Counter()
+    for path in funnel_paths:
+        total.update(read_json(path))
+    lines = ["| step | documents | whitespace tokens |", "| --- | ---: | ---: |",
+             f"| in | {total['documents_in']} | {total['tokens_in']} |"]
+    for rule in rules:
+        reason = rule["reason"]
+        lines.append(f"| drop: {reason} | -{total[f'dropped_documents:{reason}']} | "
+                     f"-{total[f'dropped_tokens:{reason}']} |")
+    lines.append(f"| out | {total['documents_out']} | {total['tokens_out']} |")
+    lines.append(f"\nPII spans masked: {total['pii_spans_masked']}")
+    return dict(sorted(total.items())), "\n".join(lines) + "\n"

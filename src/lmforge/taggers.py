@@ -1,0 +1,170 @@
+"""Document taggers, registered by name, each writing one Dolma attribute file per shard.
+
+An attribute row is `{"id", "source", "attributes": {"<tagger>__<name>": [[start, end, score]]}}`
+in the same order as the documents file (dolma's contract), so the mixer can zip them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from resiliparse.parse.lang import detect_fast
+
+from lmforge import pii
+from lmforge.storage import read_jsonl, write_jsonl_gz
+
+Attributes = dict[str, list[list[float]]]
+TAGGERS: dict[str, Callable[[dict, dict], Attributes]] = {}
+
+
+def register(name: str):
+    def wrap(fn: Callable[[dict, dict], Attributes]):
+        TAGGERS[name] = fn
+        return fn
+
+    return wrap
+
+
+@register("lang")
+def tag_language(doc: dict, cfg: dict) -> Attributes:
+    """Resiliparse's built-in profiles (no download); the score is the out-of-place rank."""
+    text = doc["text"]
+    lang, rank = detect_fast(text, cutoff=cfg["max_rank"])
+    return {f"lang__{lang}": [[0, len(text), float(rank)]]}
+
+
+@register("pii")
+def tag_pii(doc: dict, cfg: dict) -> Attributes:
+    return {
+        f"pii__{kind}": [[start, end, 1.0] for start, end in spans]
+        for kind, spans in pii.find(doc["text"]).items()
+        if spans
+    }
+
+
+STOP_WORDS = {"the", "be", "to", "of", "and", "that", "have", "with"}
+BULLETS = ("•", "●", "○", "▪", "◦", "‣", "⁃", "-", "*", "–")
+_PARAGRAPH_SPLIT = re.compile(r"\n{2,}")
+
+
+def _dup_fraction(chunks: list[str]) -> tuple[float, float]:
+    """Fraction of chunks that repeat an earlier one, and of characters in those repeats."""
+    seen: set[str] = set()
+    dup_count = dup_chars = 0
+    for chunk in chunks:
+        if chunk in seen:
+            dup_count += 1
+            dup_chars += len(chunk)
+        else:
+            seen.add(chunk)
+    total_chars = sum(len(c) for c in chunks)
+    return dup_count / max(len(chunks), 1), dup_chars / max(total_chars, 1)
+
+
+def _top_ngram_char_fraction(words: list[str], n: int, total_chars: int) -> float:
+    ngrams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+    if not ngrams:
+        return 0.0
+    top, count = ngrams.most_common(1)[0]
+    return count * sum(len(w) for w in top) / max(total_chars, 1)
+
+
+def _dup_ngram_char_fraction(words: list[str], n: int, total_chars: int) -> float:
+    """Characters of words inside repeated n-grams, each word counted once (Gopher, Table A1)."""
+    seen: set[tuple[str, ...]] = set()
+    covered = [False] * len(words)
+    for i in range(len(words) - n + 1):
+        gram = tuple(words[i : i + n])
+        if gram in seen:
+            covered[i : i + n] = [True] * n
+        else:
+            seen.add(gram)
+    return sum(len(w) for w, c in zip(words, covered) if c) / max(total_chars, 1)
+
+
+def gopher_signals(text: str) -> dict[str, float]:
+    words = text.split()
+    content = [w for w in words if any(ch.isalnum() for ch in w)]
+    total_chars = sum(len(w) for w in words)
+    lines = [line.strip() for line in text.split("\n") if line.strip()]
+    paragraphs = [p.strip() for p in _PARAGRAPH_SPLIT.split(text) if p.strip()]
+    signals = {
+        "word_count": float(len(content)),
+        "mean_word_length": sum(map(len, content)) / max(len(content), 1),
+        "symbol_word_ratio": (text.count("#") + text.count("...") + text.count("…"))
+        / max(len(words), 1),
+        "bullet_lines_ratio": sum(line.startswith(BULLETS) for line in lines) / max(len(lines), 1),
+        "ellipsis_lines_ratio": sum(line.endswith(("...", "…")) for line in lines)
+        / max(len(lines), 1),
+        "alpha_words_ratio": sum(any(ch.isalpha() for ch in w) for w in words) / max(len(words), 1),
+        "stop_words": float(sum(w.lower() in STOP_WORDS for w in words)),
+    }
+    (signals["dup_line_fraction"], signals["dup_line_char_fraction"]) = _dup_fraction(lines)
+    (signals["dup_para_fraction"], signals["dup_para_char_fraction"]) = _dup_fraction(paragraphs)
+    for n in (2, 3, 4):
+        signals[f"top_{n}gram_char_fraction"] = _top_ngram_char_fraction(words, n, total_chars)
+    for n in range(5, 11):
+        signals[f"dup_{n}gram_char_fraction"] = _dup_ngram_char_fraction(words, n, total_chars)
+    return signals
+
+
+def gopher_failures(signals: dict[str, float], cfg: dict) -> list[str]:
+    """Names of the Gopher rules a document breaks, under the thresholds in `cfg`."""
+    checks = {
+        "word_count": not cfg["min_words"] <= signals["word_count"] <= cfg["max_words"],
+        "mean_word_length": not cfg["min_mean_word_length"]
+        <= signals["mean_word_length"]
+        <= cfg["max_mean_word_length"],
+        "symbol_word_ratio": signals["symbol_word_ratio"] > cfg["max_symbol_word_ratio"],
+        "bullet_lines_ratio": signals["bullet_lines_ratio"] > cfg["max_bullet_lines_ratio"],
+        "ellipsis_lines_ratio": signals["ellipsis_lines_ratio"] > cfg["max_ellipsis_lines_ratio"],
+        "alpha_words_ratio": signals["alpha_words_ratio"] < cfg["min_alpha_words_ratio"],
+        "stop_words": signals["stop_words"] < cfg["min_stop_words"],
+        "dup_line_fraction": signals["dup_line_fraction"] > cfg["max_dup_line_fraction"],
+        "dup_para_fraction": signals["dup_para_fraction"] > cfg["max_dup_para_fraction"],
+        "dup_line_char_fraction": signals["dup_line_char_fraction"]
+        > cfg["max_dup_line_char_fraction"],
+        "dup_para_char_fraction": signals["dup_para_char_fraction"]
+        > cfg["max_dup_para_char_fraction"],
+    }
+    for n, limit in cfg["max_top_ngram_char_fraction"].items():
+        checks[f"top_{n}gram_char_fraction"] = signals[f"top_{n}gram_char_fraction"] > limit
+    for n, limit in cfg["max_dup_ngram_char_fraction"].items():
+        checks[f"dup_{n}gram_char_fraction"] = signals[f"dup_{n}gram_char_fraction"] > limit
+    return [name for name, failed in checks.items() if failed]
+
+
+@register("gopher")
+def tag_gopher(doc: dict, cfg: dict) -> Attributes:
+    """Gopher quality and repetition signals, the rules each breaks, and one reject flag."""
+    text = doc["text"]
+    end = len(text)
+    signals = gopher_signals(text)
+    attrs = {f"gopher__{name}": [[0, end, round(value, 6)]] for name, value in signals.items()}
+    failures = gopher_failures(signals, cfg)
+    for name in failures:
+        attrs[f"gopher__fail_{name}"] = [[0, end, 1.0]]
+    if failures:
+        attrs["gopher__reject"] = [[0, end, 1.0]]
+    return attrs
+
+
+def run_tagger(name: str, docs_path: str | Path, out_path: str | Path, cfg: dict) -> dict:
+    if name not in TAGGERS:
+        raise KeyError(f"unknown tagger {name!r}; registered: {sorted(TAGGERS)}")
+    tagger = TAGGERS[name]
+    counts: Counter = Counter()
+
+    def rows():
+        for doc in read_jsonl(docs_path):
+            attrs = tagger(doc, cfg)
+            counts["documents"] += 1
+            for key in attrs:
+                counts[key] += 1
+            yield {"id": doc["id"], "source": doc.get("source"), "attributes": attrs}
+
+    write_jsonl_gz(out_path, rows())
+    return dict(sorted(counts.items()))

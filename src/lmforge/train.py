@@ -1,0 +1,180 @@
+"""The training loop: a DeepSpeed engine over an OLMo 2 model, shared by pretrain, grow and SFT.
+
+On a machine without GPUs DeepSpeed picks its CPU accelerator and the gloo backend; the same
+code runs under the `deepspeed` launcher on a GPU cluster, where ZeRO stage and bf16 come from
+the config.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmforge.checkpoint import save_model
+from lmforge.model import Olmo2, causal_lm_loss
+from lmforge.storage import atomic_dir, atomic_path, write_json
+
+log = logging.getLogger(__name__)
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def _ensure_distributed_env() -> None:
+    """Outside a launcher, describe a one-process world so DeepSpeed can start gloo."""
+    if "RANK" in os.environ:
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+
+
+def lr_lambda(step: int, cfg: dict) -> float:
+    """Linear warm-up, then cosine decay to min_lr_ratio × lr (OLMo 2's schedule)."""
+    warmup, total = cfg["warmup_steps"], cfg["steps"]
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    floor = cfg["min_lr_ratio"]
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def param_groups(model: Olmo2, weight_decay: float) -> list[dict]:
+    """No weight decay on norms and embeddings (OLMo 2)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (no_decay if param.ndim < 2 or "embed_tokens" in name else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def deepspeed_config(cfg: dict, world_size: int) -> dict:
+    return {
+        "train_micro_batch_size_per_gpu": cfg["micro_batch_size"],
+        "gradient_accumulation_steps": cfg["grad_accum"],
+        "train_batch_size": cfg["micro_batch_size"] * cfg["grad_accum"] * world_size,
+        "gradient_clipping": cfg["grad_clip"],
+        "zero_optimization": {"stage": cfg["zero_stage"]},
+        "bf16": {"enabled": cfg["precision"] == "bf16"},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def instance_batches(tokens: np.ndarray, seq_len: int, cfg: dict, seed: int, rank: int = 0,
+                     world_size: int = 1) -> Callable[[int, int], Batch]:
+    """OLMo's data order: the token array cut into `seq_len` instances, shuffled per epoch by a
+    seeded permutation; each optimizer step takes the next global batch, split across ranks."""
+    n_instances = len(tokens) // seq_len
+    if n_instances == 0:
+        raise ValueError(f"{len(tokens)} tokens make no instance of {seq_len} tokens")
+    micro = cfg["micro_batch_size"]
+    per_step = micro * cfg["grad_accum"] * world_size
+    orders: dict[int, np.ndarray] = {}
+
+    def order(epoch: int) -> np.ndarray:
+        if epoch not in orders:
+            orders[epoch] = np.random.default_rng([seed, epoch]).permutation(n_instances)
+        return orders[epoch]
+
+    def batch(step: int, micro_step: int) -> Batch:
+        start = step * per_step + (micro_step * world_size + rank) * micro
+        rows = []
+        for position in range(start, start + micro):
+            epoch, offset = divmod(position, n_instances)
+            index = int(order(epoch)[offset])
+            rows.append(np.asarray(tokens[index * seq_len : (index + 1) * seq_len], dtype=np.int64))
+        data = torch.from_numpy(np.stack(rows))
+        return data[:, :-1], data[:, 1:]
+
+    return batch
+
+
+def train(model: Olmo2, batches: Callable[[int, int], Batch], cfg: dict, seed: int,
+          checkpoint_dir: str | Path, metrics_path: str | Path, tracker=None) -> dict:
+    """Train for cfg['steps'] optimizer steps; write the checkpoint and a metrics CSV atomically."""
+    _ensure_distributed_env()
+    import deepspeed
+
+    torch.manual_seed(seed)
+    deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl",
+                               verbose=False)
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    optimizer = torch.optim.AdamW(param_groups(model, cfg["weight_decay"]), lr=cfg["lr"],
+                                  betas=(0.9, 0.95), eps=1e-8)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, cfg))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                           lr_scheduler=scheduler,
+                                           config=deepspeed_config(cfg, world_size))
+    rows, started, tokens_seen = [], time.perf_counter(), 0
+    window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+    for step in range(cfg["steps"]):
+        step_loss = 0.0
+        for micro_step in range(cfg["grad_accum"]):
+            inputs, labels = batches(step, micro_step)
+            inputs, labels = inputs.to(engine.device), labels.to(engine.device)
+            loss = causal_lm_loss(engine(inputs), labels)
+            engine.backward(loss)
+            engine.step()
+            step_loss += loss.item() / cfg["grad_accum"]
+            tokens = int((labels != -100).sum())
+            tokens_seen += tokens
+            window_tokens += tokens
+        window_loss += step_loss
+        if (step + 1) % cfg["log_every"] == 0 or step + 1 == cfg["steps"]:
+            n = (step % cfg["log_every"]) + 1
+            elapsed = time.perf_counter() - window_start
+            row = {"step": step + 1, "loss": window_loss / n, "lr": scheduler.get_last_lr()[0],
+                   "tokens": tokens_seen, "tokens_per_s": window_tokens / max(elapsed, 1e-9)}
+            rows.append(row)
+            log.info("step %(step)d loss %(loss).4f lr %(lr).2e tok/s %(tokens_per_s).0f", row)
+            if tracker is not None:
+                tracker.log_metrics({"train/loss": row["loss"], "train/lr": row["lr"],
+                                     "train/tokens_per_s": row["tokens_per_s"]}, step=step + 1)
+            window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+    summary = {"steps": cfg["steps"], "tokens_seen": tokens_seen,
+               "final_loss": rows[-1]["loss"], "seconds": time.perf_counter() - started}
+    with atomic_dir(checkpoint_dir) as tmp:
+        save_model(engine.module, tmp)
+        # Full engine state (optimizer moments, scheduler, step) for exact continuation.
+        engine.save_checkpoint(str(tmp / "deepspeed"), tag="final")
+        write_json(tmp / "trainer_state.json", {**summary, "seed": seed, "config": cfg})
+    write_metrics(metrics_path, rows)
+    return summary
+
+
+def write_metrics(path: str | Path, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_loss(metrics_paths: dict[str, str | Path], out_path: str | Path) -> None:
+    """One loss-curve figure for the report."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for label, path in metrics_paths.items():
+        with open(path) as handle:
+            data = list(csv.DictReader(handle))
+        ax.plot([int(r["step"]) for r in data], [float(r["loss"]) for r in data], label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(out_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)

@@ -1,0 +1,97 @@
+import glob
+import json
+import os
+from pathlib import Path
+
+from lmforge import tracking
+
+R = config["results"]
+SOURCE = config["crawl"]["name"]
+MIX = config["tokenizer"]["mix"]
+SEED = config["seed"]
+
+
+def crawl_shards():
+    """Shard name -> WARC path: the demo crawl's shards, or one per matched WARC file."""
+    if config["crawl"]["source"] == "demo":
+        n = config["crawl"]["demo"]["shards"]
+        return {f"shard-{i:04d}": f"{R}/crawl/demo/shard-{i:04d}.warc.gz" for i in range(n)}
+    paths = sorted({p for g in config["crawl"]["warc_paths"] for p in glob.glob(g)})
+    if not paths:
+        raise ValueError("crawl.source is 'warc' but crawl.warc_paths matches no file")
+    return {f"shard-{i:04d}": p for i, p in enumerate(paths)}
+
+
+SHARDS = crawl_shards()
+
+
+def cfg_json(*keys):
+    """A config section as JSON: as a param it reruns a rule when that section changes."""
+    value = config
+    for key in keys:
+        value = value[key]
+    return json.dumps(value, sort_keys=True)
+
+
+def code(*modules):
+    """Source files a rule depends on, so editing a stage's code reruns that stage."""
+    return [f"src/lmforge/{m}.py" for m in ("storage",) + modules]
+
+
+def docs(source=SOURCE):
+    return [f"{R}/documents/{source}/{s}.jsonl.gz" for s in SHARDS]
+
+
+def mixed(mix=MIX):
+    return [f"{R}/mixes/{mix}/{s}.jsonl.gz" for s in SHARDS]
+
+
+def checkpoint_path(name):
+    return f"{R}/checkpoints/{name}"
+
+
+def final_targets():
+    targets = [
+        f"{R}/eval/summary.md",
+        f"{R}/train/loss.png",
+        f"{R}/stats/documents-{SOURCE}/summary.md",
+        f"{R}/mixes/{MIX}/funnel.md",
+    ]
+    targets += [f"{R}/stats/mix-{m}/summary.md" for m in config["mixes"]]
+    return targets
+
+
+def _start_mlflow():
+    os.environ["MLFLOW_TRACKING_URI"] = tracking.absolute_sqlite_uri(
+        config["mlflow"]["tracking_uri"], os.getcwd()
+    )
+    os.environ[tracking.ENV_EXPERIMENT] = config["mlflow"]["experiment"]
+    os.environ[tracking.ENV_CONFIG_HASH] = tracking.config_hash(config)
+    os.environ[tracking.ENV_GIT_COMMIT] = tracking.git_commit(workflow.basedir)
+    os.environ[tracking.ENV_PARENT] = tracking.start_parent(
+        config["mlflow"]["experiment"],
+        "snakemake",
+        {
+            "lmforge.git_commit": os.environ[tracking.ENV_GIT_COMMIT],
+            "lmforge.config_hash": os.environ[tracking.ENV_CONFIG_HASH],
+        },
+    )
+
+
+def _end_mlflow(success):
+    if os.environ.get(tracking.ENV_PARENT):
+        tracking.end_parent(os.environ[tracking.ENV_PARENT], success)
+
+
+onstart:
+    _start_mlflow()
+
+
+onsuccess:
+    _end_mlflow(True)
+    print(f"results: {Path(R).resolve()}  (evaluation: {R}/eval/summary.md)")
+    print(f"MLflow:  {os.environ['MLFLOW_TRACKING_URI']}  (mlflow ui --backend-store-uri ...)")
+
+
+onerror:
+    _end_mlflow(False)

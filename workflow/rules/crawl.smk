@@ -1,0 +1,54 @@
+rule make_tasks:
+    input:
+        code("tasks", "sources"),
+    output:
+        cloze=f"{R}/tasks/cloze_mc.jsonl.gz",
+        arith=f"{R}/tasks/arith_gen.jsonl.gz",
+    params:
+        cfg=cfg_json("tasks"),
+        out_dir=f"{R}/tasks",
+    log:
+        f"{R}/logs/make_tasks.log",
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "lmforge make-tasks --cfg {params.cfg:q} --out-dir {params.out_dir} 2> {log}"
+
+
+rule crawl_demo:
+    input:
+        code("democrawl", "sources", "pii", "tasks"),
+        tasks=rules.make_tasks.output,
+    output:
+        warcs=[f"{R}/crawl/demo/shard-{i:04d}.warc.gz" for i in range(config["crawl"]["demo"]["shards"])],
+        labels=f"{R}/crawl/demo/labels.jsonl.gz",
+    params:
+        cfg=cfg_json("crawl", "demo"),
+        seed=SEED,
+        out_dir=f"{R}/crawl/demo",
+        tasks_dir=f"{R}/tasks",
+    log:
+        f"{R}/logs/crawl_demo.log",
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "lmforge crawl-demo --cfg {params.cfg:q} --seed {params.seed} "
+        "--out-dir {params.out_dir} --tasks-dir {params.tasks_dir} 2> {log}"
+
+
+rule extract:
+    input:
+        code("extract"),
+        warc=lambda w: SHARDS[w.shard],
+    output:
+        docs=f"{R}/documents/{{source}}/{{shard}}.jsonl.gz",
+        report=f"{R}/documents/{{source}}/{{shard}}.extract.json",
+    log:
+        f"{R}/logs/extract/{{source}}/{{shard}}.log",
+    benchmark:
+        f"{R}/benchmarks/extract/{{source}}/{{shard}}.tsv"
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "lmforge extract --warc {input.warc} --out {output.docs} --report {output.report} "
+        "--source {wildcards.source} 2> {log}"

@@ -1,0 +1,143 @@
+TOKENS = f"{R}/tokens/{MIX}"
+TRAIN_CODE = code("model", "train", "checkpoint")
+
+
+rule init_model:
+    input:
+        code("model", "checkpoint"),
+        meta=f"{TOKENS}/meta.json",
+    output:
+        directory(f"{R}/checkpoints/{{init}}"),
+    wildcard_constraints:
+        init="init|init-grown",
+    params:
+        cfg=cfg_json("model"),
+        seed=SEED,
+        factor=lambda w: config["grow"]["factor"] if w.init == "init-grown" else 1,
+    log:
+        f"{R}/logs/init_model/{{init}}.log",
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "lmforge init-model --cfg {params.cfg:q} --seed {params.seed} --out {output} "
+        "--tokens-meta {input.meta} --layers-factor {params.factor} 2> {log}"
+
+
+rule pretrain:
+    input:
+        TRAIN_CODE,
+        init=checkpoint_path("init"),
+        tokens=f"{TOKENS}/train.npy",
+        meta=f"{TOKENS}/meta.json",
+    output:
+        checkpoint=directory(checkpoint_path("pretrain")),
+        metrics=f"{R}/train/pretrain/metrics.csv",
+    params:
+        cfg=cfg_json("pretrain"),
+        seed=SEED,
+        tokens_dir=TOKENS,
+    threads: 2
+    log:
+        f"{R}/logs/pretrain.log",
+    benchmark:
+        f"{R}/benchmarks/pretrain.tsv"
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "lmforge pretrain --init {input.init} --tokens-dir {params.tokens_dir} "
+        "--cfg {params.cfg:q} --seed {params.seed} --out {output.checkpoint} "
+        "--metrics {output.metrics} 2> {log}"
+
+
+rule grow:
+    input:
+        TRAIN_CODE,
+        code("grow"),
+        checkpoint=checkpoint_path("pretrain"),
+        tokens=f"{TOKENS}/train.npy",
+    output:
+        checkpoint=directory(checkpoint_path("grow")),
+        metrics=f"{R}/train/grow/metrics.csv",
+    params:
+        cfg=cfg_json("grow", "train"),
+        seed=SEED + 1,
+        operator=config["grow"]["operator"],
+        factor=config["grow"]["factor"],
+        tokens_dir=TOKENS,
+    threads: 2
+    log:
+        f"{R}/logs/grow.log",
+    benchmark:
+        f"{R}/benchmarks/grow.tsv"
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "lmforge grow --checkpoint {input.checkpoint} --tokens-dir {params.tokens_dir} "
+        "--operator {params.operator} --factor {params.factor} --cfg {params.cfg:q} "
+        "--seed {params.seed} --out {output.checkpoint} --metrics {output.metrics} 2> {log}"
+
+
+rule sft_data:
+    input:
+        code("sft", "tasks", "sources"),
+        mixes=mixed(),
+    output:
+        f"{R}/sft/data.jsonl.gz",
+    params:
+        cfg=lambda w: json.dumps(
+            {k: v for k, v in config["sft"].items() if k != "train"}, sort_keys=True
+        ),
+        tasks_cfg=cfg_json("tasks"),
+        seed=SEED,
+        valid=config["tokenizer"]["valid_fraction"],
+    log:
+        f"{R}/logs/sft_data.log",
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "lmforge sft-data --mixes {input.mixes} --out {output} --cfg {params.cfg:q} "
+        "--tasks-cfg {params.tasks_cfg:q} --seed {params.seed} --valid-fraction {params.valid} "
+        "2> {log}"
+
+
+rule sft:
+    input:
+        TRAIN_CODE,
+        code("sft"),
+        checkpoint=checkpoint_path("grow"),
+        data=f"{R}/sft/data.jsonl.gz",
+        tokenizer=f"{R}/tokenizer/{MIX}/tokenizer.json",
+    output:
+        checkpoint=directory(checkpoint_path("sft")),
+        metrics=f"{R}/train/sft/metrics.csv",
+    params:
+        cfg=cfg_json("sft", "train"),
+        seed=SEED + 2,
+    threads: 2
+    log:
+        f"{R}/logs/sft.log",
+    benchmark:
+        f"{R}/benchmarks/sft.tsv"
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "lmforge sft --checkpoint {input.checkpoint} --data {input.data} "
+        "--tokenizer {input.tokenizer} --cfg {params.cfg:q} --seed {params.seed} "
+        "--out {output.checkpoint} --metrics {output.metrics} 2> {log}"
+
+
+rule loss_plot:
+    input:
+        code("train"),
+        pretrain=f"{R}/train/pretrain/metrics.csv",
+        grow=f"{R}/train/grow/metrics.csv",
+        sft=f"{R}/train/sft/metrics.csv",
+    output:
+        report(f"{R}/train/loss.png", caption="../report/loss.rst", category="Training"),
+    log:
+        f"{R}/logs/loss_plot.log",
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "lmforge plot-loss --metrics pretrain={input.pretrain} grow={input.grow} "
+        "sft={input.sft} --out {output} 2> {log}"
