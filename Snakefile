@@ -1,15 +1,18 @@
 # lmforge: raw crawl -> curated corpus -> statistics -> tokens -> pretrained, grown and
 # instruction-tuned models -> evaluation, every artifact a file under results/.
-from snakemake.utils import min_version, validate
+import os
 
+from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+validate(
+    config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
+)
 
 
 report: "workflow/report/workflow.rst"
@@ -25,6 +28,6 @@ include: "workflow/rules/evaluate.smk"
 
 
 rule all:
+    default_target: True
     input:
         final_targets(),
-    default_target: True

@@ -97,20 +97,17 @@ class Page:
         ).encode("utf-8")
 
 
-def _clean_pool() -> list[str]:
-    """Crawl paragraphs: non-held-out topics then docstrings, unique, free of PII look-alikes."""
-    _, crawl_topics = sources.split_task_and_crawl_topics()
-    by_topic = sources.topic_paragraphs()
-    seen, pool = set(), []
-    for para in [p for t in crawl_topics for p in by_topic[t]] + sources.docstring_paragraphs():
-        if para not in seen and not pii.contains_pii(para):
-            seen.add(para)
-            pool.append(para)
+def _clean_pool(rng: random.Random) -> list[tuple[str, str]]:
+    """The crawl paragraphs, shuffled so that pages do not string together the formulaic
+    sibling docstrings of one module ("Return True if ..."), which would make honest pages
+    look repetitive."""
+    pool = list(sources.crawl_paragraphs())
+    rng.shuffle(pool)
     return pool
 
 
 def _clean_pages(rng: random.Random, per_page: tuple[int, int]) -> list[Page]:
-    pool = _clean_pool()
+    pool = _clean_pool(rng)
     pages, cursor, index = [], 0, 0
     while cursor < len(pool):
         want = rng.randint(*per_page)
@@ -118,12 +115,13 @@ def _clean_pages(rng: random.Random, per_page: tuple[int, int]) -> list[Page]:
         while cursor < len(pool) and (
             len(paras) < want or sum(len(p.split()) for p in paras) < MIN_PAGE_WORDS
         ):
-            paras.append(pool[cursor])
+            paras.append(pool[cursor][1])
             cursor += 1
         if sum(len(p.split()) for p in paras) < MIN_PAGE_WORDS:
             break  # leftover tail too short to be a clean page
         domain = DOMAINS[index % len(DOMAINS)]
-        title = " ".join(paras[0].split()[:6]).rstrip(".,:;")
+        origin = pool[cursor - 1][0]
+        title = f"Python notes {index}: {origin}"
         pages.append(Page(url=f"https://{domain}/articles/{index:05d}.html", title=title,
                           paragraphs=paras))
         index += 1

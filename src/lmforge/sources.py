@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pydoc_data.topics
 
+from lmforge import pii
+
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 _WS = re.compile(r"\s+")
 
@@ -65,6 +67,28 @@ def split_task_and_crawl_topics(every: int = 5) -> tuple[list[str], list[str]]:
     names = list(topic_paragraphs())
     held = names[::every]
     return held, [n for n in names if n not in set(held)]
+
+
+def _is_prose(paragraph: str) -> bool:
+    words = paragraph.split()
+    alpha = sum(any(ch.isalpha() for ch in w) for w in words) / len(words)
+    return alpha >= 0.9 and "==" not in paragraph and not pii.contains_pii(paragraph)
+
+
+@lru_cache(maxsize=1)
+def crawl_paragraphs() -> tuple[tuple[str, str], ...]:
+    """(origin, paragraph) the demo crawl may use: unique prose, free of PII look-alikes,
+    from the non-held-out topics and the docstrings."""
+    _, crawl_topics = split_task_and_crawl_topics()
+    by_topic = topic_paragraphs()
+    candidates = [(t, p) for t in crawl_topics for p in by_topic[t]]
+    candidates += [("stdlib", p) for p in docstring_paragraphs()]
+    seen, pool = set(), []
+    for origin, para in candidates:
+        if para not in seen and _is_prose(para):
+            seen.add(para)
+            pool.append((origin, para))
+    return tuple(pool)
 
 
 def sentences(paragraph: str) -> list[str]:

@@ -9,9 +9,8 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
-
-from resiliparse.parse.lang import detect_fast
 
 from lmforge import pii
 from lmforge.storage import read_jsonl, write_jsonl_gz
@@ -28,12 +27,24 @@ def register(name: str):
     return wrap
 
 
+@lru_cache(maxsize=2)
+def _language_detector(low_accuracy: bool):
+    from lingua import LanguageDetectorBuilder
+
+    builder = LanguageDetectorBuilder.from_all_languages()
+    return (builder.with_low_accuracy_mode() if low_accuracy else builder).build()
+
+
 @register("lang")
 def tag_language(doc: dict, cfg: dict) -> Attributes:
-    """Resiliparse's built-in profiles (no download); the score is the out-of-place rank."""
+    """Lingua (its n-gram models ship in the wheel, no download): `lang__<iso639-1>` with the
+    confidence, or `lang__unknown` when the best language is below `min_confidence`."""
     text = doc["text"]
-    lang, rank = detect_fast(text, cutoff=cfg["max_rank"])
-    return {f"lang__{lang}": [[0, len(text), float(rank)]]}
+    best = _language_detector(cfg["low_accuracy"]).compute_language_confidence_values(text)[0]
+    code = best.language.iso_code_639_1.name.lower()
+    if best.value < cfg["min_confidence"]:
+        code = "unknown"
+    return {f"lang__{code}": [[0, len(text), round(best.value, 6)]]}
 
 
 @register("pii")

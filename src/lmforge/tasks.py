@@ -22,12 +22,16 @@ TASK_NAMES = ("cloze_mc", "arith_gen")
 def cloze_items(n_items: int, n_choices: int, seed: int) -> list[dict]:
     held, _ = sources.split_task_and_crawl_topics()
     paragraphs = sources.topic_paragraphs()
-    candidates = []
+    # Some pydoc topics repeat each other's text: keep only sentences the crawl never shows.
+    crawl_text = "\n".join(p for _, p in sources.crawl_paragraphs())
+    candidates, seen = [], set()
     for topic in held:
         for para in paragraphs[topic]:
             for sent in sources.sentences(para):
                 words = sent.split()
-                if 10 <= len(words) <= 30 and sent.endswith("."):
+                if (10 <= len(words) <= 30 and sent.endswith(".") and sent not in seen
+                        and " ".join(words) not in crawl_text):
+                    seen.add(sent)
                     candidates.append(words)
     rng = random.Random(seed)
     rng.shuffle(candidates)

@@ -74,6 +74,28 @@ def end_parent(run_id: str, success: bool) -> None:
     _client().set_terminated(run_id, "FINISHED" if success else "FAILED")
 
 
+def start_invocation(config: dict, workdir: str | Path, basedir: str | Path) -> str:
+    """Open the parent run of one `snakemake` call and export what its jobs need to join it.
+
+    Returns the tracking URI (relative sqlite paths made absolute against `workdir`).
+    """
+    uri = absolute_sqlite_uri(config["mlflow"]["tracking_uri"], workdir)
+    commit = git_commit(basedir)
+    digest = config_hash(config)
+    os.environ.update({"MLFLOW_TRACKING_URI": uri, ENV_EXPERIMENT: config["mlflow"]["experiment"],
+                       ENV_CONFIG_HASH: digest, ENV_GIT_COMMIT: commit})
+    os.environ[ENV_PARENT] = start_parent(
+        config["mlflow"]["experiment"], "snakemake",
+        {"lmforge.git_commit": commit, "lmforge.config_hash": digest},
+    )
+    return uri
+
+
+def end_invocation(success: bool) -> None:
+    if os.environ.get(ENV_PARENT):
+        end_parent(os.environ[ENV_PARENT], success)
+
+
 class JobRun:
     def __init__(self, client, run_id: str):
         self.client, self.run_id = client, run_id

@@ -15,7 +15,9 @@ def crawl_shards():
     """Shard name -> WARC path: the demo crawl's shards, or one per matched WARC file."""
     if config["crawl"]["source"] == "demo":
         n = config["crawl"]["demo"]["shards"]
-        return {f"shard-{i:04d}": f"{R}/crawl/demo/shard-{i:04d}.warc.gz" for i in range(n)}
+        return {
+            f"shard-{i:04d}": f"{R}/crawl/demo/shard-{i:04d}.warc.gz" for i in range(n)
+        }
     paths = sorted({p for g in config["crawl"]["warc_paths"] for p in glob.glob(g)})
     if not paths:
         raise ValueError("crawl.source is 'warc' but crawl.warc_paths matches no file")
@@ -35,7 +37,8 @@ def cfg_json(*keys):
 
 def code(*modules):
     """Source files a rule depends on, so editing a stage's code reruns that stage."""
-    return [f"src/lmforge/{m}.py" for m in ("storage",) + modules]
+    src = Path(workflow.basedir) / "src" / "lmforge"
+    return [str(src / f"{m}.py") for m in ("storage",) + modules]
 
 
 def docs(source=SOURCE):
@@ -61,37 +64,26 @@ def final_targets():
     return targets
 
 
-def _start_mlflow():
-    os.environ["MLFLOW_TRACKING_URI"] = tracking.absolute_sqlite_uri(
-        config["mlflow"]["tracking_uri"], os.getcwd()
-    )
-    os.environ[tracking.ENV_EXPERIMENT] = config["mlflow"]["experiment"]
-    os.environ[tracking.ENV_CONFIG_HASH] = tracking.config_hash(config)
-    os.environ[tracking.ENV_GIT_COMMIT] = tracking.git_commit(workflow.basedir)
-    os.environ[tracking.ENV_PARENT] = tracking.start_parent(
-        config["mlflow"]["experiment"],
-        "snakemake",
-        {
-            "lmforge.git_commit": os.environ[tracking.ENV_GIT_COMMIT],
-            "lmforge.config_hash": os.environ[tracking.ENV_CONFIG_HASH],
-        },
-    )
+def corpus_shards(wildcards):
+    """Shards of a corpus named `documents-<source>` or `mix-<mix>`."""
+    kind, name = wildcards.corpus.split("-", 1)
+    return docs(name) if kind == "documents" else mixed(name)
 
 
-def _end_mlflow(success):
-    if os.environ.get(tracking.ENV_PARENT):
-        tracking.end_parent(os.environ[tracking.ENV_PARENT], success)
+MLFLOW_URI = tracking.absolute_sqlite_uri(config["mlflow"]["tracking_uri"], os.getcwd())
 
 
 onstart:
-    _start_mlflow()
+    tracking.start_invocation(config, os.getcwd(), workflow.basedir)
 
 
 onsuccess:
-    _end_mlflow(True)
-    print(f"results: {Path(R).resolve()}  (evaluation: {R}/eval/summary.md)")
-    print(f"MLflow:  {os.environ['MLFLOW_TRACKING_URI']}  (mlflow ui --backend-store-uri ...)")
+    tracking.end_invocation(True)
+    print(
+        f"results: {Path(R).resolve()}  (evaluation summary: {R}/eval/summary.md)"
+    )
+    print(f"MLflow:  mlflow ui --backend-store-uri {MLFLOW_URI}")
 
 
 onerror:
-    _end_mlflow(False)
+    tracking.end_invocation(False)

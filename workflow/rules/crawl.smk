@@ -4,15 +4,15 @@ rule make_tasks:
     output:
         cloze=f"{R}/tasks/cloze_mc.jsonl.gz",
         arith=f"{R}/tasks/arith_gen.jsonl.gz",
-    params:
-        cfg=cfg_json("tasks"),
-        out_dir=f"{R}/tasks",
     log:
         f"{R}/logs/make_tasks.log",
     conda:
         "../../envs/data.yaml"
+    params:
+        cfg=cfg_json("tasks"),
+        out_dir=lambda w, output: os.path.dirname(output.cloze),
     shell:
-        "lmforge make-tasks --cfg {params.cfg:q} --out-dir {params.out_dir} 2> {log}"
+        "lmforge make-tasks --cfg {params.cfg:q} --out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule crawl_demo:
@@ -20,20 +20,23 @@ rule crawl_demo:
         code("democrawl", "sources", "pii", "tasks"),
         tasks=rules.make_tasks.output,
     output:
-        warcs=[f"{R}/crawl/demo/shard-{i:04d}.warc.gz" for i in range(config["crawl"]["demo"]["shards"])],
+        warcs=[
+            f"{R}/crawl/demo/shard-{i:04d}.warc.gz"
+            for i in range(config["crawl"]["demo"]["shards"])
+        ],
         labels=f"{R}/crawl/demo/labels.jsonl.gz",
-    params:
-        cfg=cfg_json("crawl", "demo"),
-        seed=SEED,
-        out_dir=f"{R}/crawl/demo",
-        tasks_dir=f"{R}/tasks",
     log:
         f"{R}/logs/crawl_demo.log",
     conda:
         "../../envs/data.yaml"
+    params:
+        cfg=cfg_json("crawl", "demo"),
+        seed=SEED,
+        out_dir=lambda w, output: os.path.dirname(output.labels),
+        tasks_dir=lambda w, input: os.path.dirname(input.tasks[0]),
     shell:
         "lmforge crawl-demo --cfg {params.cfg:q} --seed {params.seed} "
-        "--out-dir {params.out_dir} --tasks-dir {params.tasks_dir} 2> {log}"
+        "--out-dir {params.out_dir} --tasks-dir {params.tasks_dir} > {log} 2>&1"
 
 
 rule extract:
@@ -51,4 +54,4 @@ rule extract:
         "../../envs/data.yaml"
     shell:
         "lmforge extract --warc {input.warc} --out {output.docs} --report {output.report} "
-        "--source {wildcards.source} 2> {log}"
+        "--source {wildcards.source} > {log} 2>&1"

@@ -14,17 +14,19 @@ rule tag:
         docs=f"{R}/documents/{{source}}/{{shard}}.jsonl.gz",
     output:
         f"{R}/attributes/{{tagger}}/{{source}}/{{shard}}.jsonl.gz",
-    params:
-        cfg=lambda w: cfg_json("curate", w.tagger) if w.tagger in config["curate"] else "{}",
     log:
         f"{R}/logs/tag/{{tagger}}/{{source}}/{{shard}}.log",
     benchmark:
         f"{R}/benchmarks/tag/{{tagger}}/{{source}}/{{shard}}.tsv"
     conda:
         "../../envs/data.yaml"
+    params:
+        cfg=lambda w: (
+            cfg_json("curate", w.tagger) if w.tagger in config["curate"] else "{}"
+        ),
     shell:
         "lmforge tag --tagger {wildcards.tagger} --docs {input.docs} --out {output} "
-        "--cfg {params.cfg:q} 2> {log}"
+        "--cfg {params.cfg:q} > {log} 2>&1"
 
 
 rule dedup:
@@ -38,7 +40,7 @@ rule dedup:
     conda:
         "../../envs/data.yaml"
     shell:
-        "lmforge dedup --method {wildcards.method} --docs {input.docs} --out {output} 2> {log}"
+        "lmforge dedup --method {wildcards.method} --docs {input.docs} --out {output} > {log} 2>&1"
 
 
 rule mix:
@@ -51,15 +53,15 @@ rule mix:
     output:
         docs=f"{R}/mixes/{{mix}}/{{shard}}.jsonl.gz",
         funnel=f"{R}/mixes/{{mix}}/{{shard}}.funnel.json",
-    params:
-        cfg=lambda w: cfg_json("mixes", w.mix),
     log:
         f"{R}/logs/mix/{{mix}}/{{shard}}.log",
     conda:
         "../../envs/data.yaml"
+    params:
+        cfg=lambda w: cfg_json("mixes", w.mix),
     shell:
         "lmforge mix --docs {input.docs} --attributes {input.attributes} --out {output.docs} "
-        "--funnel {output.funnel} --cfg {params.cfg:q} 2> {log}"
+        "--funnel {output.funnel} --cfg {params.cfg:q} > {log} 2>&1"
 
 
 rule funnel:
@@ -73,12 +75,12 @@ rule funnel:
             caption="../report/funnel.rst",
             category="Curation",
         ),
-    params:
-        cfg=lambda w: cfg_json("mixes", w.mix),
     log:
         f"{R}/logs/funnel/{{mix}}.log",
     conda:
         "../../envs/data.yaml"
+    params:
+        cfg=lambda w: cfg_json("mixes", w.mix),
     shell:
         "lmforge funnel --inputs {input.funnels} --cfg {params.cfg:q} "
-        "--out-json {output.json} --out-md {output.md} 2> {log}"
+        "--out-json {output.json} --out-md {output.md} > {log} 2>&1"

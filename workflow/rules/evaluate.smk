@@ -10,29 +10,32 @@ rule evaluate:
         tokenizer=f"{R}/tokenizer/{MIX}/tokenizer.json",
     output:
         f"{R}/eval/{{model}}/{{task}}.json",
+    log:
+        f"{R}/logs/evaluate/{{model}}/{{task}}.log",
     wildcard_constraints:
         model="|".join(["init", "pretrain", "init-grown", "grow", "sft"]),
         task="|".join(["heldout_ppl", "cloze_mc", "arith_gen"]),
-    params:
-        cfg=lambda w: json.dumps(
-            {k: v for k, v in EVAL.items() if k not in ("models", "tasks")}, sort_keys=True
-        ),
-        tasks_dir=f"{R}/tasks",
-        tokens_dir=TOKENS,
-    log:
-        f"{R}/logs/evaluate/{{model}}/{{task}}.log",
     conda:
         "../../envs/eval.yaml"
+    params:
+        cfg=lambda w: json.dumps(
+            {k: v for k, v in EVAL.items() if k not in ("models", "tasks")},
+            sort_keys=True,
+        ),
+        tasks_dir=lambda w, input: os.path.dirname(input.tasks[0]),
+        tokens_dir=lambda w, input: os.path.dirname(input.tokens),
     shell:
         "lmforge evaluate --checkpoint {input.checkpoint} --model-name {wildcards.model} "
         "--task {wildcards.task} --tasks-dir {params.tasks_dir} --tokens-dir {params.tokens_dir} "
-        "--tokenizer {input.tokenizer} --cfg {params.cfg:q} --out {output} 2> {log}"
+        "--tokenizer {input.tokenizer} --cfg {params.cfg:q} --out {output} > {log} 2>&1"
 
 
 rule eval_summary:
     input:
         code("evaluate"),
-        results=[f"{R}/eval/{m}/{t}.json" for m in EVAL["models"] for t in EVAL["tasks"]],
+        results=[
+            f"{R}/eval/{m}/{t}.json" for m in EVAL["models"] for t in EVAL["tasks"]
+        ],
     output:
         md=report(
             f"{R}/eval/summary.md", caption="../report/eval.rst", category="Evaluation"
@@ -44,4 +47,4 @@ rule eval_summary:
         "../../envs/eval.yaml"
     shell:
         "lmforge eval-summary --inputs {input.results} --out-md {output.md} "
-        "--out-json {output.json} 2> {log}"
+        "--out-json {output.json} > {log} 2>&1"

@@ -1,8 +1,3 @@
-def corpus_shards(wildcards):
-    kind, name = wildcards.corpus.split("-", 1)
-    return docs(name) if kind == "documents" else mixed(name)
-
-
 rule stats:
     input:
         code("stats"),
@@ -16,7 +11,13 @@ rule stats:
         ),
         tables=[
             f"{R}/stats/{{corpus}}/{a}.parquet"
-            for a in ("summary", "length_histogram", "domains", "duplicate_texts", "duplicate_urls")
+            for a in (
+                "summary",
+                "length_histogram",
+                "domains",
+                "duplicate_texts",
+                "duplicate_urls",
+            )
         ],
         lengths=report(
             f"{R}/stats/{{corpus}}/length_histogram.png",
@@ -30,18 +31,18 @@ rule stats:
             category="Corpus statistics",
             subcategory="{corpus}",
         ),
-    wildcard_constraints:
-        corpus=r"(documents|mix)-[A-Za-z0-9_]+",
-    params:
-        cfg=cfg_json("stats"),
-        out_dir=lambda w: f"{R}/stats/{w.corpus}",
-    threads: 2
     log:
         f"{R}/logs/stats/{{corpus}}.log",
     benchmark:
         f"{R}/benchmarks/stats/{{corpus}}.tsv"
+    wildcard_constraints:
+        corpus=r"(documents|mix)-[A-Za-z0-9_]+",
     conda:
         "../../envs/data.yaml"
+    threads: 2
+    params:
+        cfg=cfg_json("stats"),
+        out_dir=lambda w, output: os.path.dirname(output.summary),
     shell:
         "lmforge stats --docs {input.docs} --out-dir {params.out_dir} --cfg {params.cfg:q} "
-        "2> {log}"
+        "> {log} 2>&1"

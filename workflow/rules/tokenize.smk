@@ -4,17 +4,17 @@ rule train_tokenizer:
         docs=mixed("{mix}"),
     output:
         f"{R}/tokenizer/{{mix}}/tokenizer.json",
-    params:
-        seed=SEED,
-        vocab=config["tokenizer"]["vocab_size"],
-        valid=config["tokenizer"]["valid_fraction"],
     log:
         f"{R}/logs/train_tokenizer/{{mix}}.log",
     conda:
         "../../envs/data.yaml"
+    params:
+        seed=SEED,
+        vocab=config["tokenizer"]["vocab_size"],
+        valid=config["tokenizer"]["valid_fraction"],
     shell:
         "lmforge train-tokenizer --docs {input.docs} --out {output} --seed {params.seed} "
-        "--vocab-size {params.vocab} --valid-fraction {params.valid} 2> {log}"
+        "--vocab-size {params.vocab} --valid-fraction {params.valid} > {log} 2>&1"
 
 
 rule tokenize:
@@ -26,17 +26,17 @@ rule tokenize:
         train=f"{R}/tokens/{{mix}}/train.npy",
         valid=f"{R}/tokens/{{mix}}/valid.npy",
         meta=f"{R}/tokens/{{mix}}/meta.json",
-    params:
-        seed=SEED,
-        valid=config["tokenizer"]["valid_fraction"],
-        out_dir=lambda w: f"{R}/tokens/{w.mix}",
     log:
         f"{R}/logs/tokenize/{{mix}}.log",
     benchmark:
         f"{R}/benchmarks/tokenize/{{mix}}.tsv"
     conda:
         "../../envs/data.yaml"
+    params:
+        seed=SEED,
+        valid=config["tokenizer"]["valid_fraction"],
+        out_dir=lambda w, output: os.path.dirname(output.meta),
     shell:
         "lmforge tokenize --docs {input.docs} --tokenizer {input.tokenizer} "
         "--out-dir {params.out_dir} --seed {params.seed} --valid-fraction {params.valid} "
-        "2> {log}"
+        "> {log} 2>&1"

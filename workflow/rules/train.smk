@@ -8,19 +8,19 @@ rule init_model:
         meta=f"{TOKENS}/meta.json",
     output:
         directory(f"{R}/checkpoints/{{init}}"),
+    log:
+        f"{R}/logs/init_model/{{init}}.log",
     wildcard_constraints:
         init="init|init-grown",
+    conda:
+        "../../envs/train.yaml"
     params:
         cfg=cfg_json("model"),
         seed=SEED,
         factor=lambda w: config["grow"]["factor"] if w.init == "init-grown" else 1,
-    log:
-        f"{R}/logs/init_model/{{init}}.log",
-    conda:
-        "../../envs/train.yaml"
     shell:
         "lmforge init-model --cfg {params.cfg:q} --seed {params.seed} --out {output} "
-        "--tokens-meta {input.meta} --layers-factor {params.factor} 2> {log}"
+        "--tokens-meta {input.meta} --layers-factor {params.factor} > {log} 2>&1"
 
 
 rule pretrain:
@@ -32,21 +32,21 @@ rule pretrain:
     output:
         checkpoint=directory(checkpoint_path("pretrain")),
         metrics=f"{R}/train/pretrain/metrics.csv",
-    params:
-        cfg=cfg_json("pretrain"),
-        seed=SEED,
-        tokens_dir=TOKENS,
-    threads: 2
     log:
         f"{R}/logs/pretrain.log",
     benchmark:
         f"{R}/benchmarks/pretrain.tsv"
     conda:
         "../../envs/train.yaml"
+    threads: 2
+    params:
+        cfg=cfg_json("pretrain"),
+        seed=SEED,
+        tokens_dir=lambda w, input: os.path.dirname(input.meta),
     shell:
         "lmforge pretrain --init {input.init} --tokens-dir {params.tokens_dir} "
         "--cfg {params.cfg:q} --seed {params.seed} --out {output.checkpoint} "
-        "--metrics {output.metrics} 2> {log}"
+        "--metrics {output.metrics} > {log} 2>&1"
 
 
 rule grow:
@@ -55,26 +55,27 @@ rule grow:
         code("grow"),
         checkpoint=checkpoint_path("pretrain"),
         tokens=f"{TOKENS}/train.npy",
+        meta=f"{TOKENS}/meta.json",
     output:
         checkpoint=directory(checkpoint_path("grow")),
         metrics=f"{R}/train/grow/metrics.csv",
-    params:
-        cfg=cfg_json("grow", "train"),
-        seed=SEED + 1,
-        operator=config["grow"]["operator"],
-        factor=config["grow"]["factor"],
-        tokens_dir=TOKENS,
-    threads: 2
     log:
         f"{R}/logs/grow.log",
     benchmark:
         f"{R}/benchmarks/grow.tsv"
     conda:
         "../../envs/train.yaml"
+    threads: 2
+    params:
+        cfg=cfg_json("grow", "train"),
+        seed=SEED + 1,
+        operator=config["grow"]["operator"],
+        factor=config["grow"]["factor"],
+        tokens_dir=lambda w, input: os.path.dirname(input.meta),
     shell:
         "lmforge grow --checkpoint {input.checkpoint} --tokens-dir {params.tokens_dir} "
         "--operator {params.operator} --factor {params.factor} --cfg {params.cfg:q} "
-        "--seed {params.seed} --out {output.checkpoint} --metrics {output.metrics} 2> {log}"
+        "--seed {params.seed} --out {output.checkpoint} --metrics {output.metrics} > {log} 2>&1"
 
 
 rule sft_data:
@@ -83,6 +84,10 @@ rule sft_data:
         mixes=mixed(),
     output:
         f"{R}/sft/data.jsonl.gz",
+    log:
+        f"{R}/logs/sft_data.log",
+    conda:
+        "../../envs/train.yaml"
     params:
         cfg=lambda w: json.dumps(
             {k: v for k, v in config["sft"].items() if k != "train"}, sort_keys=True
@@ -90,14 +95,10 @@ rule sft_data:
         tasks_cfg=cfg_json("tasks"),
         seed=SEED,
         valid=config["tokenizer"]["valid_fraction"],
-    log:
-        f"{R}/logs/sft_data.log",
-    conda:
-        "../../envs/train.yaml"
     shell:
         "lmforge sft-data --mixes {input.mixes} --out {output} --cfg {params.cfg:q} "
         "--tasks-cfg {params.tasks_cfg:q} --seed {params.seed} --valid-fraction {params.valid} "
-        "2> {log}"
+        "> {log} 2>&1"
 
 
 rule sft:
@@ -110,20 +111,20 @@ rule sft:
     output:
         checkpoint=directory(checkpoint_path("sft")),
         metrics=f"{R}/train/sft/metrics.csv",
-    params:
-        cfg=cfg_json("sft", "train"),
-        seed=SEED + 2,
-    threads: 2
     log:
         f"{R}/logs/sft.log",
     benchmark:
         f"{R}/benchmarks/sft.tsv"
     conda:
         "../../envs/train.yaml"
+    threads: 2
+    params:
+        cfg=cfg_json("sft", "train"),
+        seed=SEED + 2,
     shell:
         "lmforge sft --checkpoint {input.checkpoint} --data {input.data} "
         "--tokenizer {input.tokenizer} --cfg {params.cfg:q} --seed {params.seed} "
-        "--out {output.checkpoint} --metrics {output.metrics} 2> {log}"
+        "--out {output.checkpoint} --metrics {output.metrics} > {log} 2>&1"
 
 
 rule loss_plot:
@@ -140,4 +141,4 @@ rule loss_plot:
         "../../envs/train.yaml"
     shell:
         "lmforge plot-loss --metrics pretrain={input.pretrain} grow={input.grow} "
-        "sft={input.sft} --out {output} 2> {log}"
+        "sft={input.sft} --out {output} > {log} 2>&1"

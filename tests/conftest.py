@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def config() -> dict:
+    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+
+
+@pytest.fixture
+def cfg(config) -> dict:
+    return copy.deepcopy(config)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch) -> str:
+    """Point MLflow at a private sqlite store and detach from any parent run."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for name in ("LMFORGE_PARENT_RUN_ID", "LMFORGE_CONFIG_HASH", "LMFORGE_GIT_COMMIT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LMFORGE_MLFLOW_EXPERIMENT", "tests")
+    return uri
+
+
+@pytest.fixture(scope="session")
+def demo_crawl(tmp_path_factory, config) -> Path:
+    """The default demo crawl and its tasks, made once per test session."""
+    from lmforge import democrawl, tasks
+
+    out = tmp_path_factory.mktemp("demo")
+    tasks.make_tasks(out / "tasks", config["tasks"])
+    democrawl.write_demo_crawl(out / "crawl", config["crawl"]["demo"], out / "tasks",
+                               config["seed"])
+    return out
+
+
+def make_docs(texts: list[str], urls: list[str] | None = None, source: str = "test") -> list[dict]:
+    urls = urls or [f"https://example.com/{i}" for i in range(len(texts))]
+    return [{"id": f"d{i}", "text": t, "source": source, "added": None, "created": None,
+             "metadata": {"url": u}} for i, (t, u) in enumerate(zip(texts, urls))]

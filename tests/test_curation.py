@@ -1,0 +1,121 @@
+import pytest
+
+from conftest import make_docs
+from lmforge import pii
+from lmforge.dedup import dedup, normalize_url
+from lmforge.mix import drop_reason, mix_shard, summarize_funnel
+from lmforge.storage import InputError, read_json, read_jsonl, write_jsonl_gz
+from lmforge.taggers import gopher_failures, gopher_signals, run_tagger, tag_language
+
+PROSE = (
+    "The quick brown fox jumps over the lazy dog while the farmer watches from the porch. "
+    "In the afternoon the children walk to the river and talk about the books they have read. "
+    "Later that evening the family shares a simple dinner of bread, soup and fresh vegetables, "
+    "and everyone agrees that it has been a long but happy day with plenty of sunshine. "
+)
+
+
+def test_gopher_passes_prose_and_rejects_repetition(config):
+    cfg = config["curate"]["gopher"]
+    assert gopher_failures(gopher_signals(PROSE * 1), cfg) == []
+    spam = "buy cheap watches now " * 60
+    failures = gopher_failures(gopher_signals(spam), cfg)
+    assert {"stop_words", "top_2gram_char_fraction", "dup_5gram_char_fraction"} <= set(failures)
+    assert "word_count" in gopher_failures(gopher_signals("too short to matter"), cfg)
+
+
+def test_gopher_duplicate_lines_and_bullets(config):
+    cfg = config["curate"]["gopher"]
+    lines = "\n".join(["• item one of the list with the words", "• the same line and the end"] * 20)
+    failures = gopher_failures(gopher_signals(lines), cfg)
+    assert "bullet_lines_ratio" in failures and "dup_line_fraction" in failures
+
+
+def test_language_tagger(config):
+    cfg = config["curate"]["lang"]
+    assert "lang__en" in tag_language({"text": PROSE}, cfg)
+    german = "Der alte Mann kauft jeden Tag ein neues Buch in der Stadt und liest es am Abend. " * 3
+    assert "lang__de" in tag_language({"text": german}, cfg)
+
+
+def test_pii_find_and_mask():
+    text = "Mail jane.doe@example.org or call 555-123-4567 from 192.0.2.7 today."
+    found = pii.find(text)
+    assert {k: len(v) for k, v in found.items()} == {"email": 1, "phone": 1, "ip": 1}
+    spans = [(s, e, k) for k, v in found.items() for s, e in v]
+    assert pii.mask(text, spans) == (
+        "Mail |||EMAIL_ADDRESS||| or call |||PHONE_NUMBER||| from |||IP_ADDRESS||| today.")
+
+
+def test_tagger_rows_follow_documents(tmp_path, config):
+    docs = make_docs([PROSE, "x y z", PROSE + " mail me at a@b.org"])
+    write_jsonl_gz(tmp_path / "d.jsonl.gz", docs)
+    counts = run_tagger("pii", tmp_path / "d.jsonl.gz", tmp_path / "a.jsonl.gz", {})
+    rows = list(read_jsonl(tmp_path / "a.jsonl.gz"))
+    assert [r["id"] for r in rows] == [d["id"] for d in docs]
+    assert counts["pii__email"] == 1 and rows[2]["attributes"]["pii__email"]
+    with pytest.raises(KeyError, match="unknown tagger"):
+        run_tagger("nope", tmp_path / "d.jsonl.gz", tmp_path / "b.jsonl.gz", {})
+
+
+def test_dedup_keeps_first_occurrence_across_shards(tmp_path):
+    a = make_docs(["one", "two", "one"], ["http://x.org/a", "https://www.X.org/b/", "http://x.org/c"])
+    b = make_docs(["two", "three"], ["http://x.org/b", "http://x.org/a#frag"])
+    for d in b:
+        d["id"] = "b" + d["id"]
+    write_jsonl_gz(tmp_path / "a.jsonl.gz", a)
+    write_jsonl_gz(tmp_path / "b.jsonl.gz", b)
+    shards = [tmp_path / "a.jsonl.gz", tmp_path / "b.jsonl.gz"]
+    outs = [tmp_path / "ea.jsonl.gz", tmp_path / "eb.jsonl.gz"]
+    assert dedup("dedup_exact", shards, outs) == {"documents": 5, "duplicates": 2}
+    flags = [bool(r["attributes"]) for o in outs for r in read_jsonl(o)]
+    assert flags == [False, False, True, True, False]
+    assert dedup("dedup_url", shards, outs)["duplicates"] == 2  # x.org/b and x.org/a again
+    assert normalize_url("HTTPS://www.Example.com/a/#top") == normalize_url("http://example.com/a")
+
+
+def _write_mix_inputs(tmp_path):
+    docs = make_docs([PROSE, PROSE + " write to a@b.org", "kurz", PROSE + "!"])
+    email_at = docs[1]["text"].index("a@b.org")
+    attrs = [
+        {"id": "d0", "attributes": {"lang__en": [[0, 1, 500]]}},
+        {"id": "d1", "attributes": {"lang__en": [[0, 1, 500]],
+                                    "pii__email": [[email_at, email_at + 7, 1.0]]}},
+        {"id": "d2", "attributes": {"lang__de": [[0, 1, 500]], "gopher__reject": [[0, 5, 1]]}},
+        {"id": "d3", "attributes": {"lang__en": [[0, 1, 500]], "gopher__reject": [[0, 5, 1]]}},
+    ]
+    write_jsonl_gz(tmp_path / "docs.jsonl.gz", docs)
+    write_jsonl_gz(tmp_path / "attrs.jsonl.gz", attrs)
+    return docs
+
+
+def test_mixer_funnel_adds_up_and_masks_pii(tmp_path, config):
+    docs = _write_mix_inputs(tmp_path)
+    cfg = config["mixes"]["web"]
+    funnel = mix_shard(tmp_path / "docs.jsonl.gz", [tmp_path / "attrs.jsonl.gz"],
+                       tmp_path / "out.jsonl.gz", tmp_path / "funnel.json", cfg)
+    out = list(read_jsonl(tmp_path / "out.jsonl.gz"))
+    assert [d["id"] for d in out] == ["d0", "d1"]
+    assert out[1]["text"].endswith("write to |||EMAIL_ADDRESS|||")
+    assert funnel["dropped_documents:non_english"] == 1
+    assert funnel["dropped_documents:low_quality"] == 1  # d2 is charged to its first rule only
+    assert funnel["documents_in"] == len(docs) == funnel["documents_out"] + 2
+    total, table = summarize_funnel([tmp_path / "funnel.json"], cfg["exclude"])
+    assert total == read_json(tmp_path / "funnel.json") and "| drop: low_quality | -1 |" in table
+
+
+def test_mixer_refuses_misaligned_attributes(tmp_path, config):
+    _write_mix_inputs(tmp_path)
+    write_jsonl_gz(tmp_path / "attrs.jsonl.gz", [{"id": "other", "attributes": {}}])
+    with pytest.raises(InputError, match="same order"):
+        mix_shard(tmp_path / "docs.jsonl.gz", [tmp_path / "attrs.jsonl.gz"],
+                  tmp_path / "out.jsonl.gz", tmp_path / "f.json", config["mixes"]["web"])
+    assert not (tmp_path / "out.jsonl.gz").exists()
+
+
+def test_drop_reason_semantics():
+    rules = [{"reason": "lang", "attribute": "lang__en", "when": "missing"},
+             {"reason": "dup", "attribute": "dedup__duplicate"}]
+    assert drop_reason({"lang__fr": [[0, 1, 1]]}, rules) == "lang"
+    assert drop_reason({"lang__en": [[0, 1, 1]], "dedup__duplicate": []}, rules) is None
+    assert drop_reason({"lang__en": [[0, 1, 1]], "dedup__duplicate": [[0, 1, 1]]}, rules) == "dup"
