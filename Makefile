@@ -23,8 +23,6 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(JOBS) --profile profiles/local
-	@echo "results: $(CURDIR)/results   (summary: results/eval/summary.md)"
-	@echo "MLflow:  $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/results/mlflow.db"
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 
@@ -43,7 +45,20 @@ def _run(tmp_path, name):
     return summary, (tmp_path / f"{name}.csv").read_text()
 
 
-def test_deepspeed_training_learns_checkpoints_and_is_deterministic(tmp_path):
+DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture
+def one_rank_world():
+    """train() describes a one-process world in os.environ; undo that after the test."""
+    saved = {k: os.environ.pop(k) for k in DISTRIBUTED_ENV if k in os.environ}
+    yield
+    for name in DISTRIBUTED_ENV:
+        os.environ.pop(name, None)
+    os.environ.update(saved)
+
+
+def test_deepspeed_training_learns_checkpoints_and_is_deterministic(tmp_path, one_rank_world):
     summary, metrics = _run(tmp_path, "a")
     losses = [float(line.split(",")[1]) for line in metrics.splitlines()[1:]]
     assert losses[-1] < losses[0] - 0.5

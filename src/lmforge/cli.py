@@ -80,9 +80,7 @@ def cmd_tag(args) -> None:
     from lmforge.taggers import run_tagger
 
     with _job(f"tag/{args.tagger}/{Path(args.out).name}", {"tagger": args.tagger, **args.cfg}) as run:
-        counts = run_tagger(args.tagger, args.docs, args.out, args.cfg)
-        run.log_metrics({k: v for k, v in counts.items() if "fail" in k or "__" not in k
-                         or args.tagger != "gopher"})
+        run.log_metrics(run_tagger(args.tagger, args.docs, args.out, args.cfg))
 
 
 def cmd_dedup(args) -> None:

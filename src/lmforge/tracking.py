@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -109,8 +110,6 @@ class JobRun:
             self.client.log_batch(self.run_id, params=items[start : start + 100])
 
     def log_metrics(self, metrics: dict, step: int = 0) -> None:
-        import time
-
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)

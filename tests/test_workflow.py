@@ -1,0 +1,143 @@
+"""The Snakemake workflow itself, on the tiny config (shortened training), in a temp copy."""
+
+import hashlib
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.workflow
+DISTRIBUTED_ENV = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
+STAGES = ["make_tasks", "crawl_demo", "extract", "tag", "dedup", "mix", "funnel", "stats",
+          "train_tokenizer", "tokenize", "init_model", "pretrain", "grow", "sft_data", "sft",
+          "evaluate", "eval_summary", "loss_plot"]
+FAST = {"pretrain": {"steps": 80}, "grow": {"train": {"steps": 30}},
+        "sft": {"train": {"steps": 40}}, "evaluate": {"max_ppl_tokens": 6000}}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(base[key], value) if isinstance(value, dict) else value
+    return out
+
+
+def snakemake(repo: Path, work: Path, *args: str, check: bool = True):
+    # A DeepSpeed test in this process may have described a one-rank world in os.environ;
+    # jobs must pick their own.
+    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
+    env["PATH"] = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "-d", str(work),
+         "--cores", "2", *args], capture_output=True, text=True, env=env, timeout=1500)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n"
+                             f"{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A copy of the workflow, so a test may touch its code files."""
+    copy = tmp_path_factory.mktemp("repo")
+    shutil.copy(ROOT / "Snakefile", copy)
+    for folder in ("workflow", "config", "src", "envs"):
+        shutil.copytree(ROOT / folder, copy / folder,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    fast = _merge(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), FAST)
+    (copy / "fast.yaml").write_text(yaml.safe_dump(fast))
+    return copy
+
+
+@pytest.fixture(scope="module")
+def finished(repo, tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("work")
+    snakemake(repo, work, "--configfile", str(repo / "fast.yaml"))
+    return work
+
+
+def test_wrong_config_key_or_type_fails_before_any_job(repo, tmp_path):
+    config = yaml.safe_load((repo / "fast.yaml").read_text())
+    config["pretrain"]["stpes"] = 3
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    proc = snakemake(repo, tmp_path, "-n", "--configfile", str(tmp_path / "bad.yaml"), check=False)
+    assert proc.returncode != 0 and "stpes" in proc.stderr + proc.stdout
+    config["pretrain"].pop("stpes")
+    config["model"]["d_model"] = "wide"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    proc = snakemake(repo, tmp_path, "-n", "--configfile", str(tmp_path / "bad.yaml"), check=False)
+    assert proc.returncode != 0 and "'wide' is not of type 'integer'" in proc.stderr + proc.stdout
+    assert not (tmp_path / "results").exists()
+
+
+def test_dry_run_lists_every_stage(repo, tmp_path):
+    out = snakemake(repo, tmp_path, "-n", "--configfile", str(repo / "fast.yaml")).stdout
+    for stage in STAGES:
+        assert f"rule {stage}:" in out or f"localrule {stage}:" in out, stage
+
+
+def test_tiny_dag_trains_models_that_beat_untrained_ones(finished):
+    import json
+
+    rows = json.loads((finished / "results/eval/summary.json").read_text())
+    ppl = {r["model"]: r["perplexity"] for r in rows if r["task"] == "heldout_ppl"}
+    assert ppl["pretrain"] < ppl["init"] / 5
+    assert ppl["grow"] < ppl["init-grown"] / 5
+    assert ppl["grow"] < ppl["pretrain"] * 1.05
+    assert {r["model"] for r in rows} == {"init", "pretrain", "init-grown", "grow", "sft"}
+    for name in ("results/train/loss.png", "results/mixes/web/funnel.md",
+                 "results/stats/documents-demo/domains.png"):
+        assert (finished / name).stat().st_size > 0
+
+
+def test_mlflow_has_one_parent_and_a_child_per_job(finished):
+    db = sqlite3.connect(finished / "results/mlflow.db")
+    runs = db.execute("SELECT run_uuid, name, status FROM runs").fetchall()
+    parents = [r for r in runs if r[1] == "snakemake"]
+    assert len(parents) == 1 and parents[0][2] == "FINISHED"
+    children = db.execute("SELECT run_uuid FROM tags WHERE key = 'mlflow.parentRunId' AND "
+                          "value = ?", (parents[0][0],)).fetchall()
+    assert len(children) == len(runs) - 1 >= 40
+    losses = db.execute("SELECT count(*) FROM metrics WHERE key = 'train/loss'").fetchone()[0]
+    assert losses >= 8 + 3 + 4  # a loss curve per training job
+
+
+def test_second_run_has_nothing_to_do_and_report_works(repo, finished):
+    out = snakemake(repo, finished, "-n", "--configfile", str(repo / "fast.yaml"))
+    assert "Nothing to be done" in out.stdout + out.stderr
+    snakemake(repo, finished, "--configfile", str(repo / "fast.yaml"), "--report",
+              str(finished / "report.html"))
+    assert (finished / "report.html").stat().st_size > 100_000
+
+
+def test_one_artifact_rebuilds_alone_and_code_change_reruns_its_stage(repo, finished):
+    (finished / "results/mixes/web/funnel.md").unlink()
+    out = snakemake(repo, finished, "results/mixes/web/funnel.md", "--configfile",
+                    str(repo / "fast.yaml"))
+    assert "1 of 1 steps (100%) done" in out.stderr
+    # Snakemake compares checksums as well as times: an edit, not a touch, is a change.
+    with open(repo / "src/lmforge/stats.py", "a") as handle:
+        handle.write("\n# an edit to the stats stage\n")
+    plan = snakemake(repo, finished, "-n", "--configfile", str(repo / "fast.yaml")).stdout
+    jobs = {line.split()[-1].rstrip(":") for line in plan.splitlines()
+            if line.startswith(("rule ", "localrule "))}
+    assert jobs == {"stats", "all"}
+
+
+def _digests(work: Path) -> dict[str, str]:
+    files = [p for folder in ("documents", "attributes", "mixes", "tokens", "tokenizer")
+             for p in sorted((work / "results" / folder).rglob("*")) if p.is_file()]
+    return {str(p.relative_to(work)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def test_corpus_and_tokens_are_byte_identical_across_runs(repo, finished, tmp_path):
+    snakemake(repo, tmp_path, "results/tokens/web/meta.json", "--configfile",
+              str(repo / "fast.yaml"))
+    again = _digests(tmp_path)
+    assert len(again) > 20 and again == {k: v for k, v in _digests(finished).items() if k in again}
