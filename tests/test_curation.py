@@ -1,11 +1,12 @@
 import pytest
 
-from conftest import make_docs
 from lmforge import pii
 from lmforge.dedup import dedup, normalize_url
 from lmforge.mix import drop_reason, mix_shard, summarize_funnel
 from lmforge.storage import InputError, read_json, read_jsonl, write_jsonl_gz
 from lmforge.taggers import gopher_failures, gopher_signals, run_tagger, tag_language
+
+from conftest import make_docs
 
 PROSE = (
     "The quick brown fox jumps over the lazy dog while the farmer watches from the porch. "

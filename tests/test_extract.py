@@ -14,9 +14,10 @@ def test_demo_shard_extracts_documents_in_dolma_format(demo_crawl, tmp_path):
     assert set(doc) == {"id", "text", "source", "added", "created", "metadata"}
     assert doc["metadata"]["url"].startswith("https://")
     assert "<p>" not in doc["text"] and "All rights reserved" not in doc["text"]  # boilerplate
-    labels = [l for l in read_jsonl(demo_crawl / "crawl" / "labels.jsonl.gz")
-              if l["shard"] == "shard-0000"]
-    assert result["skipped"].get("not_html", 0) == sum("non_html" in l["kinds"] for l in labels)
+    labels = [label for label in read_jsonl(demo_crawl / "crawl" / "labels.jsonl.gz")
+              if label["shard"] == "shard-0000"]
+    non_html = sum("non_html" in label["kinds"] for label in labels)
+    assert result["skipped"].get("not_html", 0) == non_html
     assert result["documents"] + result["skipped"].get("not_html", 0) == len(labels)
 
 
@@ -45,9 +46,10 @@ def test_missing_warc_is_a_clear_error(tmp_path):
 
 
 def test_non_utf8_page_is_decoded(tmp_path):
+    import io
+
     from warcio.statusandheaders import StatusAndHeaders
     from warcio.warcwriter import WARCWriter
-    import io
 
     html = "<html><body><p>Größe und Übermaß, ça va très bien: élève naïve.</p></body></html>"
     path = tmp_path / "latin1.warc.gz"

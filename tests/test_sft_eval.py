@@ -1,13 +1,14 @@
 import numpy as np
 import torch
 
-from conftest import make_docs
 from lmforge import tasks
 from lmforge.evaluate import heldout_perplexity, multiple_choice, summary_table
 from lmforge.model import ModelConfig, Olmo2
 from lmforge.sft import encode_example, make_sft_data, sft_batches
 from lmforge.storage import read_jsonl, write_jsonl_gz
 from lmforge.tokenize import ASSISTANT, load_tokenizer, train_tokenizer
+
+from conftest import make_docs
 
 TEXTS = [f"Sentence {i} says that the garden has {i % 7} apple trees and a small river nearby."
          for i in range(300)]
@@ -38,14 +39,14 @@ def test_loss_only_on_assistant_tokens(tmp_path):
                             {"role": "assistant", "content": "5"}]}
     ids, labels = encode_example(tok, example, 64)
     start = ids.index(tok.token_to_id(ASSISTANT))
-    assert all(l == -100 for l in labels[: start + 2])
-    assert tok.decode([l for l in labels if l != -100]).startswith("5")
+    assert all(label == -100 for label in labels[: start + 2])
+    assert tok.decode([label for label in labels if label != -100]).startswith("5")
     write_jsonl_gz(tmp_path / "sft.jsonl.gz", [example] * 3)
     batches, info = sft_batches(tok, tmp_path / "sft.jsonl.gz", 32,
                                 {"micro_batch_size": 2, "grad_accum": 1}, seed=0)
     inputs, targets = batches(0, 0)
     assert inputs.shape == targets.shape == (2, 31) and info["examples"] == 3
-    assert (targets != -100).sum() == 2 * sum(l != -100 for l in labels)
+    assert (targets != -100).sum() == 2 * sum(label != -100 for label in labels)
 
 
 def _uniform_model(vocab):

@@ -1,8 +1,9 @@
 import pandas as pd
 
-from conftest import make_docs
 from lmforge.stats import corpus_stats
 from lmforge.storage import write_jsonl_gz
+
+from conftest import make_docs
 
 
 def test_duckdb_stats_are_exact(tmp_path, config):
@@ -23,6 +24,7 @@ def test_duckdb_stats_are_exact(tmp_path, config):
     assert summary["documents_in_duplicate_text_clusters"] == 5
     assert summary["duplicate_url_clusters"] == 1
     domains = pd.read_parquet(tmp_path / "out" / "domains.parquet")
-    assert dict(zip(domains["domain"], domains["documents"])) == {"a.org": 3, "b.org": 2, "c.org": 1}
+    counts = dict(zip(domains["domain"], domains["documents"]))
+    assert counts == {"a.org": 3, "b.org": 2, "c.org": 1}
     for name in ("summary.md", "length_histogram.png", "domains.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0

@@ -2,8 +2,14 @@ import gzip
 
 import pytest
 
-from lmforge.storage import (InputError, atomic_dir, atomic_path, read_jsonl, stable_fraction,
-                             write_jsonl_gz)
+from lmforge.storage import (
+    InputError,
+    atomic_dir,
+    atomic_path,
+    read_jsonl,
+    stable_fraction,
+    write_jsonl_gz,
+)
 
 
 def test_atomic_path_leaves_nothing_when_the_writer_dies(tmp_path):

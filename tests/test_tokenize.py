@@ -1,8 +1,9 @@
 import numpy as np
 
-from conftest import make_docs
 from lmforge.storage import write_jsonl_gz
-from lmforge.tokenize import (EOS, load_tokenizer, open_tokens, tokenize_corpus, train_tokenizer)
+from lmforge.tokenize import EOS, load_tokenizer, open_tokens, tokenize_corpus, train_tokenizer
+
+from conftest import make_docs
 
 TEXTS = [f"Document number {i} talks about the {w} and the {w}s of the garden."
          for i in range(200) for w in ("apple", "tree", "river")]

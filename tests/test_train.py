@@ -67,6 +67,5 @@ def test_deepspeed_training_learns_checkpoints_and_is_deterministic(tmp_path, on
     assert (ckpt / "model.safetensors").exists() and (ckpt / "deepspeed" / "latest").exists()
     load_model(ckpt)
     _, metrics_again = _run(tmp_path, "b")
-    assert metrics_again.split("\n")[1].split(",")[:2] == metrics.split("\n")[1].split(",")[:2]
-    assert [l.split(",")[1] for l in metrics_again.splitlines()] == \
-        [l.split(",")[1] for l in metrics.splitlines()]
+    losses_again = [float(line.split(",")[1]) for line in metrics_again.splitlines()[1:]]
+    assert losses_again == losses  # same seed, same data order: identical losses on CPU

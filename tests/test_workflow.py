@@ -47,7 +47,7 @@ def repo(tmp_path_factory) -> Path:
     """A copy of the workflow, so a test may touch its code files."""
     copy = tmp_path_factory.mktemp("repo")
     shutil.copy(ROOT / "Snakefile", copy)
-    for folder in ("workflow", "config", "src", "envs"):
+    for folder in ("workflow", "config", "src", "envs", "profiles"):
         shutil.copytree(ROOT / folder, copy / folder,
                         ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     fast = _merge(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), FAST)
@@ -80,6 +80,12 @@ def test_dry_run_lists_every_stage(repo, tmp_path):
     out = snakemake(repo, tmp_path, "-n", "--configfile", str(repo / "fast.yaml")).stdout
     for stage in STAGES:
         assert f"rule {stage}:" in out or f"localrule {stage}:" in out, stage
+
+
+def test_slurm_profile_plans_every_job(repo, tmp_path):
+    out = snakemake(repo, tmp_path, "-n", "--profile", str(repo / "profiles/slurm"),
+                    "--configfile", str(repo / "fast.yaml"))
+    assert "pretrain" in out.stdout and "This was a dry-run" in out.stdout
 
 
 def test_tiny_dag_trains_models_that_beat_untrained_ones(finished):

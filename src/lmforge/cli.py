@@ -79,7 +79,8 @@ def cmd_extract(args) -> None:
 def cmd_tag(args) -> None:
     from lmforge.taggers import run_tagger
 
-    with _job(f"tag/{args.tagger}/{Path(args.out).name}", {"tagger": args.tagger, **args.cfg}) as run:
+    name = f"tag/{args.tagger}/{Path(args.out).name}"
+    with _job(name, {"tagger": args.tagger, **args.cfg}) as run:
         run.log_metrics(run_tagger(args.tagger, args.docs, args.out, args.cfg))
 
 
@@ -126,7 +127,8 @@ def cmd_stats(args) -> None:
 def cmd_train_tokenizer(args) -> None:
     from lmforge.tokenize import train_tokenizer
 
-    params = {"vocab_size": args.vocab_size, "seed": args.seed, "valid_fraction": args.valid_fraction}
+    params = {"vocab_size": args.vocab_size, "seed": args.seed,
+              "valid_fraction": args.valid_fraction}
     with _job("train_tokenizer", params) as run:
         run.log_metrics(train_tokenizer(args.docs, args.out, args.vocab_size, args.seed,
                                         args.valid_fraction))
@@ -148,7 +150,8 @@ def cmd_init_model(args) -> None:
 
     vocab = read_json(args.tokens_meta)["vocab_size"]
     layers = args.cfg["n_layers"] * args.layers_factor
-    with _job(f"init/{Path(args.out).name}", {**args.cfg, "n_layers": layers, "seed": args.seed}) as run:
+    params = {**args.cfg, "n_layers": layers, "seed": args.seed}
+    with _job(f"init/{Path(args.out).name}", params) as run:
         model = init_model(args.cfg, vocab, args.seed, n_layers=layers)
         with atomic_dir(args.out) as tmp:
             save_model(model, tmp)

@@ -18,7 +18,7 @@ from pathlib import Path
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-from lmforge import pii, sources, tasks
+from lmforge import sources, tasks
 from lmforge.storage import atomic_path, write_jsonl_gz
 
 DOMAINS = [

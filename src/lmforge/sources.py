@@ -7,12 +7,11 @@ real English prose present on every CPython install, so the demo needs no downlo
 from __future__ import annotations
 
 import ast
+import pydoc_data.topics
 import re
 import sysconfig
 from functools import lru_cache
 from pathlib import Path
-
-import pydoc_data.topics
 
 from lmforge import pii
 

@@ -139,7 +139,8 @@ def job_run(name: str, params: dict | None = None) -> Iterator[JobRun]:
     """A child run of the current Snakemake invocation (or a top-level run when used alone)."""
     client = _client()
     experiment = os.environ.get(ENV_EXPERIMENT, "lmforge")
-    tags = {"lmforge.job": name, "lmforge.git_commit": os.environ.get(ENV_GIT_COMMIT) or git_commit(),
+    tags = {"lmforge.job": name,
+            "lmforge.git_commit": os.environ.get(ENV_GIT_COMMIT) or git_commit(),
             "lmforge.config_hash": os.environ.get(ENV_CONFIG_HASH, "unknown")}
     if os.environ.get(ENV_PARENT):
         tags["mlflow.parentRunId"] = os.environ[ENV_PARENT]
