@@ -1,6 +1,7 @@
 """The Snakemake workflow itself, on the tiny config (shortened training), in a temp copy."""
 
 import hashlib
+import json
 import os
 import shutil
 import sqlite3
@@ -89,8 +90,6 @@ def test_slurm_profile_plans_every_job(repo, tmp_path):
 
 
 def test_tiny_dag_trains_models_that_beat_untrained_ones(finished):
-    import json
-
     rows = json.loads((finished / "results/eval/summary.json").read_text())
     ppl = {r["model"]: r["perplexity"] for r in rows if r["task"] == "heldout_ppl"}
     assert ppl["pretrain"] < ppl["init"] / 5
@@ -147,3 +146,19 @@ def test_corpus_and_tokens_are_byte_identical_across_runs(repo, finished, tmp_pa
               str(repo / "fast.yaml"))
     again = _digests(tmp_path)
     assert len(again) > 20 and again == {k: v for k, v in _digests(finished).items() if k in again}
+
+
+def test_real_warc_files_feed_the_same_dag(repo, tmp_path):
+    shared = ROOT.parent / "shared" / "data" / "warc"
+    if not shared.is_dir():
+        pytest.skip("../shared/data is not present")
+    config = yaml.safe_load((repo / "fast.yaml").read_text())
+    config["crawl"].update(source="warc", name="cc",
+                           warc_paths=[str(shared / "warc__sample-000*.warc.gz")])
+    (tmp_path / "cc.yaml").write_text(yaml.safe_dump(config))
+    snakemake(repo, tmp_path, "results/mixes/web/funnel.json", "--configfile",
+              str(tmp_path / "cc.yaml"))
+    funnel = json.loads((tmp_path / "results/mixes/web/funnel.json").read_text())
+    assert funnel["documents_in"] == 37  # the wget captures' HTML responses
+    assert 0 < funnel["documents_out"] <= 37
+    assert not (tmp_path / "results/crawl").exists()  # no demo crawl was made
