@@ -93,6 +93,56 @@ def cmd_dedup(args) -> None:
         run.log_metrics(stats)
 
 
+def cmd_dedup_paragraphs(args) -> None:
+    from lmforge.dedup import dedup_paragraphs
+
+    with _job("dedup/dedup_para", args.cfg) as run:
+        stats = dedup_paragraphs(args.docs, args.out, args.cfg)
+        log.info("paragraph dedup: %s", stats)
+        run.log_metrics(stats)
+
+
+def cmd_minhash(args) -> None:
+    from lmforge.dedup import minhash_signatures
+
+    with _job(f"minhash/{Path(args.out).name}", args.cfg) as run:
+        run.log_metrics(minhash_signatures(args.docs, args.out, args.cfg))
+
+
+def cmd_dedup_minhash(args) -> None:
+    from lmforge.dedup import dedup_minhash
+
+    with _job("dedup/dedup_minhash", args.cfg) as run:
+        stats = dedup_minhash(args.signatures, args.docs, args.out, args.cfg)
+        log.info("minhash dedup: %s", stats)
+        run.log_metrics(stats)
+
+
+def cmd_decontam(args) -> None:
+    from lmforge.decontam import decontaminate
+
+    with _job(f"decontam/{Path(args.out).name}", args.cfg) as run:
+        run.log_metrics(decontaminate(args.docs, args.tasks_dir, args.out, args.cfg))
+
+
+def cmd_label_eval(args) -> None:
+    from lmforge.labeleval import evaluate_labels, markdown
+
+    shards = len(args.docs)
+    attrs = {}
+    for path in args.attributes:
+        attrs.setdefault(Path(path).parent.parent.name, []).append(path)
+    if any(len(paths) != shards for paths in attrs.values()):
+        raise ValueError("every attribute set needs one file per documents shard")
+    with _job("label_eval") as run:
+        results = evaluate_labels(args.labels, args.docs, attrs)
+        write_json(args.out_json, results)
+        write_text(args.out_md, "# Curation against the demo crawl's labels\n\n"
+                   + markdown(results))
+        run.log_metrics({k: v for k, v in results.items() if k != "pii"})
+        run.log_artifact(args.out_md)
+
+
 def cmd_mix(args) -> None:
     from lmforge.mix import mix_shard
 
@@ -295,6 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("tag", cmd_tag, (["--tagger"], req), (["--docs"], req), out, cfg)
     add("dedup", cmd_dedup, (["--method"], {"choices": ["dedup_exact", "dedup_url"], **req}), docs,
         (["--out"], {"nargs": "+", **req}))
+    add("dedup-paragraphs", cmd_dedup_paragraphs, docs, (["--out"], {"nargs": "+", **req}), cfg)
+    add("minhash", cmd_minhash, (["--docs"], req), out, cfg)
+    add("dedup-minhash", cmd_dedup_minhash, (["--signatures"], {"nargs": "+", **req}), docs,
+        (["--out"], {"nargs": "+", **req}), cfg)
+    add("decontam", cmd_decontam, (["--docs"], req), (["--tasks-dir"], req), out, cfg)
+    add("label-eval", cmd_label_eval, (["--labels"], req), docs,
+        (["--attributes"], {"nargs": "+", **req}), (["--out-json"], req), (["--out-md"], req))
     add("mix", cmd_mix, (["--docs"], req), (["--attributes"], {"nargs": "+", **req}), out,
         (["--funnel"], req), cfg)
     add("funnel", cmd_funnel, (["--inputs"], {"nargs": "+", **req}), cfg, (["--out-json"], req),

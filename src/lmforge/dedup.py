@@ -1,18 +1,23 @@
-"""Global exact deduplication (document text and URL) across all shards, as attributes.
+"""Global deduplication across all shards, written as attributes.
 
-Dolma semantics: shards are read in order and the first occurrence is kept; every later copy
-gets a `<method>__duplicate` span covering the document. One job sees every shard because a
-duplicate may sit in another shard.
+Dolma semantics throughout: shards are read in order and the first occurrence is kept; later
+copies get spans. Exact document and URL keys go in exact hash sets; paragraphs go in a Bloom
+filter whose size comes from the expected count and false-positive rate in the config, so its
+memory is bounded by the config, not the corpus; near-duplicate documents are found with
+MinHash-LSH, the signatures computed per shard in parallel jobs and the bands resolved globally.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from lmforge.storage import read_jsonl, write_jsonl_gz
+import numpy as np
+
+from lmforge.storage import atomic_path, read_jsonl, write_jsonl_gz
 
 
 def normalize_url(url: str) -> str:
@@ -45,6 +50,122 @@ def dedup(method: str, docs_paths: list[str | Path], out_paths: list[str | Path]
                     stats["duplicates"] += 1
                 else:
                     seen.add(digest)
+                stats["documents"] += 1
+                yield {"id": doc["id"], "source": doc.get("source"), "attributes": attrs}
+
+        write_jsonl_gz(out_path, rows())
+    return stats
+
+
+def _hash128(text: str) -> int:
+    # rbloom's default hash is Python's salted hash(); a keyed digest keeps runs identical.
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def paragraph_spans(text: str) -> Iterator[tuple[int, int, str]]:
+    """Dolma's paragraphs: lines split on "\n", each span including its newline."""
+    offset = 0
+    for paragraph in text.split("\n"):
+        start = offset
+        offset += len(paragraph)
+        if offset < len(text):
+            offset += 1
+        yield start, offset, paragraph
+
+
+def dedup_paragraphs(docs_paths: list, out_paths: list, cfg: dict) -> dict:
+    """First occurrence of each paragraph kept; later copies get `dedup_para__paragraph` spans."""
+    from rbloom import Bloom
+
+    bloom = Bloom(cfg["expected_paragraphs"], cfg["false_positive_rate"], _hash128)
+    stats = {"documents": 0, "paragraphs": 0, "duplicate_paragraphs": 0,
+             "documents_with_duplicates": 0, "bloom_bits": bloom.size_in_bits}
+    for docs_path, out_path in zip(docs_paths, out_paths, strict=True):
+
+        def rows(docs_path=docs_path):
+            for doc in read_jsonl(docs_path):
+                spans = []
+                for start, end, paragraph in paragraph_spans(doc["text"]):
+                    if not paragraph.strip():
+                        continue
+                    stats["paragraphs"] += 1
+                    if paragraph in bloom:
+                        spans.append([start, end, 1])
+                    else:
+                        bloom.add(paragraph)
+                stats["documents"] += 1
+                stats["duplicate_paragraphs"] += len(spans)
+                stats["documents_with_duplicates"] += bool(spans)
+                yield {"id": doc["id"], "source": doc.get("source"),
+                       "attributes": {"dedup_para__paragraph": spans} if spans else {}}
+
+        write_jsonl_gz(out_path, rows())
+    return stats
+
+
+_NON_WORD = re.compile(r"[^\w\s]")
+
+
+def shingles(text: str, n: int) -> list[bytes]:
+    """Word n-grams of the lower-cased text without punctuation (FineWeb's normalisation)."""
+    words = _NON_WORD.sub(" ", text.lower()).split()
+    if len(words) < n:
+        return [" ".join(words).encode("utf-8")]
+    return sorted({" ".join(words[i : i + n]).encode("utf-8") for i in range(len(words) - n + 1)})
+
+
+def minhash_signatures(docs_path, out_path, cfg: dict) -> dict:
+    """One shard's MinHash signatures (uint64, bands × rows permutations) and document ids."""
+    from datasketch import MinHash
+
+    num_perm = cfg["bands"] * cfg["rows"]
+    template = MinHash(num_perm=num_perm, seed=cfg["seed"])
+    ids, signatures = [], []
+    for doc in read_jsonl(docs_path):
+        minhash = template.copy()
+        minhash.update_batch(shingles(doc["text"], cfg["ngram"]))
+        ids.append(doc["id"])
+        signatures.append(minhash.hashvalues.astype(np.uint64))
+    matrix = np.stack(signatures) if signatures else np.zeros((0, num_perm), dtype=np.uint64)
+    with atomic_path(out_path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, ids=np.array(ids, dtype=str), signatures=matrix)
+    return {"documents": len(ids), "num_perm": num_perm}
+
+
+def dedup_minhash(signature_paths: list, docs_paths: list, out_paths: list, cfg: dict) -> dict:
+    """LSH over all shards in order: a document sharing a band with an earlier one, and whose
+    estimated Jaccard similarity to it reaches `min_jaccard`, is a near duplicate."""
+    bands, per_band = cfg["bands"], cfg["rows"]
+    buckets: dict[tuple[int, bytes], tuple[int, int]] = {}
+    loaded = []
+    stats = {"documents": 0, "duplicates": 0, "candidates_rejected": 0}
+    for shard, path in enumerate(signature_paths):
+        with np.load(path) as data:
+            loaded.append((list(data["ids"]), data["signatures"]))
+    for shard, ((ids, sigs), docs_path, out_path) in enumerate(
+        zip(loaded, docs_paths, out_paths, strict=True)
+    ):
+
+        def rows(shard=shard, ids=ids, sigs=sigs, docs_path=docs_path):
+            for index, doc in enumerate(read_jsonl(docs_path)):
+                if doc["id"] != ids[index]:
+                    raise ValueError(f"{docs_path}: signatures are stale (document order differs)")
+                keys = [(b, sigs[index, b * per_band : (b + 1) * per_band].tobytes()) for b in range(bands)]
+                best = 0.0
+                for key in keys:
+                    if key in buckets:
+                        other_shard, other_index = buckets[key]
+                        other = loaded[other_shard][1][other_index]
+                        best = max(best, float(np.mean(other == sigs[index])))
+                attrs = {}
+                if best >= cfg["min_jaccard"]:
+                    attrs["dedup_minhash__duplicate"] = [[0, len(doc["text"]), round(best, 4)]]
+                    stats["duplicates"] += 1
+                else:
+                    stats["candidates_rejected"] += best > 0
+                    for key in keys:
+                        buckets.setdefault(key, (shard, index))
                 stats["documents"] += 1
                 yield {"id": doc["id"], "source": doc.get("source"), "attributes": attrs}
 

@@ -40,14 +40,17 @@ def drop_reason(attributes: dict, rules: list[dict]) -> str | None:
     return None
 
 
-def mask_pii(doc: dict, attributes: dict) -> tuple[str, int]:
-    spans = [
-        (int(start), int(end), key.split("__", 1)[1])
-        for key, values in attributes.items()
-        if key.startswith("pii__") and key.split("__", 1)[1] in pii.MASKS
-        for start, end, _ in values
-    ]
-    return (pii.mask(doc["text"], spans), len(spans)) if spans else (doc["text"], 0)
+def edit_spans(attributes: dict, cfg: dict) -> tuple[list[tuple[int, int, str]], int, int]:
+    """Spans to delete (`remove_spans` attributes) and PII spans to mask, as replacements."""
+    removed = [(int(start), int(end), "") for name in cfg.get("remove_spans", [])
+               for start, end, _ in attributes.get(name) or []]
+    masked = []
+    if cfg["mask_pii"]:
+        masked = [(int(start), int(end), pii.MASKS[key.split("__", 1)[1]])
+                  for key, values in attributes.items()
+                  if key.startswith("pii__") and key.split("__", 1)[1] in pii.MASKS
+                  for start, end, _ in values]
+    return removed + masked, len(removed), len(masked)
 
 
 def mix_shard(docs_path, attr_paths, out_path, funnel_path, cfg: dict) -> dict:
@@ -63,11 +66,17 @@ def mix_shard(docs_path, attr_paths, out_path, funnel_path, cfg: dict) -> dict:
                 funnel[f"dropped_documents:{reason}"] += 1
                 funnel[f"dropped_tokens:{reason}"] += tokens
                 continue
-            if cfg["mask_pii"]:
-                text, masked = mask_pii(doc, attributes)
-                if masked:
-                    doc = {**doc, "text": text}
-                    funnel["pii_spans_masked"] += masked
+            spans, removed, masked = edit_spans(attributes, cfg)
+            if spans:
+                text = pii.replace_spans(doc["text"], spans)
+                funnel["spans_removed"] += removed
+                funnel["pii_spans_masked"] += masked
+                funnel["characters_removed_or_masked"] += len(doc["text"]) - len(text)
+                if not text.strip():
+                    funnel["dropped_documents:empty_after_span_removal"] += 1
+                    funnel["dropped_tokens:empty_after_span_removal"] += tokens
+                    continue
+                doc = {**doc, "text": text}
             funnel["documents_out"] += 1
             funnel["tokens_out"] += len(doc["text"].split())
             yield doc
@@ -89,6 +98,14 @@ def summarize_funnel(funnel_paths: list[str | Path], rules: list[dict]) -> tuple
         reason = rule["reason"]
         lines.append(f"| drop: {reason} | -{total[f'dropped_documents:{reason}']} | "
                      f"-{total[f'dropped_tokens:{reason}']} |")
+    if total["dropped_documents:empty_after_span_removal"]:
+        lines.append(f"| drop: empty_after_span_removal | "
+                     f"-{total['dropped_documents:empty_after_span_removal']} | "
+                     f"-{total['dropped_tokens:empty_after_span_removal']} |")
+    removed_tokens = (total["tokens_in"] - total["tokens_out"]
+                      - sum(v for k, v in total.items() if k.startswith("dropped_tokens:")))
+    lines.append(f"| span removal and masking (kept documents) | | -{removed_tokens} |")
     lines.append(f"| out | {total['documents_out']} | {total['tokens_out']} |")
-    lines.append(f"\nPII spans masked: {total['pii_spans_masked']}")
+    lines.append(f"\nSpans removed: {total['spans_removed']}; PII spans masked: "
+                 f"{total['pii_spans_masked']}")
     return dict(sorted(total.items())), "\n".join(lines) + "\n"

@@ -20,14 +20,19 @@ def contains_pii(text: str) -> bool:
     return any(pattern.search(text) for pattern in PATTERNS.values())
 
 
-def mask(text: str, spans: list[tuple[int, int, str]]) -> str:
-    """Replace (start, end, kind) spans, which may come from an attribute file, by their mask."""
+def replace_spans(text: str, spans: list[tuple[int, int, str]]) -> str:
+    """Replace (start, end, replacement) spans; where spans overlap the first one wins."""
     out, cursor = [], 0
-    for start, end, kind in sorted(spans):
-        if start < cursor:  # overlapping matches of two patterns: the first one wins
+    for start, end, replacement in sorted(spans):
+        if start < cursor:
             continue
         out.append(text[cursor:start])
-        out.append(MASKS[kind])
+        out.append(replacement)
         cursor = end
     out.append(text[cursor:])
     return "".join(out)
+
+
+def mask(text: str, spans: list[tuple[int, int, str]]) -> str:
+    """Replace (start, end, kind) spans, which may come from an attribute file, by their mask."""
+    return replace_spans(text, [(start, end, MASKS[kind]) for start, end, kind in spans])

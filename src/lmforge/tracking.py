@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ ENV_EXPERIMENT = "LMFORGE_MLFLOW_EXPERIMENT"
 ENV_CONFIG_HASH = "LMFORGE_CONFIG_HASH"
 ENV_GIT_COMMIT = "LMFORGE_GIT_COMMIT"
 DEFAULT_URI = "sqlite:///mlflow.db"
+_METRIC_NAME = re.compile(r"[^A-Za-z0-9_\-. :/]")  # the characters MLflow accepts
 
 
 def config_hash(config: dict) -> str:
@@ -113,7 +115,8 @@ class JobRun:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in sorted(_flatten(metrics).items())
+        items = [Metric(_METRIC_NAME.sub("_", k), float(v), now, step)
+                 for k, v in sorted(_flatten(metrics).items())
                  if isinstance(v, (int, float)) and not isinstance(v, bool)]
         if items:
             self.client.log_batch(self.run_id, metrics=items)

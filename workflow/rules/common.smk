@@ -61,6 +61,8 @@ def final_targets():
         f"{R}/mixes/{MIX}/funnel.md",
     ]
     targets += [f"{R}/stats/mix-{m}/summary.md" for m in config["mixes"]]
+    if config["crawl"]["source"] == "demo":
+        targets.append(f"{R}/curation/demo/label_eval.md")
     return targets
 
 

@@ -1,5 +1,7 @@
 TAGGERS = config["curate"]["taggers"]
 DEDUP = ["dedup_url", "dedup_exact"]
+# Every attribute set the mixer reads, each one file per documents shard.
+ATTRIBUTE_SETS = TAGGERS + DEDUP + ["dedup_para", "dedup_minhash", "decontam"]
 
 
 wildcard_constraints:
@@ -43,12 +45,113 @@ rule dedup:
         "lmforge dedup --method {wildcards.method} --docs {input.docs} --out {output} > {log} 2>&1"
 
 
+rule dedup_paragraphs:
+    input:
+        code("dedup"),
+        docs=docs("{source}"),
+    output:
+        [f"{R}/attributes/dedup_para/{{source}}/{s}.jsonl.gz" for s in SHARDS],
+    log:
+        f"{R}/logs/dedup/dedup_para/{{source}}.log",
+    benchmark:
+        f"{R}/benchmarks/dedup/dedup_para/{{source}}.tsv"
+    conda:
+        "../../envs/data.yaml"
+    params:
+        cfg=cfg_json("curate", "dedup", "paragraphs"),
+    shell:
+        "lmforge dedup-paragraphs --docs {input.docs} --out {output} --cfg {params.cfg:q} "
+        "> {log} 2>&1"
+
+
+rule minhash:
+    input:
+        code("dedup"),
+        docs=f"{R}/documents/{{source}}/{{shard}}.jsonl.gz",
+    output:
+        f"{R}/dedup/minhash/{{source}}/{{shard}}.npz",
+    log:
+        f"{R}/logs/minhash/{{source}}/{{shard}}.log",
+    benchmark:
+        f"{R}/benchmarks/minhash/{{source}}/{{shard}}.tsv"
+    conda:
+        "../../envs/data.yaml"
+    params:
+        cfg=cfg_json("curate", "dedup", "minhash"),
+    shell:
+        "lmforge minhash --docs {input.docs} --out {output} --cfg {params.cfg:q} > {log} 2>&1"
+
+
+rule dedup_minhash:
+    input:
+        code("dedup"),
+        signatures=[f"{R}/dedup/minhash/{{source}}/{s}.npz" for s in SHARDS],
+        docs=docs("{source}"),
+    output:
+        [f"{R}/attributes/dedup_minhash/{{source}}/{s}.jsonl.gz" for s in SHARDS],
+    log:
+        f"{R}/logs/dedup/dedup_minhash/{{source}}.log",
+    conda:
+        "../../envs/data.yaml"
+    params:
+        cfg=cfg_json("curate", "dedup", "minhash"),
+    shell:
+        "lmforge dedup-minhash --signatures {input.signatures} --docs {input.docs} "
+        "--out {output} --cfg {params.cfg:q} > {log} 2>&1"
+
+
+rule decontam:
+    input:
+        code("decontam", "dedup", "tasks"),
+        docs=f"{R}/documents/{{source}}/{{shard}}.jsonl.gz",
+        tasks=rules.make_tasks.output,
+    output:
+        f"{R}/attributes/decontam/{{source}}/{{shard}}.jsonl.gz",
+    log:
+        f"{R}/logs/decontam/{{source}}/{{shard}}.log",
+    conda:
+        "../../envs/data.yaml"
+    params:
+        cfg=cfg_json("curate", "decontam"),
+        tasks_dir=lambda w, input: os.path.dirname(input.tasks[0]),
+    shell:
+        "lmforge decontam --docs {input.docs} --tasks-dir {params.tasks_dir} --out {output} "
+        "--cfg {params.cfg:q} > {log} 2>&1"
+
+
+rule label_eval:
+    input:
+        code("labeleval"),
+        labels=f"{R}/crawl/demo/labels.jsonl.gz",
+        docs=docs("demo"),
+        attributes=[
+            f"{R}/attributes/{a}/demo/{s}.jsonl.gz"
+            for a in ATTRIBUTE_SETS
+            for s in SHARDS
+        ],
+    output:
+        json=f"{R}/curation/demo/label_eval.json",
+        md=report(
+            f"{R}/curation/demo/label_eval.md",
+            caption="../report/label_eval.rst",
+            category="Curation",
+        ),
+    log:
+        f"{R}/logs/label_eval.log",
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "lmforge label-eval --labels {input.labels} --docs {input.docs} "
+        "--attributes {input.attributes} --out-json {output.json} --out-md {output.md} "
+        "> {log} 2>&1"
+
+
 rule mix:
     input:
         code("mix", "pii"),
         docs=f"{R}/documents/{SOURCE}/{{shard}}.jsonl.gz",
         attributes=[
-            f"{R}/attributes/{t}/{SOURCE}/{{shard}}.jsonl.gz" for t in TAGGERS + DEDUP
+            f"{R}/attributes/{t}/{SOURCE}/{{shard}}.jsonl.gz" for t in ATTRIBUTE_SETS
         ],
     output:
         docs=f"{R}/mixes/{{mix}}/{{shard}}.jsonl.gz",

@@ -1,0 +1,83 @@
+"""Precision and recall of every filter and dedup method against the demo crawl's labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lmforge.storage import read_jsonl
+
+# method → (attribute that flags a document, label kinds it should find, other injected kinds
+# it may rightly hit, flag when the attribute is present or missing)
+METHODS = {
+    # Spam made of symbols and keyword lists has no language: "not English" is right.
+    "lang": ("lang__en", {"non_english"}, {"spam"}, "missing"),
+    # Gopher's rules are English rules (stop words): they reject other languages too.
+    "gopher": ("gopher__reject", {"spam"}, {"non_english"}, "present"),
+    "dedup_url": ("dedup_url__duplicate", {"url_duplicate"}, set(), "present"),
+    "dedup_exact": ("dedup_exact__duplicate", {"exact_duplicate"}, set(), "present"),
+    # An exact copy is also a near copy: counted as correct but not required.
+    "dedup_minhash": ("dedup_minhash__duplicate", {"near_duplicate"}, {"exact_duplicate"},
+                      "present"),
+    "decontam": ("decontam__overlap", {"contamination"}, set(), "present"),
+}
+
+
+def evaluate_labels(labels_path, docs_paths: list, attr_dirs: dict[str, list]) -> dict:
+    """attr_dirs maps an attribute set name to its per-shard files (same order as docs_paths)."""
+    labels = {row["record_id"]: row for row in read_jsonl(labels_path)}
+    rows = []
+    for shard_index, docs_path in enumerate(docs_paths):
+        readers = {name: read_jsonl(paths[shard_index]) for name, paths in attr_dirs.items()}
+        for doc in read_jsonl(docs_path):
+            merged = {}
+            for reader in readers.values():
+                merged.update(next(reader)["attributes"])
+            rows.append((labels[doc["metadata"]["warc_record_id"]], merged, doc))
+    results = {}
+    for method, (attribute, wanted, tolerated, when) in METHODS.items():
+        found = false_positives = missed = flagged_ok = 0
+        for label, attrs, _ in rows:
+            flagged = bool(attrs.get(attribute)) == (when == "present")
+            kinds = set(label["kinds"])
+            found += flagged and bool(kinds & wanted)
+            missed += not flagged and bool(kinds & wanted)
+            flagged_ok += flagged and bool(kinds & (wanted | tolerated))
+            false_positives += flagged and not kinds & (wanted | tolerated)
+        results[method] = {
+            "labelled": found + missed, "found": found, "false_positives": false_positives,
+            "precision": flagged_ok / max(flagged_ok + false_positives, 1),
+            "recall": found / max(found + missed, 1),
+        }
+    pii_found = {kind: 0 for kind in ("email", "phone", "ip")}
+    pii_labelled = {kind: 0 for kind in ("email", "phone", "ip")}
+    for label, attrs, _ in rows:
+        for kind in pii_found:
+            pii_found[kind] += len(attrs.get(f"pii__{kind}") or [])
+            pii_labelled[kind] += label["pii"].get(kind, 0)
+    results["pii"] = {"found": pii_found, "labelled": pii_labelled}
+    boiler = [(label, attrs) for label, attrs, _ in rows if label["boilerplate"]]
+    found = sum(len(attrs.get("dedup_para__paragraph") or []) >= 2 for _, attrs in boiler)
+    results["dedup_para"] = {
+        "labelled": max(len(boiler) - 1, 0), "found": found,
+        "recall": found / max(len(boiler) - 1, 1)}
+    return results
+
+
+def markdown(results: dict) -> str:
+    lines = ["| method | finds label | also accepted | labelled | found | false positives "
+             "| precision | recall |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for method, r in results.items():
+        if method == "pii":
+            continue
+        if method == "dedup_para":
+            target, accepted = "boilerplate pages (all but the first; ≥ 2 dup. paragraphs)", ""
+        else:
+            target = ", ".join(sorted(METHODS[method][1]))
+            accepted = ", ".join(sorted(METHODS[method][2]))
+        precision = f"{r['precision']:.3f}" if "precision" in r else "–"
+        lines.append(f"| {method} | {target} | {accepted} | {r['labelled']} | {r['found']} | "
+                     f"{r.get('false_positives', '–')} | {precision} | {r['recall']:.3f} |")
+    pii = results["pii"]
+    lines += ["", "| PII type | labelled | found |", "| --- | ---: | ---: |"]
+    lines += [f"| {k} | {pii['labelled'][k]} | {pii['found'][k]} |" for k in pii["found"]]
+    return "\n".join(lines) + "\n"
