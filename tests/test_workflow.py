@@ -101,6 +101,14 @@ def test_tiny_dag_trains_models_that_beat_untrained_ones(finished):
         assert (finished / name).stat().st_size > 0
 
 
+def test_curation_meets_the_labels(finished):
+    results = json.loads((finished / "results/curation/demo/label_eval.json").read_text())
+    for method in ("dedup_exact", "dedup_url", "decontam"):
+        assert results[method]["recall"] == 1.0 and results[method]["precision"] == 1.0, method
+    assert results["pii"]["found"] == results["pii"]["labelled"]
+    assert results["dedup_minhash"]["recall"] >= 0.9 and results["lang"]["recall"] >= 0.9
+
+
 def test_mlflow_has_one_parent_and_a_child_per_job(finished):
     db = sqlite3.connect(finished / "results/mlflow.db")
     runs = db.execute("SELECT run_uuid, name, status FROM runs").fetchall()

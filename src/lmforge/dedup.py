@@ -64,13 +64,12 @@ def _hash128(text: str) -> int:
 
 
 def paragraph_spans(text: str) -> Iterator[tuple[int, int, str]]:
-    """Dolma's paragraphs: lines split on "\n", each span including its newline."""
+    """Dolma's paragraphs: lines split on "\n", each span including its newline. Like dolma,
+    the last line's span also counts one newline, so it may end one past the text."""
     offset = 0
     for paragraph in text.split("\n"):
         start = offset
-        offset += len(paragraph)
-        if offset < len(text):
-            offset += 1
+        offset += len(paragraph) + 1
         yield start, offset, paragraph
 
 
@@ -151,7 +150,8 @@ def dedup_minhash(signature_paths: list, docs_paths: list, out_paths: list, cfg:
             for index, doc in enumerate(read_jsonl(docs_path)):
                 if doc["id"] != ids[index]:
                     raise ValueError(f"{docs_path}: signatures are stale (document order differs)")
-                keys = [(b, sigs[index, b * per_band : (b + 1) * per_band].tobytes()) for b in range(bands)]
+                keys = [(b, sigs[index, b * per_band : (b + 1) * per_band].tobytes())
+                        for b in range(bands)]
                 best = 0.0
                 for key in keys:
                     if key in buckets:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from lmforge.storage import read_jsonl
 
 # method → (attribute that flags a document, label kinds it should find, other injected kinds
