@@ -120,3 +120,30 @@ def test_drop_reason_semantics():
     assert drop_reason({"lang__fr": [[0, 1, 1]]}, rules) == "lang"
     assert drop_reason({"lang__en": [[0, 1, 1]], "dedup__duplicate": []}, rules) is None
     assert drop_reason({"lang__en": [[0, 1, 1]], "dedup__duplicate": [[0, 1, 1]]}, rules) == "dup"
+
+
+def test_c4_rules(config):
+    from lmforge.taggers import c4_decisions, tag_c4
+
+    cfg = config["curate"]["c4"]
+    good = "\n".join(f"This is sentence number {i} of a well formed page." for i in range(6))
+    removed, reason = c4_decisions("Menu\n" + good + "\nWe use cookies on this site.", cfg)
+    assert reason is None
+    assert [r for _, _, r in removed] == ["no_terminal_punctuation", "policy"]
+    assert c4_decisions(good + "\nLorem ipsum dolor sit amet.", cfg)[1] == "lorem_ipsum"
+    assert c4_decisions(good + "\nUse a dict like {1: 2} here.", cfg)[1] == "curly_bracket"
+    assert c4_decisions("One sentence only here.", cfg)[1] == "too_few_sentences"
+    attrs = tag_c4({"text": "Menu\n" + good}, cfg)
+    assert attrs["c4__line_no_terminal_punctuation"] == [[0, 5, 1.0]] and "c4__reject" not in attrs
+
+
+def test_source_weights_up_and_down_sample(tmp_path):
+    from lmforge.mix import sample_copies
+
+    docs = make_docs([f"doc {i}" for i in range(2000)])
+    assert all(sample_copies(d, {"test": 2.0}) == 2 for d in docs)
+    kept = sum(sample_copies(d, {"test": 0.3}) for d in docs)
+    assert 500 < kept < 700  # about 30%
+    assert [sample_copies(d, {"test": 1.5}) for d in docs] == \
+        [sample_copies(d, {"test": 1.5}) for d in docs]
+    assert sample_copies(docs[0], {"other": 0.0}) == 1

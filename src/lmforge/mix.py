@@ -10,7 +10,14 @@ from collections import Counter
 from pathlib import Path
 
 from lmforge import pii
-from lmforge.storage import InputError, read_json, read_jsonl, write_json, write_jsonl_gz
+from lmforge.storage import (
+    InputError,
+    read_json,
+    read_jsonl,
+    stable_fraction,
+    write_json,
+    write_jsonl_gz,
+)
 
 
 def _aligned(docs_path: Path, attr_paths: list[Path]):
@@ -53,6 +60,14 @@ def edit_spans(attributes: dict, cfg: dict) -> tuple[list[tuple[int, int, str]],
     return removed + masked, len(removed), len(masked)
 
 
+def sample_copies(doc: dict, weights: dict[str, float]) -> int:
+    """Dolma-style source weights: weight 2.5 keeps a document 2 or 3 times (3 with chance
+    0.5), weight 0.3 keeps it once with chance 0.3; chance is a seeded hash of the id."""
+    weight = weights.get(doc.get("source"), 1.0)
+    whole = int(weight)
+    return whole + (stable_fraction(f"sample/{doc['id']}") < weight - whole)
+
+
 def mix_shard(docs_path, attr_paths, out_path, funnel_path, cfg: dict) -> dict:
     funnel: Counter = Counter()
 
@@ -72,14 +87,23 @@ def mix_shard(docs_path, attr_paths, out_path, funnel_path, cfg: dict) -> dict:
                 funnel["spans_removed"] += removed
                 funnel["pii_spans_masked"] += masked
                 funnel["characters_removed_or_masked"] += len(doc["text"]) - len(text)
+                funnel["tokens_removed_by_spans"] += tokens - len(text.split())
                 if not text.strip():
                     funnel["dropped_documents:empty_after_span_removal"] += 1
                     funnel["dropped_tokens:empty_after_span_removal"] += tokens
                     continue
                 doc = {**doc, "text": text}
-            funnel["documents_out"] += 1
-            funnel["tokens_out"] += len(doc["text"].split())
-            yield doc
+            copies = sample_copies(doc, cfg.get("sample_weights", {}))
+            if copies == 0:
+                funnel["dropped_documents:downsampled"] += 1
+                funnel["dropped_tokens:downsampled"] += len(doc["text"].split())
+                continue
+            funnel["upsampled_copies"] += copies - 1
+            funnel["upsampled_tokens"] += (copies - 1) * len(doc["text"].split())
+            for _ in range(copies):
+                funnel["documents_out"] += 1
+                funnel["tokens_out"] += len(doc["text"].split())
+                yield doc
 
     write_jsonl_gz(out_path, kept())
     result = dict(sorted(funnel.items()))
@@ -98,13 +122,15 @@ def summarize_funnel(funnel_paths: list[str | Path], rules: list[dict]) -> tuple
         reason = rule["reason"]
         lines.append(f"| drop: {reason} | -{total[f'dropped_documents:{reason}']} | "
                      f"-{total[f'dropped_tokens:{reason}']} |")
-    if total["dropped_documents:empty_after_span_removal"]:
-        lines.append(f"| drop: empty_after_span_removal | "
-                     f"-{total['dropped_documents:empty_after_span_removal']} | "
-                     f"-{total['dropped_tokens:empty_after_span_removal']} |")
-    removed_tokens = (total["tokens_in"] - total["tokens_out"]
-                      - sum(v for k, v in total.items() if k.startswith("dropped_tokens:")))
-    lines.append(f"| span removal and masking (kept documents) | | -{removed_tokens} |")
+    for step in ("empty_after_span_removal", "downsampled"):
+        if total[f"dropped_documents:{step}"]:
+            lines.append(f"| drop: {step} | -{total[f'dropped_documents:{step}']} | "
+                         f"-{total[f'dropped_tokens:{step}']} |")
+    lines.append(f"| spans removed, PII masked (kept documents) | | "
+                 f"-{total['tokens_removed_by_spans']} |")
+    if total["upsampled_copies"]:
+        lines.append(f"| upsampled copies | +{total['upsampled_copies']} | "
+                     f"+{total['upsampled_tokens']} |")
     lines.append(f"| out | {total['documents_out']} | {total['tokens_out']} |")
     lines.append(f"\nSpans removed: {total['spans_removed']}; PII spans masked: "
                  f"{total['pii_spans_masked']}")

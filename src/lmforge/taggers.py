@@ -163,6 +163,67 @@ def tag_gopher(doc: dict, cfg: dict) -> Attributes:
     return attrs
 
 
+C4_END_PUNCTUATION = (".", "?", "!", '"', "'")
+C4_POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies",
+             "use cookies")
+_CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
+_SENTENCE = re.compile(r"[.!?]+(?:\s|$)")
+
+
+def c4_decisions(text: str, cfg: dict) -> tuple[list[tuple[int, int, str]], str | None]:
+    """C4's line and page rules (Raffel et al. 2020, as datatrove's C4QualityFilter applies
+    them): the lines C4 would delete, with why, and the reason it would drop the whole page."""
+    removed, sentences = [], 0
+    for start, end, raw in _lines(text):
+        line = _CITATION.sub("", raw.strip())
+        words = line.split()
+        lower = line.lower()
+        reason = None
+        if any(len(word) > cfg["max_word_length"] for word in words):
+            reason = "too_long_word"
+        elif not line.endswith(C4_END_PUNCTUATION) or line.endswith("..."):
+            reason = "no_terminal_punctuation"
+        elif len(words) < cfg["min_words_per_line"]:
+            reason = "too_few_words"
+        elif "lorem ipsum" in lower:
+            return removed, "lorem_ipsum"
+        elif "javascript" in lower:
+            reason = "javascript"
+        elif "{" in line:
+            return removed, "curly_bracket"
+        elif any(phrase in lower for phrase in C4_POLICY):
+            reason = "policy"
+        if reason:
+            removed.append((start, end, reason))
+        else:
+            sentences += max(1, len(_SENTENCE.findall(line)))
+    if sentences < cfg["min_sentences"]:
+        return removed, "too_few_sentences"
+    return removed, None
+
+
+def _lines(text: str):
+    offset = 0
+    for line in text.split("\n"):
+        yield offset, offset + len(line) + 1, line
+        offset += len(line) + 1
+
+
+@register("c4")
+def tag_c4(doc: dict, cfg: dict) -> Attributes:
+    """`c4__line_<reason>` spans for lines C4 deletes; `c4__reject` (and `c4__fail_<reason>`)
+    when C4 drops the page."""
+    text = doc["text"]
+    removed, page_reason = c4_decisions(text, cfg)
+    attrs: Attributes = {}
+    for start, end, reason in removed:
+        attrs.setdefault(f"c4__line_{reason}", []).append([start, min(end, len(text)), 1.0])
+    if page_reason:
+        attrs["c4__reject"] = [[0, len(text), 1.0]]
+        attrs[f"c4__fail_{page_reason}"] = [[0, len(text), 1.0]]
+    return attrs
+
+
 def run_tagger(name: str, docs_path: str | Path, out_path: str | Path, cfg: dict) -> dict:
     if name not in TAGGERS:
         raise KeyError(f"unknown tagger {name!r}; registered: {sorted(TAGGERS)}")

@@ -58,8 +58,8 @@ def final_targets():
         f"{R}/eval/summary.md",
         f"{R}/train/loss.png",
         f"{R}/stats/documents-{SOURCE}/summary.md",
-        f"{R}/mixes/{MIX}/funnel.md",
     ]
+    targets += [f"{R}/mixes/{m}/funnel.md" for m in config["mixes"]]
     targets += [f"{R}/stats/mix-{m}/summary.md" for m in config["mixes"]]
     if config["crawl"]["source"] == "demo":
         targets.append(f"{R}/curation/demo/label_eval.md")

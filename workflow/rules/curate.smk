@@ -5,7 +5,7 @@ ATTRIBUTE_SETS = TAGGERS + DEDUP + ["dedup_para", "dedup_minhash", "decontam"]
 
 
 wildcard_constraints:
-    tagger="|".join(["lang", "gopher", "pii"]),
+    tagger="|".join(["lang", "gopher", "c4", "pii"]),
     method="|".join(DEDUP),
     shard=r"shard-\d+",
 
