@@ -64,3 +64,23 @@ def test_non_utf8_page_is_decoded(tmp_path):
     (doc,) = read_jsonl(tmp_path / "out.jsonl.gz")
     assert "Größe" in doc["text"] and "élève" in doc["text"]
     assert gzip.open(tmp_path / "out.jsonl.gz").read()
+
+
+def test_wet_conversion_records_become_documents(tmp_path):
+    import io
+
+    from warcio.warcwriter import WARCWriter
+
+    path = tmp_path / "sample.warc.wet.gz"
+    with open(path, "wb") as handle:
+        writer = WARCWriter(handle, gzip=True)
+        writer.write_record(writer.create_warcinfo_record("sample.warc.wet.gz", {"a": "b"}))
+        for i, text in enumerate(["First page text.\nSecond line.", ""]):
+            writer.write_record(writer.create_warc_record(
+                f"http://example.com/{i}", "conversion", payload=io.BytesIO(text.encode()),
+                warc_content_type="text/plain"))
+    result = extract(path, tmp_path / "out.jsonl.gz", "cc")
+    (doc,) = read_jsonl(tmp_path / "out.jsonl.gz")
+    assert doc["text"] == "First page text.\nSecond line."
+    assert doc["metadata"]["content_type"] == "text/plain"
+    assert result["skipped"] == {"empty_payload": 1, "record_type:warcinfo": 1}

@@ -1,9 +1,9 @@
-"""WARC → Dolma documents.
+"""WARC/WET → Dolma documents.
 
-FastWARC reads the records (gzip per record or plain), Resiliparse decodes the charset and
-extracts the main text. A record that cannot become a document is skipped and counted by
-reason; a truncated or corrupt file ends that file's iteration with a counted error instead of
-killing the job.
+FastWARC reads the records (gzip per record or plain). HTML responses: Resiliparse decodes the
+charset and extracts the main text. WET conversion records already hold Common Crawl's text.
+A record that cannot become a document is skipped and counted by reason; a truncated or corrupt
+file ends that file's iteration with a counted error instead of killing the job.
 """
 
 from __future__ import annotations
@@ -51,14 +51,20 @@ def iter_documents(warc_path: str | Path, source: str, skips: Counter) -> Iterat
                 yield doc
 
 
-def _to_document(record, warc_path: Path, source: str, skips: Counter) -> dict | None:
-    if record.record_type != WarcRecordType.response:
-        skips[f"record_type:{record.record_type}"] += 1
+def _read_payload(record, skips: Counter) -> bytes | None:
+    try:
+        body = record.reader.read()
+    except Exception:  # a record cut short inside its payload
+        skips["truncated_payload"] += 1
         return None
-    url = (record.headers.get("WARC-Target-URI") or "").strip().strip("<>")
-    if not url:
-        skips["no_target_uri"] += 1
+    if not body:
+        skips["empty_payload"] += 1
         return None
+    return body
+
+
+def _html_text(record, skips: Counter) -> tuple[str, str] | None:
+    """Main text of an HTTP response record holding HTML, and its content type."""
     if record.http_headers is None:
         skips["no_http_headers"] += 1
         return None
@@ -70,17 +76,39 @@ def _to_document(record, warc_path: Path, source: str, skips: Counter) -> dict |
     if content_type and content_type not in HTML_TYPES:
         skips["not_html"] += 1
         return None
-    try:
-        body = record.reader.read()
-    except Exception:  # a record cut short inside its payload
-        skips["truncated_payload"] += 1
-        return None
-    if not body:
-        skips["empty_payload"] += 1
+    body = _read_payload(record, skips)
+    if body is None:
         return None
     html = bytes_to_str(body, detect_encoding(body))
     text = extract_plain_text(HTMLTree.parse(html), main_content=True, alt_texts=False,
-                              links=False, list_bullets=True).strip()
+                              links=False, list_bullets=True)
+    return text, content_type or "text/html"
+
+
+def _wet_text(record, skips: Counter) -> tuple[str, str] | None:
+    """A WET conversion record: Common Crawl already extracted the text (UTF-8)."""
+    body = _read_payload(record, skips)
+    if body is None:
+        return None
+    return bytes_to_str(body, "utf-8"), "text/plain"
+
+
+def _to_document(record, warc_path: Path, source: str, skips: Counter) -> dict | None:
+    if record.record_type == WarcRecordType.response:
+        extracted = _html_text
+    elif record.record_type == WarcRecordType.conversion:
+        extracted = _wet_text
+    else:
+        skips[f"record_type:{record.record_type}"] += 1
+        return None
+    url = (record.headers.get("WARC-Target-URI") or "").strip().strip("<>")
+    if not url:
+        skips["no_target_uri"] += 1
+        return None
+    result = extracted(record, skips)
+    if result is None:
+        return None
+    text, content_type = result[0].strip(), result[1]
     if not text:
         skips["no_text"] += 1
         return None
@@ -96,7 +124,7 @@ def _to_document(record, warc_path: Path, source: str, skips: Counter) -> dict |
             "url": url,
             "warc_record_id": record_id,
             "warc_file": warc_path.name,
-            "content_type": content_type or None,
+            "content_type": content_type,
             "length": len(text),
         },
     }
