@@ -147,3 +147,29 @@ def test_source_weights_up_and_down_sample(tmp_path):
     assert [sample_copies(d, {"test": 1.5}) for d in docs] == \
         [sample_copies(d, {"test": 1.5}) for d in docs]
     assert sample_copies(docs[0], {"other": 0.0}) == 1
+
+
+def test_quality_classifier_trains_and_scores(tmp_path):
+    from lmforge.quality import QualityModel, tag_quality, train_classifier
+
+    web = make_docs([f"buy cheap pills now best price deal {i} click here" for i in range(300)])
+    write_jsonl_gz(tmp_path / "web.jsonl.gz", web)
+    cfg = {"reference": "pydoc", "n_features": 2**16, "l2": 1e-5, "epochs": 10}
+    metrics = train_classifier([tmp_path / "web.jsonl.gz"], tmp_path / "q.npz", cfg, seed=1)
+    assert metrics["held_out_accuracy"] > 0.9
+    model = QualityModel(tmp_path / "q.npz")
+    ref, spam = model.scores([PROSE.replace("fox", "function"), web[0]["text"]])
+    assert ref > 0.5 > spam
+    tag_quality(tmp_path / "web.jsonl.gz", tmp_path / "q.npz", tmp_path / "a.jsonl.gz")
+    rows = list(read_jsonl(tmp_path / "a.jsonl.gz"))
+    assert len(rows) == 300 and rows[0]["attributes"]["quality__score"][0][2] < 0.5
+    train_classifier([tmp_path / "web.jsonl.gz"], tmp_path / "q2.npz", cfg, seed=1)
+    assert (tmp_path / "q.npz").read_bytes() == (tmp_path / "q2.npz").read_bytes()
+
+
+def test_threshold_rule_drops_low_scores():
+    rule = [{"reason": "low_score", "attribute": "quality__score", "when": "below",
+             "threshold": 0.5}]
+    assert drop_reason({"quality__score": [[0, 9, 0.2]]}, rule) == "low_score"
+    assert drop_reason({"quality__score": [[0, 9, 0.7]]}, rule) is None
+    assert drop_reason({}, rule) == "low_score"

@@ -125,6 +125,23 @@ def cmd_decontam(args) -> None:
         run.log_metrics(decontaminate(args.docs, args.tasks_dir, args.out, args.cfg))
 
 
+def cmd_train_quality(args) -> None:
+    from lmforge.quality import train_classifier
+
+    with _job("train_quality", {**args.cfg, "seed": args.seed}) as run:
+        metrics = train_classifier(args.docs, args.out, args.cfg, args.seed)
+        log.info("quality classifier: %s", metrics)
+        write_json(args.metrics, metrics)
+        run.log_metrics(metrics)
+
+
+def cmd_tag_quality(args) -> None:
+    from lmforge.quality import tag_quality
+
+    with _job(f"tag/quality/{Path(args.out).name}") as run:
+        run.log_metrics(tag_quality(args.docs, args.model, args.out))
+
+
 def cmd_label_eval(args) -> None:
     from lmforge.labeleval import evaluate_labels, markdown
 
@@ -350,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("dedup-minhash", cmd_dedup_minhash, (["--signatures"], {"nargs": "+", **req}), docs,
         (["--out"], {"nargs": "+", **req}), cfg)
     add("decontam", cmd_decontam, (["--docs"], req), (["--tasks-dir"], req), out, cfg)
+    add("train-quality", cmd_train_quality, docs, out, (["--metrics"], req), cfg, seed)
+    add("tag-quality", cmd_tag_quality, (["--docs"], req), (["--model"], req), out)
     add("label-eval", cmd_label_eval, (["--labels"], req), docs,
         (["--attributes"], {"nargs": "+", **req}), (["--out-json"], req), (["--out-md"], req))
     add("mix", cmd_mix, (["--docs"], req), (["--attributes"], {"nargs": "+", **req}), out,

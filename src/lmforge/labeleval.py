@@ -53,6 +53,12 @@ def evaluate_labels(labels_path, docs_paths: list, attr_dirs: dict[str, list]) -
             pii_found[kind] += len(attrs.get(f"pii__{kind}") or [])
             pii_labelled[kind] += label["pii"].get(kind, 0)
     results["pii"] = {"found": pii_found, "labelled": pii_labelled}
+    scores: dict[str, list[float]] = {}
+    for label, attrs, _ in rows:
+        if attrs.get("quality__score"):
+            for kind in label["kinds"] or ["clean"]:
+                scores.setdefault(kind, []).append(attrs["quality__score"][0][2])
+    results["quality_mean_score"] = {k: sum(v) / len(v) for k, v in sorted(scores.items())}
     boiler = [(label, attrs) for label, attrs, _ in rows if label["boilerplate"]]
     found = sum(len(attrs.get("dedup_para__paragraph") or []) >= 2 for _, attrs in boiler)
     results["dedup_para"] = {
@@ -65,7 +71,7 @@ def markdown(results: dict) -> str:
     lines = ["| method | finds label | also accepted | labelled | found | false positives "
              "| precision | recall |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for method, r in results.items():
-        if method == "pii":
+        if method in ("pii", "quality_mean_score"):
             continue
         if method == "dedup_para":
             target, accepted = "boilerplate pages (all but the first; ≥ 2 dup. paragraphs)", ""
@@ -78,4 +84,7 @@ def markdown(results: dict) -> str:
     pii = results["pii"]
     lines += ["", "| PII type | labelled | found |", "| --- | ---: | ---: |"]
     lines += [f"| {k} | {pii['labelled'][k]} | {pii['found'][k]} |" for k in pii["found"]]
+    if results.get("quality_mean_score"):
+        lines += ["", "| label kind | mean quality score |", "| --- | ---: |"]
+        lines += [f"| {k} | {v:.3f} |" for k, v in results["quality_mean_score"].items()]
     return "\n".join(lines) + "\n"

@@ -40,9 +40,15 @@ def _aligned(docs_path: Path, attr_paths: list[Path]):
 
 
 def drop_reason(attributes: dict, rules: list[dict]) -> str | None:
+    """The first rule that drops the document: attribute present, missing, or (`below`) its
+    document score under `threshold` (a missing score counts as below)."""
     for rule in rules:
-        present = bool(attributes.get(rule["attribute"]))
-        if present == (rule.get("when", "present") == "present"):
+        spans = attributes.get(rule["attribute"])
+        when = rule.get("when", "present")
+        if when == "below":
+            if not spans or spans[0][2] < rule["threshold"]:
+                return rule["reason"]
+        elif bool(spans) == (when == "present"):
             return rule["reason"]
     return None
 

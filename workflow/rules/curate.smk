@@ -1,7 +1,9 @@
 TAGGERS = config["curate"]["taggers"]
 DEDUP = ["dedup_url", "dedup_exact"]
 # Every attribute set the mixer reads, each one file per documents shard.
-ATTRIBUTE_SETS = TAGGERS + DEDUP + ["dedup_para", "dedup_minhash", "decontam"]
+ATTRIBUTE_SETS = (
+    TAGGERS + DEDUP + ["dedup_para", "dedup_minhash", "decontam", "quality"]
+)
 
 
 wildcard_constraints:
@@ -117,6 +119,41 @@ rule decontam:
     shell:
         "lmforge decontam --docs {input.docs} --tasks-dir {params.tasks_dir} --out {output} "
         "--cfg {params.cfg:q} > {log} 2>&1"
+
+
+rule train_quality:
+    input:
+        code("quality", "sources"),
+        docs=docs("{source}"),
+    output:
+        model=f"{R}/quality/{{source}}/model.npz",
+        metrics=f"{R}/quality/{{source}}/metrics.json",
+    log:
+        f"{R}/logs/train_quality/{{source}}.log",
+    conda:
+        "../../envs/data.yaml"
+    params:
+        cfg=cfg_json("curate", "quality"),
+        seed=SEED,
+    shell:
+        "lmforge train-quality --docs {input.docs} --out {output.model} "
+        "--metrics {output.metrics} --cfg {params.cfg:q} --seed {params.seed} > {log} 2>&1"
+
+
+rule tag_quality:
+    input:
+        code("quality"),
+        docs=f"{R}/documents/{{source}}/{{shard}}.jsonl.gz",
+        model=f"{R}/quality/{{source}}/model.npz",
+    output:
+        f"{R}/attributes/quality/{{source}}/{{shard}}.jsonl.gz",
+    log:
+        f"{R}/logs/tag/quality/{{source}}/{{shard}}.log",
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "lmforge tag-quality --docs {input.docs} --model {input.model} --out {output} "
+        "> {log} 2>&1"
 
 
 rule label_eval:
