@@ -28,3 +28,12 @@ def test_duckdb_stats_are_exact(tmp_path, config):
     assert counts == {"a.org": 3, "b.org": 2, "c.org": 1}
     for name in ("summary.md", "length_histogram.png", "domains.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0
+
+
+def test_empty_shards_give_zero_counts(tmp_path, config):
+    write_jsonl_gz(tmp_path / "empty.jsonl.gz", [])
+    cfg = {**config["stats"], "duckdb": {**config["stats"]["duckdb"],
+                                         "temp_directory": str(tmp_path / "duck")}}
+    summary = corpus_stats([tmp_path / "empty.jsonl.gz"], tmp_path / "out", cfg)
+    assert summary["documents"] == summary["characters"] == summary["whitespace_tokens"] == 0
+    assert (tmp_path / "out" / "length_histogram.png").exists()

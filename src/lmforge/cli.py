@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -237,8 +238,6 @@ def _train_job(name: str, model, batches, args, extra_params: dict, extra_metric
 
 
 def _token_batches(tokens_dir: str, model, cfg: dict, seed: int):
-    import os
-
     from lmforge.tokenize import open_tokens
     from lmforge.train import instance_batches
 
@@ -405,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except (InputError, ValueError, KeyError, FileNotFoundError) as err:
+        if os.environ.get("LMFORGE_DEBUG"):
+            raise
         print(f"lmforge {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

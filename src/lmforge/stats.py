@@ -42,10 +42,11 @@ def _docs_view(con, paths: list[str]) -> None:
 
 QUERIES = {
     "summary": """
-        SELECT count(*) AS documents, sum(length(text)) AS characters,
-               sum(len(string_split_regex(trim(text), '\\s+'))) AS whitespace_tokens,
+        SELECT count(*) AS documents, coalesce(sum(length(text)), 0) AS characters,
+               coalesce(sum(len(string_split_regex(trim(text), '\\s+'))), 0)
+                   AS whitespace_tokens,
                count(DISTINCT md5(text)) AS distinct_texts, count(DISTINCT url) AS distinct_urls,
-               median(length(text)) AS median_characters
+               coalesce(median(length(text)), 0) AS median_characters
         FROM docs""",
     "length_histogram": """
         SELECT floor(log2(greatest(length(text), 1)))::INTEGER AS log2_chars_bucket,
