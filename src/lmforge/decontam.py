@@ -11,12 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmforge import tasks
-from lmforge.dedup import _NON_WORD, paragraph_spans
+from lmforge.dedup import normalized_words, paragraph_spans
 from lmforge.storage import read_jsonl, write_jsonl_gz
-
-
-def _words(text: str) -> list[str]:
-    return _NON_WORD.sub(" ", text.lower()).split()
 
 
 def _ngrams(words: list[str], n: int) -> set[tuple[str, ...]]:
@@ -31,7 +27,7 @@ def task_ngrams(task_dir: str | Path, n: int) -> tuple[set[tuple[str, ...]], set
     short_lengths: set[int] = set()
     for name in tasks.TASK_NAMES:
         for item in tasks.load_task(Path(task_dir) / f"{name}.jsonl.gz"):
-            words = _words(tasks.item_text(name, item))
+            words = normalized_words(tasks.item_text(name, item))
             grams |= _ngrams(words, n)
             if len(words) < n:
                 short_lengths.add(len(words))
@@ -39,7 +35,7 @@ def task_ngrams(task_dir: str | Path, n: int) -> tuple[set[tuple[str, ...]], set
 
 
 def paragraph_overlap(paragraph: str, grams: set, n: int, short_lengths: set[int]) -> float:
-    words = _words(paragraph)
+    words = normalized_words(paragraph)
     candidates = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
     hits = sum(gram in grams for gram in candidates)
     for length in short_lengths:  # whole short items (e.g. "what is 3 4 answer 7")

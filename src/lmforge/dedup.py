@@ -106,9 +106,14 @@ def dedup_paragraphs(docs_paths: list, out_paths: list, cfg: dict) -> dict:
 _NON_WORD = re.compile(r"[^\w\s]")
 
 
+def normalized_words(text: str) -> list[str]:
+    """Lower-cased words without punctuation (FineWeb's normalisation for MinHash)."""
+    return _NON_WORD.sub(" ", text.lower()).split()
+
+
 def shingles(text: str, n: int) -> list[bytes]:
-    """Word n-grams of the lower-cased text without punctuation (FineWeb's normalisation)."""
-    words = _NON_WORD.sub(" ", text.lower()).split()
+    """Word n-grams of the normalised text."""
+    words = normalized_words(text)
     if len(words) < n:
         return [" ".join(words).encode("utf-8")]
     return sorted({" ".join(words[i : i + n]).encode("utf-8") for i in range(len(words) - n + 1)})

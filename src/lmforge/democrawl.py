@@ -138,7 +138,7 @@ def _foreign_page(rng: random.Random, lang: str, index: int) -> Page:
             for _ in range(rng.randint(4, 7))
         ]
         paras.append(" ".join(sents))
-    domain = f"{lang}.example.{ {'de': 'de', 'fr': 'fr', 'es': 'es'}[lang] }"
+    domain = f"{lang}.example.{lang}"
     return Page(url=f"https://{domain}/seite/{index:04d}.html", title=paras[0][:40],
                 paragraphs=paras, lang=lang, kinds=["non_english"])
 

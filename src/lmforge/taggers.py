@@ -13,6 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from lmforge import pii
+from lmforge.dedup import paragraph_spans
 from lmforge.storage import read_jsonl, write_jsonl_gz
 
 Attributes = dict[str, list[list[float]]]
@@ -174,7 +175,7 @@ def c4_decisions(text: str, cfg: dict) -> tuple[list[tuple[int, int, str]], str 
     """C4's line and page rules (Raffel et al. 2020, as datatrove's C4QualityFilter applies
     them): the lines C4 would delete, with why, and the reason it would drop the whole page."""
     removed, sentences = [], 0
-    for start, end, raw in _lines(text):
+    for start, end, raw in paragraph_spans(text):
         line = _CITATION.sub("", raw.strip())
         words = line.split()
         lower = line.lower()
@@ -200,13 +201,6 @@ def c4_decisions(text: str, cfg: dict) -> tuple[list[tuple[int, int, str]], str 
     if sentences < cfg["min_sentences"]:
         return removed, "too_few_sentences"
     return removed, None
-
-
-def _lines(text: str):
-    offset = 0
-    for line in text.split("\n"):
-        yield offset, offset + len(line) + 1, line
-        offset += len(line) + 1
 
 
 @register("c4")

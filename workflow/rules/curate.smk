@@ -14,7 +14,7 @@ wildcard_constraints:
 
 rule tag:
     input:
-        code("taggers", "pii"),
+        code("taggers", "pii", "dedup"),
         docs=f"{R}/documents/{{source}}/{{shard}}.jsonl.gz",
     output:
         f"{R}/attributes/{{tagger}}/{{source}}/{{shard}}.jsonl.gz",
