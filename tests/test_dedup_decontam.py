@@ -139,3 +139,22 @@ def test_mixer_removes_duplicate_paragraph_spans(tmp_path, config):
     assert [d["text"] for d in out] == ["keep this line\n"]
     assert funnel["dropped_documents:empty_after_span_removal"] == 1
     assert funnel["spans_removed"] == 2
+
+
+def test_paragraph_ngram_overlap_mode(tmp_path):
+    words = " ".join(f"w{i}" for i in range(40))
+    edited = words.replace("w30", "changed")  # 8 of the 28 8-grams change
+    docs = make_docs([words, edited, "short one", "short one"])
+    write_jsonl_gz(tmp_path / "d.jsonl.gz", docs)
+    cfg = {**BLOOM, "by_ngram": {"ngram_length": 8, "stride": 1, "overlap_threshold": 0.5,
+                                 "skip_short_paragraphs": False}}
+    dedup_paragraphs([tmp_path / "d.jsonl.gz"], [tmp_path / "o.jsonl.gz"], cfg)
+    rows = [r["attributes"].get("dedup_para__paragraph")
+            for r in read_jsonl(tmp_path / "o.jsonl.gz")]
+    assert rows[0] is None and rows[2] is None
+    (start, end, score), = rows[1]
+    assert (start, end) == (0, len(edited) + 1) and score == round(25 / 33, 4)
+    assert rows[3] == [[0, 10, 1.0]]
+    cfg["by_ngram"]["skip_short_paragraphs"] = True
+    dedup_paragraphs([tmp_path / "d.jsonl.gz"], [tmp_path / "o.jsonl.gz"], cfg)
+    assert [r["attributes"] for r in read_jsonl(tmp_path / "o.jsonl.gz")][3] == {}

@@ -73,11 +73,35 @@ def paragraph_spans(text: str) -> Iterator[tuple[int, int, str]]:
         yield start, offset, paragraph
 
 
+def _paragraph_ngrams(paragraph: str, cfg: dict) -> list[str]:
+    """dolma's `by_ngram` keys: word n-grams every `stride` words; a paragraph shorter than n
+    is one key unless `skip_short_paragraphs`."""
+    words = paragraph.split()
+    n = cfg["ngram_length"]
+    if len(words) < n:
+        return [] if cfg["skip_short_paragraphs"] else [" ".join(words)]
+    return [" ".join(words[i : i + n]) for i in range(0, len(words) - n + 1, cfg["stride"])]
+
+
+def _ngram_overlap(paragraph: str, bloom, cfg: dict) -> float | None:
+    """Share of the paragraph's n-grams already in the filter (then all are added)."""
+    grams = _paragraph_ngrams(paragraph, cfg)
+    if not grams:
+        return None
+    seen = sum(gram in bloom for gram in grams)
+    for gram in grams:
+        bloom.add(gram)
+    return seen / len(grams)
+
+
 def dedup_paragraphs(docs_paths: list, out_paths: list, cfg: dict) -> dict:
-    """First occurrence of each paragraph kept; later copies get `dedup_para__paragraph` spans."""
+    """First occurrence of each paragraph kept; later copies get `dedup_para__paragraph` spans.
+    With `by_ngram`, a paragraph is a duplicate when at least `overlap_threshold` of its n-grams
+    were seen before, and the span's score is that share (dolma's partial-overlap mode)."""
     from rbloom import Bloom
 
     bloom = Bloom(cfg["expected_paragraphs"], cfg["false_positive_rate"], _hash128)
+    by_ngram = cfg.get("by_ngram")
     stats = {"documents": 0, "paragraphs": 0, "duplicate_paragraphs": 0,
              "documents_with_duplicates": 0, "bloom_bits": bloom.size_in_bits}
     for docs_path, out_path in zip(docs_paths, out_paths, strict=True):
@@ -89,7 +113,11 @@ def dedup_paragraphs(docs_paths: list, out_paths: list, cfg: dict) -> dict:
                     if not paragraph.strip():
                         continue
                     stats["paragraphs"] += 1
-                    if paragraph in bloom:
+                    if by_ngram:
+                        overlap = _ngram_overlap(paragraph, bloom, by_ngram)
+                        if overlap is not None and overlap >= by_ngram["overlap_threshold"]:
+                            spans.append([start, end, round(overlap, 4)])
+                    elif paragraph in bloom:
                         spans.append([start, end, 1])
                     else:
                         bloom.add(paragraph)
