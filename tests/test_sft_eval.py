@@ -64,10 +64,16 @@ def test_perplexity_of_a_uniform_model_is_the_vocabulary_size():
 
 def test_multiple_choice_scoring(tmp_path):
     tok = _tokenizer(tmp_path)
-    items = [{"context": "Sentence 3 says that the garden", "choices": ["has", "river"], "gold": 0}]
-    result = multiple_choice(_uniform_model(tok.get_vocab_size()), tok, items)
-    assert result["items"] == 1 and result["chance"] == 0.5
-    assert 0 <= result["acc"] <= 1
+    model = _uniform_model(tok.get_vocab_size())
+    # Every token costs log(1/V) under a uniform model: the summed score prefers the choice
+    # with fewer tokens, so which answer wins is known in advance.
+    short, long = "has", "river nearby and apple trees in the garden"
+    assert len(tok.encode(" " + short).ids) < len(tok.encode(" " + long).ids)
+    items = [{"context": "Sentence 3 says that the garden", "choices": [short, long], "gold": 0},
+             {"context": "Sentence 4 says that the garden", "choices": [long, short], "gold": 0}]
+    result = multiple_choice(model, tok, items)
+    assert result["items"] == 2 and result["chance"] == 0.5
+    assert result["acc"] == 0.5  # right on the first item, wrong on the second
 
 
 def test_summary_table_has_one_row_per_model():

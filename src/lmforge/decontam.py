@@ -12,7 +12,7 @@ from pathlib import Path
 
 from lmforge import tasks
 from lmforge.dedup import normalized_words, paragraph_spans
-from lmforge.storage import read_jsonl, write_jsonl_gz
+from lmforge.storage import attribute_row, read_jsonl, write_jsonl_gz
 
 
 def _ngrams(words: list[str], n: int) -> set[tuple[str, ...]]:
@@ -59,8 +59,7 @@ def decontaminate(docs_path, task_dir, out_path, cfg: dict) -> dict:
             stats["documents"] += 1
             stats["contaminated_documents"] += bool(spans)
             stats["contaminated_paragraphs"] += len(spans)
-            yield {"id": doc["id"], "source": doc.get("source"),
-                   "attributes": {"decontam__overlap": spans} if spans else {}}
+            yield attribute_row(doc, {"decontam__overlap": spans} if spans else {})
 
     write_jsonl_gz(out_path, rows())
     return stats

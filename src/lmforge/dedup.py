@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from lmforge.storage import atomic_path, read_jsonl, write_jsonl_gz
+from lmforge.storage import atomic_path, attribute_row, read_jsonl, write_jsonl_gz
 
 
 def normalize_url(url: str) -> str:
@@ -51,7 +51,7 @@ def dedup(method: str, docs_paths: list[str | Path], out_paths: list[str | Path]
                 else:
                     seen.add(digest)
                 stats["documents"] += 1
-                yield {"id": doc["id"], "source": doc.get("source"), "attributes": attrs}
+                yield attribute_row(doc, attrs)
 
         write_jsonl_gz(out_path, rows())
     return stats
@@ -124,8 +124,7 @@ def dedup_paragraphs(docs_paths: list, out_paths: list, cfg: dict) -> dict:
                 stats["documents"] += 1
                 stats["duplicate_paragraphs"] += len(spans)
                 stats["documents_with_duplicates"] += bool(spans)
-                yield {"id": doc["id"], "source": doc.get("source"),
-                       "attributes": {"dedup_para__paragraph": spans} if spans else {}}
+                yield attribute_row(doc, {"dedup_para__paragraph": spans} if spans else {})
 
         write_jsonl_gz(out_path, rows())
     return stats
@@ -200,7 +199,7 @@ def dedup_minhash(signature_paths: list, docs_paths: list, out_paths: list, cfg:
                     for key in keys:
                         buckets.setdefault(key, (shard, index))
                 stats["documents"] += 1
-                yield {"id": doc["id"], "source": doc.get("source"), "attributes": attrs}
+                yield attribute_row(doc, attrs)
 
         write_jsonl_gz(out_path, rows())
     return stats

@@ -30,11 +30,11 @@ def evaluate_labels(labels_path, docs_paths: list, attr_dirs: dict[str, list]) -
             merged = {}
             for reader in readers.values():
                 merged.update(next(reader)["attributes"])
-            rows.append((labels[doc["metadata"]["warc_record_id"]], merged, doc))
+            rows.append((labels[doc["metadata"]["warc_record_id"]], merged))
     results = {}
     for method, (attribute, wanted, tolerated, when) in METHODS.items():
         found = false_positives = missed = flagged_ok = 0
-        for label, attrs, _ in rows:
+        for label, attrs in rows:
             flagged = bool(attrs.get(attribute)) == (when == "present")
             kinds = set(label["kinds"])
             found += flagged and bool(kinds & wanted)
@@ -48,18 +48,18 @@ def evaluate_labels(labels_path, docs_paths: list, attr_dirs: dict[str, list]) -
         }
     pii_found = {kind: 0 for kind in ("email", "phone", "ip")}
     pii_labelled = {kind: 0 for kind in ("email", "phone", "ip")}
-    for label, attrs, _ in rows:
+    for label, attrs in rows:
         for kind in pii_found:
             pii_found[kind] += len(attrs.get(f"pii__{kind}") or [])
             pii_labelled[kind] += label["pii"].get(kind, 0)
     results["pii"] = {"found": pii_found, "labelled": pii_labelled}
     scores: dict[str, list[float]] = {}
-    for label, attrs, _ in rows:
+    for label, attrs in rows:
         if attrs.get("quality__score"):
             for kind in label["kinds"] or ["clean"]:
                 scores.setdefault(kind, []).append(attrs["quality__score"][0][2])
     results["quality_mean_score"] = {k: sum(v) / len(v) for k, v in sorted(scores.items())}
-    boiler = [(label, attrs) for label, attrs, _ in rows if label["boilerplate"]]
+    boiler = [(label, attrs) for label, attrs in rows if label["boilerplate"]]
     found = sum(len(attrs.get("dedup_para__paragraph") or []) >= 2 for _, attrs in boiler)
     results["dedup_para"] = {
         "labelled": max(len(boiler) - 1, 0), "found": found,

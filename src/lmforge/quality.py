@@ -13,7 +13,7 @@ import random
 import numpy as np
 
 from lmforge import sources
-from lmforge.storage import atomic_path, read_jsonl, stable_fraction, write_jsonl_gz
+from lmforge.storage import atomic_path, attribute_row, read_jsonl, stable_fraction, write_jsonl_gz
 
 
 def _vectorizer(n_features: int):
@@ -86,9 +86,8 @@ def tag_quality(docs_path, model_path, out_path, batch_size: int = 256) -> dict:
                 for item, score in zip(batch, model.scores([d["text"] for d in batch])):
                     stats["documents"] += 1
                     stats["mean_score"] += float(score)
-                    yield {"id": item["id"], "source": item.get("source"),
-                           "attributes": {"quality__score": [[0, len(item["text"]),
-                                                              round(float(score), 6)]]}}
+                    span = [0, len(item["text"]), round(float(score), 6)]
+                    yield attribute_row(item, {"quality__score": [span]})
                 batch = []
 
     write_jsonl_gz(out_path, rows())

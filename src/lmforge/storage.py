@@ -121,6 +121,11 @@ def read_json(path: str | os.PathLike) -> Any:
         raise InputError(f"{path}: cannot read JSON ({err})") from None
 
 
+def attribute_row(doc: dict, attributes: dict) -> dict:
+    """One row of a Dolma attribute file, for the document it describes."""
+    return {"id": doc["id"], "source": doc.get("source"), "attributes": attributes}
+
+
 def stable_hash(text: str, digest_size: int = 16) -> str:
     """Platform-independent hash (Python's hash() is salted per process)."""
     return hashlib.blake2b(text.encode("utf-8"), digest_size=digest_size).hexdigest()

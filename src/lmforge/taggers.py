@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lmforge import pii
 from lmforge.dedup import paragraph_spans
-from lmforge.storage import read_jsonl, write_jsonl_gz
+from lmforge.storage import attribute_row, read_jsonl, write_jsonl_gz
 
 Attributes = dict[str, list[list[float]]]
 TAGGERS: dict[str, Callable[[dict, dict], Attributes]] = {}
@@ -230,7 +230,7 @@ def run_tagger(name: str, docs_path: str | Path, out_path: str | Path, cfg: dict
             counts["documents"] += 1
             for key in attrs:
                 counts[key] += 1
-            yield {"id": doc["id"], "source": doc.get("source"), "attributes": attrs}
+            yield attribute_row(doc, attrs)
 
     write_jsonl_gz(out_path, rows())
     return dict(sorted(counts.items()))
