@@ -4,7 +4,14 @@ from lmforge import pii
 from lmforge.dedup import dedup, normalize_url
 from lmforge.mix import drop_reason, mix_shard, summarize_funnel
 from lmforge.storage import InputError, read_json, read_jsonl, write_jsonl_gz
-from lmforge.taggers import gopher_failures, gopher_signals, run_tagger, tag_language
+from lmforge.taggers import (
+    gopher_failures,
+    gopher_signals,
+    run_tagger,
+    sentence_spans,
+    tag_language,
+    tag_toxic,
+)
 
 from conftest import make_docs
 
@@ -37,6 +44,28 @@ def test_language_tagger(config):
     assert "lang__en" in tag_language({"text": PROSE}, cfg)
     german = "Der alte Mann kauft jeden Tag ein neues Buch in der Stadt und liest es am Abend. " * 3
     assert "lang__de" in tag_language({"text": german}, cfg)
+
+
+def test_toxic_tagger_marks_abusive_sentences_and_rejects_abusive_pages(config):
+    cfg = config["curate"]["toxic"]
+    polite = "The function returns a list of keys. It never raises an error."
+    attrs = tag_toxic({"text": polite}, cfg)
+    assert "toxic__sentence" not in attrs and "toxic__reject" not in attrs
+    text = polite + "\nThe author is a stupid idiot.\n" + polite * 10
+    attrs = tag_toxic({"text": text}, cfg)
+    (span,) = attrs["toxic__sentence"]
+    assert text[span[0]:span[1]] == "The author is a stupid idiot." and span[2] > 0.8
+    assert "toxic__reject" not in attrs  # one sentence: remove the span, keep the page
+    rant = "You are a worthless moron. Shut the hell up, you pathetic loser. " + polite
+    attrs = tag_toxic({"text": rant}, cfg)
+    assert len(attrs["toxic__sentence"]) == 2 and attrs["toxic__reject"]
+    assert attrs["toxic__fraction"][0][2] > 0.4
+
+
+def test_sentence_spans():
+    text = "One. Two!\nno end\n\n  Three? yes...  \n"
+    assert [text[a:b] for a, b in sentence_spans(text)] == [
+        "One.", "Two!", "no end", "Three?", "yes..."]
 
 
 def test_pii_find_and_mask():

@@ -33,6 +33,7 @@ def test_demo_crawl_is_byte_identical_and_labelled(demo_crawl, config, tmp_path)
         assert kinds[kind] == inject[kind.removesuffix("_duplicate") + "_duplicates"
                                      if kind.endswith("_duplicate") else kind], kind
     assert sum(label["boilerplate"] for label in labels) == inject["boilerplate"]
+    assert kinds["toxic"] + kinds["toxic_span"] == inject["toxic"]
 
 
 def test_warc_records_match_labels(demo_crawl):

@@ -103,7 +103,7 @@ def test_tiny_dag_trains_models_that_beat_untrained_ones(finished):
 
 def test_curation_meets_the_labels(finished):
     results = json.loads((finished / "results/curation/demo/label_eval.json").read_text())
-    for method in ("dedup_exact", "dedup_url", "decontam"):
+    for method in ("dedup_exact", "dedup_url", "decontam", "toxic", "toxic_spans"):
         assert results[method]["recall"] == 1.0 and results[method]["precision"] == 1.0, method
     assert results["pii"]["found"] == results["pii"]["labelled"]
     assert results["dedup_minhash"]["recall"] >= 0.9 and results["lang"]["recall"] >= 0.9

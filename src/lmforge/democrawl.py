@@ -65,6 +65,12 @@ FOREIGN = {
 }
 SPAM_WORDS = ["cheap", "best", "price", "discount", "watches", "casino", "free", "bonus",
               "win", "now", "online", "deal", "offer", "click", "replica", "pills"]
+# Abusive comment-thread sentences for the toxicity tagger to find (all score > 0.85 with it).
+TOXIC_SUBJECTS = ["The author", "Whoever wrote this", "The moderator", "This guy", "Your boss",
+                  "The last commenter"]
+TOXIC_PREDICATES = ["is a stupid idiot", "is a worthless moron", "should shut the hell up",
+                    "is a pathetic loser", "is a damn fool and a liar", "is a dumb jerk",
+                    "is full of crap"]
 MIN_PAGE_WORDS = 80
 
 
@@ -77,6 +83,7 @@ class Page:
     kinds: list[str] = field(default_factory=list)
     group: str | None = None  # duplicate group key (exact / near / url)
     pii: dict[str, int] = field(default_factory=dict)
+    toxic_sentences: int = 0
     task_items: list[str] = field(default_factory=list)
     boilerplate: bool = False
     content_type: str = "text/html; charset=utf-8"
@@ -171,6 +178,24 @@ def _insert_pii(rng: random.Random, page: Page, index: int) -> None:
     page.kinds.append("pii")
 
 
+def _toxic_sentences(rng: random.Random, n: int) -> list[str]:
+    return [f"{rng.choice(TOXIC_SUBJECTS)} {rng.choice(TOXIC_PREDICATES)}." for _ in range(n)]
+
+
+def _insert_toxic(rng: random.Random, page: Page, index: int) -> None:
+    """Even pages become comment threads that are mostly abuse (drop the page); odd ones get
+    one abusive comment line between paragraphs (remove the span, keep the page)."""
+    if index % 2 == 0:
+        thread = [" ".join(_toxic_sentences(rng, 4)) for _ in range(4)]
+        page.paragraphs = page.paragraphs[:1] + thread
+        page.toxic_sentences = 16
+        page.kinds.append("toxic")
+    else:
+        page.paragraphs.insert(len(page.paragraphs) // 2, _toxic_sentences(rng, 1)[0])
+        page.toxic_sentences = 1
+        page.kinds.append("toxic_span")
+
+
 def _perturb(rng: random.Random, paragraphs: list[str], rate: float = 0.02) -> list[str]:
     """A near-duplicate: about 2% of the words replaced, as a lightly edited re-post
     (5-gram Jaccard similarity to the original about 0.8)."""
@@ -186,7 +211,7 @@ def build_pages(cfg: dict, task_items: dict[str, list[dict]], seed: int) -> list
     inject = cfg["inject"]
     clean = _clean_pages(rng, tuple(cfg["paragraphs_per_page"]))
     needed = sum(inject[k] for k in ("exact_duplicates", "near_duplicates", "url_duplicates",
-                                      "pii", "contamination"))
+                                      "pii", "toxic", "contamination"))
     if needed > len(clean) // 2:
         raise ValueError(f"the demo text makes {len(clean)} pages; the injections need {needed}")
     order = list(range(len(clean)))
@@ -218,6 +243,8 @@ def build_pages(cfg: dict, task_items: dict[str, list[dict]], seed: int) -> list
                           group=page.group, kinds=["url_duplicate"]))
     for n, page in enumerate(take(inject["pii"])):
         _insert_pii(rng, page, n)
+    for n, page in enumerate(take(inject["toxic"])):
+        _insert_toxic(rng, page, n)
     task_texts = [(name, item) for name in tasks.TASK_NAMES for item in task_items[name]]
     rng.shuffle(task_texts)
     for n, page in enumerate(take(inject["contamination"])):
@@ -264,7 +291,8 @@ def write_demo_crawl(out_dir: str | Path, cfg: dict, task_dir: str | Path, seed:
             label = {
                 "shard": f"shard-{shard:04d}", "position": position, "url": page.url,
                 "record_id": _record_id(seed, index), "kinds": sorted(set(page.kinds)),
-                "lang": page.lang, "pii": page.pii, "task_items": page.task_items,
+                "lang": page.lang, "pii": page.pii, "toxic_sentences": page.toxic_sentences,
+                "task_items": page.task_items,
                 "boilerplate": page.boilerplate, "duplicate_of": None,
             }
             if page.group is not None:

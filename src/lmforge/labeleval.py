@@ -9,14 +9,18 @@ from lmforge.storage import read_jsonl
 METHODS = {
     # Spam made of symbols and keyword lists has no language: "not English" is right.
     "lang": ("lang__en", {"non_english"}, {"spam"}, "missing"),
-    # Gopher's rules are English rules (stop words): they reject other languages too.
-    "gopher": ("gopher__reject", {"spam"}, {"non_english"}, "present"),
+    # Gopher's rules are English rules (stop words): they reject other languages too, and the
+    # abuse threads, made from a few sentence templates, are rightly repetitive.
+    "gopher": ("gopher__reject", {"spam"}, {"non_english", "toxic"}, "present"),
     "dedup_url": ("dedup_url__duplicate", {"url_duplicate"}, set(), "present"),
     "dedup_exact": ("dedup_exact__duplicate", {"exact_duplicate"}, set(), "present"),
     # An exact copy is also a near copy: counted as correct but not required.
     "dedup_minhash": ("dedup_minhash__duplicate", {"near_duplicate"}, {"exact_duplicate"},
                       "present"),
     "decontam": ("decontam__overlap", {"contamination"}, set(), "present"),
+    # The toxicity model is English-only: German sentences can score high, and those pages
+    # are dropped as non-English anyway.
+    "toxic": ("toxic__reject", {"toxic"}, {"non_english"}, "present"),
 }
 
 
@@ -53,6 +57,7 @@ def evaluate_labels(labels_path, docs_paths: list, attr_dirs: dict[str, list]) -
             pii_found[kind] += len(attrs.get(f"pii__{kind}") or [])
             pii_labelled[kind] += label["pii"].get(kind, 0)
     results["pii"] = {"found": pii_found, "labelled": pii_labelled}
+    results["toxic_spans"] = _toxic_span_eval(rows)
     scores: dict[str, list[float]] = {}
     for label, attrs in rows:
         if attrs.get("quality__score"):
@@ -67,6 +72,24 @@ def evaluate_labels(labels_path, docs_paths: list, attr_dirs: dict[str, list]) -
     return results
 
 
+def _toxic_span_eval(rows) -> dict:
+    """Sentence spans on pages with one injected abusive sentence: that sentence must be the
+    one found; any span on an English page without injected abuse is a false positive."""
+    found = missed = false_positives = 0
+    for label, attrs in rows:
+        spans = len(attrs.get("toxic__sentence") or [])
+        kinds = set(label["kinds"])
+        if "toxic_span" in kinds:
+            found += min(spans, label["toxic_sentences"])
+            missed += max(label["toxic_sentences"] - spans, 0)
+            false_positives += max(spans - label["toxic_sentences"], 0)
+        elif not kinds & {"toxic", "non_english"}:
+            false_positives += spans
+    return {"labelled": found + missed, "found": found, "false_positives": false_positives,
+            "precision": found / max(found + false_positives, 1),
+            "recall": found / max(found + missed, 1)}
+
+
 def markdown(results: dict) -> str:
     lines = ["| method | finds label | also accepted | labelled | found | false positives "
              "| precision | recall |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
@@ -75,6 +98,8 @@ def markdown(results: dict) -> str:
             continue
         if method == "dedup_para":
             target, accepted = "boilerplate pages (all but the first; ≥ 2 dup. paragraphs)", ""
+        elif method == "toxic_spans":
+            target, accepted = "abusive sentences inside kept pages (toxic__sentence)", ""
         else:
             target = ", ".join(sorted(METHODS[method][1]))
             accepted = ", ".join(sorted(METHODS[method][2]))

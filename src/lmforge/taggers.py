@@ -218,6 +218,45 @@ def tag_c4(doc: dict, cfg: dict) -> Attributes:
     return attrs
 
 
+_SENTENCE_SPAN = re.compile(r"[^\s][^.!?\n]*(?:[.!?]+|$)", re.MULTILINE)
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """Sentences as (start, end) character spans: runs up to terminal punctuation or a line end."""
+    return [m.span() for m in _SENTENCE_SPAN.finditer(text)]
+
+
+@lru_cache(maxsize=1)
+def _toxicity_model():
+    # alt-profanity-check: a linear SVM on TF-IDF features trained on ~200k human-labelled
+    # toxic comments, shipped in the wheel — the offline counterpart of Dolma's Jigsaw taggers.
+    from profanity_check import predict_prob
+
+    return predict_prob
+
+
+@register("toxic")
+def tag_toxic(doc: dict, cfg: dict) -> Attributes:
+    """Toxic language per sentence, as Dolma's sentence-level Jigsaw taggers: `toxic__sentence`
+    spans (score = model probability) for sentences at or above `sentence_threshold`, the
+    share of characters in them as `toxic__fraction`, and `toxic__reject` above
+    `max_toxic_fraction`."""
+    text = doc["text"]
+    spans = sentence_spans(text)
+    if not spans:
+        return {"toxic__fraction": [[0, len(text), 0.0]]}
+    scores = _toxicity_model()([text[start:end] for start, end in spans])
+    toxic = [[start, end, round(float(score), 6)] for (start, end), score in zip(spans, scores)
+             if score >= cfg["sentence_threshold"]]
+    fraction = sum(end - start for start, end, _ in toxic) / max(len(text), 1)
+    attrs: Attributes = {"toxic__fraction": [[0, len(text), round(fraction, 6)]]}
+    if toxic:
+        attrs["toxic__sentence"] = toxic
+    if fraction > cfg["max_toxic_fraction"]:
+        attrs["toxic__reject"] = [[0, len(text), 1.0]]
+    return attrs
+
+
 def run_tagger(name: str, docs_path: str | Path, out_path: str | Path, cfg: dict) -> dict:
     if name not in TAGGERS:
         raise KeyError(f"unknown tagger {name!r}; registered: {sorted(TAGGERS)}")

@@ -7,7 +7,7 @@ ATTRIBUTE_SETS = (
 
 
 wildcard_constraints:
-    tagger="|".join(["lang", "gopher", "c4", "pii"]),
+    tagger="|".join(["lang", "gopher", "c4", "pii", "toxic"]),
     method="|".join(DEDUP),
     shard=r"shard-\d+",
 
