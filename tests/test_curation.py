@@ -1,9 +1,18 @@
+import gzip
+
 import pytest
 
 from lmforge import pii
 from lmforge.dedup import dedup, normalize_url
 from lmforge.mix import drop_reason, mix_shard, summarize_funnel
-from lmforge.storage import InputError, read_json, read_jsonl, write_jsonl_gz
+from lmforge.storage import (
+    InputError,
+    document_files,
+    read_json,
+    read_jsonl,
+    write_jsonl_gz,
+    write_jsonl_gz_parts,
+)
 from lmforge.taggers import (
     gopher_failures,
     gopher_signals,
@@ -123,8 +132,8 @@ def test_mixer_funnel_adds_up_and_masks_pii(tmp_path, config):
     docs = _write_mix_inputs(tmp_path)
     cfg = config["mixes"]["web"]
     funnel = mix_shard(tmp_path / "docs.jsonl.gz", [tmp_path / "attrs.jsonl.gz"],
-                       tmp_path / "out.jsonl.gz", tmp_path / "funnel.json", cfg)
-    out = list(read_jsonl(tmp_path / "out.jsonl.gz"))
+                       tmp_path / "out", tmp_path / "funnel.json", cfg)
+    out = list(read_jsonl(tmp_path / "out" / "part-00000.jsonl.gz"))
     assert [d["id"] for d in out] == ["d0", "d1"]
     assert out[1]["text"].endswith("write to |||EMAIL_ADDRESS|||")
     assert funnel["dropped_documents:non_english"] == 1
@@ -139,8 +148,39 @@ def test_mixer_refuses_misaligned_attributes(tmp_path, config):
     write_jsonl_gz(tmp_path / "attrs.jsonl.gz", [{"id": "other", "attributes": {}}])
     with pytest.raises(InputError, match="same order"):
         mix_shard(tmp_path / "docs.jsonl.gz", [tmp_path / "attrs.jsonl.gz"],
-                  tmp_path / "out.jsonl.gz", tmp_path / "f.json", config["mixes"]["web"])
-    assert not (tmp_path / "out.jsonl.gz").exists()
+                  tmp_path / "out", tmp_path / "f.json", config["mixes"]["web"])
+    assert list(tmp_path.glob("*out*")) == []  # no partial output directory is left
+
+
+def read_jsonl_all(paths):
+    return [row for path in paths for row in read_jsonl(path)]
+
+
+def test_mixer_splits_output_into_size_capped_parts(tmp_path):
+    docs = make_docs([f"document number {i} " * 20 for i in range(50)])
+    write_jsonl_gz(tmp_path / "docs.jsonl.gz", docs)
+    write_jsonl_gz(tmp_path / "a.jsonl.gz", [{"id": d["id"], "attributes": {}} for d in docs])
+    cfg = {"exclude": [], "mask_pii": False, "max_shard_bytes": 2000}
+    funnel = mix_shard(tmp_path / "docs.jsonl.gz", [tmp_path / "a.jsonl.gz"], tmp_path / "out",
+                       tmp_path / "f.json", cfg)
+    parts = sorted((tmp_path / "out").iterdir())
+    assert funnel["output_parts"] == len(parts) > 5
+    for part in parts:
+        with gzip.open(part, "rb") as handle:
+            assert len(handle.read()) <= 2000
+    assert [d["id"] for d in read_jsonl_all(document_files([tmp_path / "out"]))] == \
+        [d["id"] for d in docs]
+    # One row larger than the cap still gets a part of its own.
+    counts = write_jsonl_gz_parts(tmp_path / "big", [{"t": "x" * 5000}, {"t": "y"}], 100)
+    assert counts == [1, 1]
+    assert write_jsonl_gz_parts(tmp_path / "empty", [], 100) == [0]
+    big = tmp_path / "big"
+    assert document_files([big, tmp_path / "f.json"]) == [
+        str(big / "part-00000.jsonl.gz"), str(big / "part-00001.jsonl.gz"),
+        str(tmp_path / "f.json")]
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(InputError, match="no \\*.jsonl.gz"):
+        document_files([tmp_path / "nothing"])
 
 
 def test_drop_reason_semantics():

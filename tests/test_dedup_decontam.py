@@ -132,10 +132,11 @@ def test_mixer_removes_duplicate_paragraph_spans(tmp_path, config):
     write_jsonl_gz(tmp_path / "para.jsonl.gz", [
         {"id": "d0", "attributes": {"dedup_para__paragraph": [[15, 22, 1]]}},
         {"id": "d1", "attributes": {"dedup_para__paragraph": [[0, 7, 1]]}}])
-    cfg = {"exclude": [], "remove_spans": ["dedup_para__paragraph"], "mask_pii": False}
+    cfg = {"exclude": [], "remove_spans": ["dedup_para__paragraph"], "mask_pii": False,
+           "max_shard_bytes": 10**6}
     funnel = mix_shard(tmp_path / "docs.jsonl.gz", [tmp_path / "para.jsonl.gz"],
-                       tmp_path / "out.jsonl.gz", tmp_path / "f.json", cfg)
-    out = list(read_jsonl(tmp_path / "out.jsonl.gz"))
+                       tmp_path / "out", tmp_path / "f.json", cfg)
+    out = list(read_jsonl(tmp_path / "out" / "part-00000.jsonl.gz"))
     assert [d["text"] for d in out] == ["keep this line\n"]
     assert funnel["dropped_documents:empty_after_span_removal"] == 1
     assert funnel["spans_removed"] == 2

@@ -10,7 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lmforge.storage import InputError, write_json, write_text
+from lmforge.storage import InputError, document_files, write_json, write_text
 
 log = logging.getLogger("lmforge")
 
@@ -402,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        for name in ("docs", "mixes"):  # a mix is a directory of parts per input shard
+            if isinstance(getattr(args, name, None), list):
+                setattr(args, name, document_files(getattr(args, name)))
         args.func(args)
     except (InputError, ValueError, KeyError, FileNotFoundError) as err:
         if os.environ.get("LMFORGE_DEBUG"):

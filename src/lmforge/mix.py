@@ -1,4 +1,4 @@
-"""The mixer: documents + attribute files + a mix config → mixed shard, with a drop funnel.
+"""The mixer: documents + attribute files + a mix config → mixed parts, with a drop funnel.
 
 Rules are applied in config order and a dropped document is charged to the first rule that
 drops it, so the funnel adds up. PII spans found by the `pii` tagger are masked in the text.
@@ -16,7 +16,7 @@ from lmforge.storage import (
     read_jsonl,
     stable_fraction,
     write_json,
-    write_jsonl_gz,
+    write_jsonl_gz_parts,
 )
 
 
@@ -74,7 +74,9 @@ def sample_copies(doc: dict, weights: dict[str, float]) -> int:
     return whole + (stable_fraction(f"sample/{doc['id']}") < weight - whole)
 
 
-def mix_shard(docs_path, attr_paths, out_path, funnel_path, cfg: dict) -> dict:
+def mix_shard(docs_path, attr_paths, out_dir, funnel_path, cfg: dict) -> dict:
+    """Mix one documents shard into `out_dir/part-NNNNN.jsonl.gz` (parts of at most
+    `max_shard_bytes`); write and return its funnel."""
     funnel: Counter = Counter()
 
     def kept():
@@ -111,7 +113,8 @@ def mix_shard(docs_path, attr_paths, out_path, funnel_path, cfg: dict) -> dict:
                 funnel["tokens_out"] += len(doc["text"].split())
                 yield doc
 
-    write_jsonl_gz(out_path, kept())
+    parts = write_jsonl_gz_parts(out_dir, kept(), cfg["max_shard_bytes"])
+    funnel["output_parts"] = len(parts)
     result = dict(sorted(funnel.items()))
     write_json(funnel_path, result)
     return result
@@ -139,5 +142,5 @@ def summarize_funnel(funnel_paths: list[str | Path], rules: list[dict]) -> tuple
                      f"+{total['upsampled_tokens']} |")
     lines.append(f"| out | {total['documents_out']} | {total['tokens_out']} |")
     lines.append(f"\nSpans removed: {total['spans_removed']}; PII spans masked: "
-                 f"{total['pii_spans_masked']}")
+                 f"{total['pii_spans_masked']}; output parts: {total['output_parts']}")
     return dict(sorted(total.items())), "\n".join(lines) + "\n"

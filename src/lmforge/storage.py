@@ -92,6 +92,48 @@ def write_jsonl_gz(path: str | os.PathLike, rows: Iterable[dict]) -> int:
     return count
 
 
+def write_jsonl_gz_parts(out_dir: str | os.PathLike, rows: Iterable[dict],
+                         max_part_bytes: int) -> list[int]:
+    """Write rows into `part-NNNNN.jsonl.gz` files of at most `max_part_bytes` of JSONL each
+    (uncompressed; a part holds at least one row), like dolma's mixer `max_size_in_bytes`.
+    The directory appears atomically and holds at least one (possibly empty) part. Returns the
+    rows per part."""
+    counts: list[int] = []
+    with atomic_dir(out_dir) as tmp, contextlib.ExitStack() as open_files:
+
+        def next_part():
+            raw, text = _open_gzip_writer(tmp / f"part-{len(counts):05d}.jsonl.gz")
+            open_files.enter_context(raw)
+            counts.append(0)
+            return open_files.enter_context(text)
+
+        text, size = next_part(), 0
+        for row in rows:
+            line = json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n"
+            if size and size + len(line.encode("utf-8")) > max_part_bytes:
+                text.close()
+                text, size = next_part(), 0
+            text.write(line)
+            size += len(line.encode("utf-8"))
+            counts[-1] += 1
+        text.close()
+    return counts
+
+
+def document_files(paths: Iterable[str | os.PathLike]) -> list[str]:
+    """Document files named directly, or the `*.jsonl.gz` parts of a named directory."""
+    files: list[str] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            parts = sorted(path.glob("*.jsonl.gz"))
+            if not parts:
+                raise InputError(f"{path}: directory holds no *.jsonl.gz document files")
+            files += map(str, parts)
+        else:
+            files.append(str(path))
+    return files
+
+
 def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
     """Read (optionally gzipped) JSONL; a malformed line raises InputError naming file and line."""
     path = Path(path)

@@ -46,7 +46,8 @@ def docs(source=SOURCE):
 
 
 def mixed(mix=MIX):
-    return [f"{R}/mixes/{mix}/{s}.jsonl.gz" for s in SHARDS]
+    """A mix: one directory of size-capped parts per documents shard."""
+    return [f"{R}/mixes/{mix}/{s}" for s in SHARDS]
 
 
 def checkpoint_path(name):

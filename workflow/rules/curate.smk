@@ -191,7 +191,7 @@ rule mix:
             f"{R}/attributes/{t}/{SOURCE}/{{shard}}.jsonl.gz" for t in ATTRIBUTE_SETS
         ],
     output:
-        docs=f"{R}/mixes/{{mix}}/{{shard}}.jsonl.gz",
+        docs=directory(f"{R}/mixes/{{mix}}/{{shard}}"),
         funnel=f"{R}/mixes/{{mix}}/{{shard}}.funnel.json",
     log:
         f"{R}/logs/mix/{{mix}}/{{shard}}.log",
