@@ -7,7 +7,10 @@ JOBS ?= 2
 # Rules call the `lmforge` CLI: put the venv first on PATH for every recipe.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test setup lint clean
+PEERS := .venv-peers
+DATATROVE := $(PEERS)/datatrove/.installed
+
+.PHONY: demo test setup peers lint bench-curate clean
 
 setup: $(STAMP)
 
@@ -21,6 +24,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/lmforge warmup
 	touch $(STAMP)
 
+# The peers that benchmarks and parity tests compare against, each in its own venv so their
+# pins never touch ours.
+peers: $(DATATROVE)
+
+$(DATATROVE): benchmarks/curate/requirements-datatrove.txt
+	$(PYTHON) -m venv $(PEERS)/datatrove
+	$(PEERS)/datatrove/bin/pip install -q -r benchmarks/curate/requirements-datatrove.txt
+	touch $(DATATROVE)
+
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(JOBS) --profile profiles/local
 
@@ -29,8 +41,11 @@ lint: $(STAMP)
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(BIN)/ruff check src tests
 
-test: $(STAMP) lint
+test: $(STAMP) $(DATATROVE) lint
 	$(BIN)/pytest -q
+
+bench-curate: $(STAMP) $(DATATROVE)
+	$(BIN)/python benchmarks/curate/bench.py
 
 clean:
 	rm -rf results .snakemake report.html

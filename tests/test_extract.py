@@ -19,6 +19,18 @@ def test_demo_shard_extracts_documents_in_dolma_format(demo_crawl, tmp_path):
     non_html = sum("non_html" in label["kinds"] for label in labels)
     assert result["skipped"].get("not_html", 0) == non_html
     assert result["documents"] + result["skipped"].get("not_html", 0) == len(labels)
+    texts = "".join(d["text"] for d in docs)
+    assert "’" in texts and "â€" not in texts  # declared UTF-8 is honoured, no mojibake
+
+
+def test_declared_charset_then_utf8_then_detection():
+    from lmforge.extract import _decode_html
+
+    page = "<p>naïve café – it’s</p>"
+    assert _decode_html(page.encode("utf-8"), "text/html") == page
+    assert _decode_html(page.encode("cp1252"), "text/html; charset=windows-1252") == page
+    assert _decode_html(page.encode("cp1252"), "text/html; charset=bogus") == page
+    assert _decode_html(page.encode("utf-8"), 'text/html; charset="utf-8"') == page
 
 
 def test_every_shared_warc_goes_through(shared_data, tmp_path):

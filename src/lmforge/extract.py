@@ -79,10 +79,24 @@ def _html_text(record, skips: Counter) -> tuple[str, str] | None:
     body = _read_payload(record, skips)
     if body is None:
         return None
-    html = bytes_to_str(body, detect_encoding(body))
+    html = _decode_html(body, record.http_headers.get("Content-Type") or "")
     text = extract_plain_text(HTMLTree.parse(html), main_content=True, alt_texts=False,
                               links=False, list_bullets=True)
     return text, content_type or "text/html"
+
+
+def _decode_html(body: bytes, content_type: str) -> str:
+    """The charset the server declared if the bytes decode with it, else UTF-8 if they are
+    valid UTF-8 (a strong signal: resiliparse's detector alone reads some UTF-8 pages as
+    cp1252, turning ’ into â€™), else resiliparse's detection."""
+    declared = content_type.partition("charset=")[2].split(";")[0].strip().strip('"\'')
+    for encoding in (declared, "utf-8"):
+        if encoding:
+            try:
+                return body.decode(encoding)
+            except (LookupError, UnicodeDecodeError):
+                pass
+    return bytes_to_str(body, detect_encoding(body))
 
 
 def _wet_text(record, skips: Counter) -> tuple[str, str] | None:

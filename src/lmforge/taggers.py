@@ -60,10 +60,42 @@ def tag_pii(doc: dict, cfg: dict) -> Attributes:
 STOP_WORDS = {"the", "be", "to", "of", "and", "that", "have", "with"}
 BULLETS = ("•", "●", "○", "▪", "◦", "‣", "⁃", "-", "*", "–")
 _PARAGRAPH_SPLIT = re.compile(r"\n{2,}")
+# "punctuation" words approximate the spaCy tokens datatrove uses, without spaCy: runs that
+# start and end with a letter or digit (URLs, "3.14", "os.path", "-1", ".pkg", "to--" stay
+# whole), abbreviations and initials ("e.g.", "Mr.", "J."), ellipses and dash runs, else one
+# punctuation mark; then the splits of spaCy's English rules: "does|n't", "it|'s",
+# "built|-|in", "I|/|O", "abc|.|Error", "can|not".
+_PUNCTUATION_WORD = re.compile(
+    r"\b(?:Mr|Mrs|Ms|Dr|St|Jr|Sr|Mt|Prof|Rev|Gen|Col|Capt|Lt|Inc|Ltd|Co|etc|vs)\."
+    r"|(?:[^\W\d_]\.){2,}|\b[^\W\d_]\.(?!\S)|\.\.\.|-{2,}|[-.]?[^\W_](?:\S*[^\W_])?(?:-{2,}(?!\S))?|\S")
+_WORD_SPLITS = re.compile(
+    r"(?<=[^\W_])(-+|[:<>=/])(?=[^\W\d_])|(?<=[a-z])(\.)(?=[A-Z])"
+    r"|(?i:(?<=[^\W_])(n['’]t|['’](?:s|re|ve|ll|m))$)")
 
 
-def _dup_fraction(chunks: list[str]) -> tuple[float, float]:
-    """Fraction of chunks that repeat an earlier one, and of characters in those repeats."""
+def _punctuation_words(text: str) -> list[str]:
+    words = []
+    for token in _PUNCTUATION_WORD.findall(text):
+        if _WORD_SPLITS.search(token):
+            words += [part for part in _WORD_SPLITS.split(token) if part]
+        elif token.lower() == "cannot":
+            words += [token[:3], token[3:]]
+        else:
+            words.append(token)
+    return words
+
+
+def split_words(text: str, mode: str) -> list[str]:
+    """Gopher's words: whitespace-separated (Dolma) or with punctuation split off (datatrove)."""
+    if mode == "whitespace":
+        return text.split()
+    if mode == "punctuation":
+        return _punctuation_words(text)
+    raise ValueError(f"gopher.words must be 'whitespace' or 'punctuation', not {mode!r}")
+
+
+def _dup_fraction(chunks: list[str], text_chars: int) -> tuple[float, float]:
+    """Fraction of chunks that repeat an earlier one, and of the text's characters in them."""
     seen: set[str] = set()
     dup_count = dup_chars = 0
     for chunk in chunks:
@@ -72,19 +104,18 @@ def _dup_fraction(chunks: list[str]) -> tuple[float, float]:
             dup_chars += len(chunk)
         else:
             seen.add(chunk)
-    total_chars = sum(len(c) for c in chunks)
-    return dup_count / max(len(chunks), 1), dup_chars / max(total_chars, 1)
+    return dup_count / max(len(chunks), 1), dup_chars / max(text_chars, 1)
 
 
-def _top_ngram_char_fraction(words: list[str], n: int, total_chars: int) -> float:
+def _top_ngram_char_fraction(words: list[str], n: int, text_chars: int) -> float:
     ngrams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
     if not ngrams:
         return 0.0
     top, count = ngrams.most_common(1)[0]
-    return count * sum(len(w) for w in top) / max(total_chars, 1)
+    return count * len(" ".join(top)) / max(text_chars, 1)
 
 
-def _dup_ngram_char_fraction(words: list[str], n: int, total_chars: int) -> float:
+def _dup_ngram_char_fraction(words: list[str], n: int, text_chars: int) -> float:
     """Characters of words inside repeated n-grams, each word counted once (Gopher, Table A1)."""
     seen: set[tuple[str, ...]] = set()
     covered = [False] * len(words)
@@ -94,32 +125,36 @@ def _dup_ngram_char_fraction(words: list[str], n: int, total_chars: int) -> floa
             covered[i : i + n] = [True] * n
         else:
             seen.add(gram)
-    return sum(len(w) for w, c in zip(words, covered) if c) / max(total_chars, 1)
+    return sum(len(w) for w, c in zip(words, covered) if c) / max(text_chars, 1)
 
 
-def gopher_signals(text: str) -> dict[str, float]:
-    words = text.split()
+def gopher_signals(text: str, words_mode: str = "whitespace") -> dict[str, float]:
+    """Gopher's quality and repetition signals (Rae et al. 2021, Table A1). Character
+    fractions are of the whole text; stop words count distinct words of the paper's list."""
+    words = split_words(text, words_mode)
     content = [w for w in words if any(ch.isalnum() for ch in w)]
-    total_chars = sum(len(w) for w in words)
     lines = [line.strip() for line in text.split("\n") if line.strip()]
     paragraphs = [p.strip() for p in _PARAGRAPH_SPLIT.split(text) if p.strip()]
+    n_words = max(len(words), 1)
     signals = {
         "word_count": float(len(content)),
         "mean_word_length": sum(map(len, content)) / max(len(content), 1),
-        "symbol_word_ratio": (text.count("#") + text.count("...") + text.count("…"))
-        / max(len(words), 1),
+        "hash_word_ratio": text.count("#") / n_words,
+        "ellipsis_word_ratio": (text.count("...") + text.count("…")) / n_words,
         "bullet_lines_ratio": sum(line.startswith(BULLETS) for line in lines) / max(len(lines), 1),
         "ellipsis_lines_ratio": sum(line.endswith(("...", "…")) for line in lines)
         / max(len(lines), 1),
-        "alpha_words_ratio": sum(any(ch.isalpha() for ch in w) for w in words) / max(len(words), 1),
-        "stop_words": float(sum(w.lower() in STOP_WORDS for w in words)),
+        "alpha_words_ratio": sum(any(ch.isalpha() for ch in w) for w in words) / n_words,
+        "stop_words": float(len(STOP_WORDS.intersection(w.lower() for w in words))),
     }
-    (signals["dup_line_fraction"], signals["dup_line_char_fraction"]) = _dup_fraction(lines)
-    (signals["dup_para_fraction"], signals["dup_para_char_fraction"]) = _dup_fraction(paragraphs)
+    (signals["dup_line_fraction"], signals["dup_line_char_fraction"]) = _dup_fraction(
+        lines, len(text))
+    (signals["dup_para_fraction"], signals["dup_para_char_fraction"]) = _dup_fraction(
+        paragraphs, len(text))
     for n in (2, 3, 4):
-        signals[f"top_{n}gram_char_fraction"] = _top_ngram_char_fraction(words, n, total_chars)
+        signals[f"top_{n}gram_char_fraction"] = _top_ngram_char_fraction(words, n, len(text))
     for n in range(5, 11):
-        signals[f"dup_{n}gram_char_fraction"] = _dup_ngram_char_fraction(words, n, total_chars)
+        signals[f"dup_{n}gram_char_fraction"] = _dup_ngram_char_fraction(words, n, len(text))
     return signals
 
 
@@ -130,7 +165,9 @@ def gopher_failures(signals: dict[str, float], cfg: dict) -> list[str]:
         "mean_word_length": not cfg["min_mean_word_length"]
         <= signals["mean_word_length"]
         <= cfg["max_mean_word_length"],
-        "symbol_word_ratio": signals["symbol_word_ratio"] > cfg["max_symbol_word_ratio"],
+        # "symbol-to-word ratio greater than 0.1 for either the hash symbol or the ellipsis"
+        "hash_word_ratio": signals["hash_word_ratio"] > cfg["max_symbol_word_ratio"],
+        "ellipsis_word_ratio": signals["ellipsis_word_ratio"] > cfg["max_symbol_word_ratio"],
         "bullet_lines_ratio": signals["bullet_lines_ratio"] > cfg["max_bullet_lines_ratio"],
         "ellipsis_lines_ratio": signals["ellipsis_lines_ratio"] > cfg["max_ellipsis_lines_ratio"],
         "alpha_words_ratio": signals["alpha_words_ratio"] < cfg["min_alpha_words_ratio"],
@@ -154,7 +191,7 @@ def tag_gopher(doc: dict, cfg: dict) -> Attributes:
     """Gopher quality and repetition signals, the rules each breaks, and one reject flag."""
     text = doc["text"]
     end = len(text)
-    signals = gopher_signals(text)
+    signals = gopher_signals(text, cfg["words"])
     attrs = {f"gopher__{name}": [[0, end, round(value, 6)]] for name, value in signals.items()}
     failures = gopher_failures(signals, cfg)
     for name in failures:

@@ -1,0 +1,100 @@
+"""datatrove's side of the curation parity check and benchmark; runs in the peer venv.
+
+    datatrove_peer.py decisions DOCS.jsonl.gz... OUT.json
+        Gopher quality, Gopher repetition and C4 quality decisions (reason or null) per id.
+    datatrove_peer.py tag DOCS_DIR
+        The same three filters over every document of every shard (tagging, not chained, so
+        both tools do the same work), then MinHash near-dup detection with datatrove's
+        four-stage pipeline; prints one JSON line of timings.
+"""
+
+import gzip
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from datatrove.data import Document
+from datatrove.pipeline.filters import C4QualityFilter, GopherQualityFilter, GopherRepetitionFilter
+
+FILTERS = {
+    "gopher_quality": GopherQualityFilter,
+    "gopher_repetition": GopherRepetitionFilter,
+    "c4": C4QualityFilter,
+}
+
+
+def read_docs(path):
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        for line in handle:
+            row = json.loads(line)
+            yield Document(text=row["text"], id=row["id"], metadata={})
+
+
+def decide(filters, doc):
+    out = {}
+    for name, filt in filters.items():
+        verdict = filt.filter(Document(text=doc.text, id=doc.id, metadata={}))
+        out[name] = None if verdict is True else (verdict[1] if isinstance(verdict, tuple)
+                                                  else "rejected")
+    return out
+
+
+def decisions(paths, out_path):
+    filters = {name: cls() for name, cls in FILTERS.items()}
+    result = {doc.id: decide(filters, doc) for path in paths for doc in read_docs(path)}
+    Path(out_path).write_text(json.dumps(result))
+
+
+def tag(docs_dir):
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup import (
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupSignature,
+    )
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.utils.hashing import HashConfig
+
+    shards = sorted(Path(docs_dir).glob("*.jsonl.gz"))
+    filters = {name: cls() for name, cls in FILTERS.items()}
+    start = time.perf_counter()
+    docs = rejected = 0
+    for path in shards:
+        for doc in read_docs(path):
+            docs += 1
+            rejected += any(decide(filters, doc).values())
+    filter_s = time.perf_counter() - start
+    # Same LSH shape as lmforge's default (20 bands × 5 rows, 5-gram shingles).
+    config = MinhashConfig(hash_config=HashConfig(precision=64), num_buckets=20,
+                           hashes_per_bucket=5, n_grams=5)
+    with tempfile.TemporaryDirectory() as work:
+        start = time.perf_counter()
+        for stage in (
+            [JsonlReader(str(docs_dir), glob_pattern="*.jsonl.gz", text_key="text",
+                         id_key="id"),
+             MinhashDedupSignature(output_folder=f"{work}/sigs", config=config)],
+            [MinhashDedupBuckets(input_folder=f"{work}/sigs", output_folder=f"{work}/buckets",
+                                 config=config)],
+            [MinhashDedupCluster(input_folder=f"{work}/buckets", output_folder=f"{work}/ids",
+                                 config=config)],
+        ):
+            tasks = config.num_buckets if isinstance(stage[0], MinhashDedupBuckets) else 1
+            LocalPipelineExecutor(stage, tasks=tasks, workers=1,
+                                  logging_dir=f"{work}/logs/{time.monotonic_ns()}",
+                                  skip_completed=False).run()
+        dedup_s = time.perf_counter() - start
+        removed = sum(1 for _ in Path(f"{work}/ids").glob("*.remove"))
+    print(json.dumps({"documents": docs, "rejected": rejected, "filter_s": filter_s,
+                      "dedup_s": dedup_s, "dedup_remove_files": removed}))
+
+
+if __name__ == "__main__":  # datatrove's executor needs the guard (it forks workers)
+    if sys.argv[1] == "decisions":
+        decisions(sys.argv[2:-1], sys.argv[-1])
+    elif sys.argv[1] == "tag":
+        tag(sys.argv[2])
+    else:
+        sys.exit(__doc__)
