@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 PEERS := .venv-peers
 DATATROVE := $(PEERS)/datatrove/.installed
 
-.PHONY: demo test setup peers lint bench-curate clean
+.PHONY: demo test setup peers lint bench-curate bench-stats clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,9 @@ test: $(STAMP) $(DATATROVE) lint
 
 bench-curate: $(STAMP) $(DATATROVE)
 	$(BIN)/python benchmarks/curate/bench.py
+
+bench-stats: $(STAMP)
+	$(BIN)/python benchmarks/stats/bench.py
 
 clean:
 	rm -rf results .snakemake report.html

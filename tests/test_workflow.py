@@ -109,6 +109,41 @@ def test_curation_meets_the_labels(finished):
     assert results["dedup_minhash"]["recall"] >= 0.9 and results["lang"]["recall"] >= 0.9
 
 
+def test_corpus_statistics_equal_the_injected_labels(finished):
+    import pandas as pd
+
+    from lmforge.storage import read_jsonl
+
+    labels = list(read_jsonl(finished / "results/crawl/demo/labels.jsonl.gz"))
+    stats = json.loads((finished / "results/stats/documents-demo/summary.json").read_text())
+    for kind in ("email", "phone", "ip"):
+        assert stats[f"pii_{kind}"] == sum(label["pii"].get(kind, 0) for label in labels), kind
+    # Each injected exact copy is one extra document in a duplicate-text cluster.
+    extra_copies = (stats["documents_in_duplicate_text_clusters"]
+                    - stats["duplicate_text_clusters"])
+    assert extra_copies == sum("exact_duplicate" in label["kinds"] for label in labels)
+    assert stats["documents_in_duplicate_url_clusters"] - stats["duplicate_url_clusters"] == \
+        sum("url_duplicate" in label["kinds"] for label in labels)
+    injected = {item for label in labels for item in label["task_items"]}
+    contamination = pd.read_parquet(finished / "results/stats/documents-demo/contamination.parquet")
+    assert contamination["contaminated_exact"].sum() == len(injected)
+    assert contamination["contaminated_documents"].sum() == sum(
+        "contamination" in label["kinds"] for label in labels)
+    # A cloze item can share a 13-gram with another, injected one: n-gram finds at least these.
+    assert contamination["contaminated_ngram"].sum() >= len(injected)
+    # Every injected abusive sentence is counted; the English-only model also flags a few
+    # German sentences, which the mixes drop as non-English.
+    assert stats["toxic_sentences"] >= sum(label["toxic_sentences"] for label in labels)
+    assert stats["tokenizer_tokens"] > stats["whitespace_tokens"]
+    # The web mix masks PII and drops contaminated pages: its statistics must show it.
+    mix = json.loads((finished / "results/stats/mix-web/summary.json").read_text())
+    assert mix["pii_email"] == mix["toxic_sentences"] == 0
+    assert mix["contaminated_cloze_mc_exact"] == mix["contaminated_arith_gen_ngram"] == 0
+    overlap = pd.read_parquet(
+        finished / "results/stats/overlap/documents-demo__mix-web/overlap.parquet")
+    assert overlap.set_index("corpus").loc["documents-demo", "texts_in_other"] > 0
+
+
 def test_mlflow_has_one_parent_and_a_child_per_job(finished):
     db = sqlite3.connect(finished / "results/mlflow.db")
     runs = db.execute("SELECT run_uuid, name, status FROM runs").fetchall()
@@ -140,7 +175,7 @@ def test_one_artifact_rebuilds_alone_and_code_change_reruns_its_stage(repo, fini
     plan = snakemake(repo, finished, "-n", "--configfile", str(repo / "fast.yaml")).stdout
     jobs = {line.split()[-1].rstrip(":") for line in plan.splitlines()
             if line.startswith(("rule ", "localrule "))}
-    assert jobs == {"stats", "all"}
+    assert jobs == {"stats", "overlap", "all"}
 
 
 def _digests(work: Path) -> dict[str, str]:

@@ -49,7 +49,7 @@ def decisions(paths, out_path):
 
 def tag(docs_dir):
     from datatrove.executor import LocalPipelineExecutor
-    from datatrove.pipeline.dedup import (
+    from datatrove.pipeline.dedup.minhash import (
         MinhashConfig,
         MinhashDedupBuckets,
         MinhashDedupCluster,
@@ -86,9 +86,9 @@ def tag(docs_dir):
                                   logging_dir=f"{work}/logs/{time.monotonic_ns()}",
                                   skip_completed=False).run()
         dedup_s = time.perf_counter() - start
-        removed = sum(1 for _ in Path(f"{work}/ids").glob("*.remove"))
+        removed = sum(path.stat().st_size // 4 for path in Path(f"{work}/ids").glob("*.remove"))
     print(json.dumps({"documents": docs, "rejected": rejected, "filter_s": filter_s,
-                      "dedup_s": dedup_s, "dedup_remove_files": removed}))
+                      "dedup_s": dedup_s, "near_duplicates": removed}))
 
 
 if __name__ == "__main__":  # datatrove's executor needs the guard (it forks workers)

@@ -5,7 +5,7 @@
 Documents: the demo crawl (made here), and where ../shared/data is present the Common Crawl
 documents of dolma's fixtures, every WARC file there after extraction, and two books cut into
 100-line documents. datatrove runs in its own venv (PEER_PYTHON, default
-.venv-peers/datatrove/bin/python; `benchmarks/curate/run` makes it). lmforge's Gopher
+.venv-peers/datatrove/bin/python; `make peers` makes it). lmforge's Gopher
 decision is checked in both word modes; datatrove's is its quality filter OR its repetition
 filter, as FineWeb chains them.
 """
@@ -57,7 +57,7 @@ def corpora(work: Path, config: dict) -> dict[str, list[str]]:
 
 def datatrove_decisions(docs_path: Path, out_path: Path) -> dict:
     if not PEER.exists():
-        sys.exit(f"no datatrove venv at {PEER}: run benchmarks/curate/run (it makes one)")
+        sys.exit(f"no datatrove venv at {PEER}: run `make peers`")
     subprocess.run([str(PEER), str(Path(__file__).with_name("datatrove_peer.py")), "decisions",
                     str(docs_path), str(out_path)], check=True)
     return json.loads(out_path.read_text())

@@ -182,14 +182,37 @@ def cmd_funnel(args) -> None:
 
 
 def cmd_stats(args) -> None:
-    from lmforge.stats import corpus_stats
+    """WIMBD analyses of one corpus (DuckDB), with plots and a summary."""
+    from lmforge.stats import PLOTS, corpus_stats
 
     with _job(f"stats/{Path(args.out_dir).name}", args.cfg) as run:
-        summary = corpus_stats(args.docs, args.out_dir, args.cfg)
+        summary = corpus_stats(args.docs, args.out_dir, args.cfg, tokenizer=args.tokenizer,
+                               tasks_dir=args.tasks_dir, lang_paths=args.lang_attributes)
         log.info("stats: %s", summary)
-        run.log_metrics(summary)
-        for name in ("summary.md", "length_histogram.png", "domains.png"):
+        run.log_metrics({k: v for k, v in summary.items() if v is not None})
+        for name in ("summary.md", *(f"{plot}.png" for plot in PLOTS)):
             run.log_artifact(Path(args.out_dir) / name)
+
+
+def cmd_overlap(args) -> None:
+    """Share of each corpus's texts and URLs found in the other."""
+    from lmforge.stats import corpus_overlap
+
+    args.b = document_files(args.b)
+    with _job(f"overlap/{Path(args.out_dir).name}") as run:
+        names = tuple(Path(args.out_dir).name.split("__", 1))
+        result = corpus_overlap(args.docs, args.b, args.out_dir, args.cfg,
+                                names if len(names) == 2 else ("a", "b"))
+        log.info("overlap: %s", result)
+        run.log_metrics(result)
+
+
+def cmd_search(args) -> None:
+    """Count (and list) the documents holding an exact phrase or matching a regex."""
+    from lmforge.stats import search
+
+    result = search(args.docs, args.cfg, phrase=args.phrase, regex=args.regex, limit=args.limit)
+    print(json.dumps(result, indent=2, ensure_ascii=False))
 
 
 def cmd_train_tokenizer(args) -> None:
@@ -374,7 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
         (["--funnel"], req), cfg)
     add("funnel", cmd_funnel, (["--inputs"], {"nargs": "+", **req}), cfg, (["--out-json"], req),
         (["--out-md"], req))
-    add("stats", cmd_stats, docs, out_dir, cfg)
+    add("stats", cmd_stats, docs, out_dir, cfg, (["--tokenizer"], {}), (["--tasks-dir"], {}),
+        (["--lang-attributes"], {"nargs": "*", "default": []}))
+    add("overlap", cmd_overlap, docs, (["--b"], {"nargs": "+", **req}), out_dir, cfg)
+    search_cfg = (["--cfg"], {"type": _json, "default": {
+        "duckdb": {"memory_limit": "2GB", "threads": 2, "temp_directory": tempfile.gettempdir()}}})
+    add("search", cmd_search, docs, search_cfg, (["--phrase"], {}), (["--regex"], {}),
+        (["--limit"], {"type": int, "default": 100}))
     add("train-tokenizer", cmd_train_tokenizer, docs, out, seed,
         (["--vocab-size"], {"type": int, **req}), (["--valid-fraction"], {"type": float, **req}))
     add("tokenize", cmd_tokenize, docs, (["--tokenizer"], req), out_dir, seed,

@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 from lmforge import tracking
+from lmforge.stats import ANALYSES as STATS_ANALYSES, PLOTS as STATS_PLOTS
 
 R = config["results"]
 SOURCE = config["crawl"]["name"]
@@ -62,14 +63,17 @@ def final_targets():
     ]
     targets += [f"{R}/mixes/{m}/funnel.md" for m in config["mixes"]]
     targets += [f"{R}/stats/mix-{m}/summary.md" for m in config["mixes"]]
+    for pair in config["stats"]["overlap"]:
+        a, b = (f"documents-{SOURCE}" if c == "documents" else c for c in pair)
+        targets.append(f"{R}/stats/overlap/{a}__{b}/overlap.md")
     if config["crawl"]["source"] == "demo":
         targets.append(f"{R}/curation/demo/label_eval.md")
     return targets
 
 
-def corpus_shards(wildcards):
+def corpus_shards(wildcards, corpus=None):
     """Shards of a corpus named `documents-<source>` or `mix-<mix>`."""
-    kind, name = wildcards.corpus.split("-", 1)
+    kind, name = (corpus or wildcards.corpus).split("-", 1)
     return docs(name) if kind == "documents" else mixed(name)
 
 

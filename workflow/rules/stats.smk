@@ -1,7 +1,10 @@
 rule stats:
     input:
-        code("stats"),
+        code("stats", "pii", "taggers", "tasks", "dedup"),
         docs=corpus_shards,
+        tokenizer=f"{R}/tokenizer/{MIX}/tokenizer.json",
+        tasks=rules.make_tasks.output,
+        lang=[f"{R}/attributes/lang/{SOURCE}/{s}.jsonl.gz" for s in SHARDS],
     output:
         summary=report(
             f"{R}/stats/{{corpus}}/summary.md",
@@ -9,28 +12,18 @@ rule stats:
             category="Corpus statistics",
             subcategory="{corpus}",
         ),
-        tables=[
-            f"{R}/stats/{{corpus}}/{a}.parquet"
-            for a in (
-                "summary",
-                "length_histogram",
-                "domains",
-                "duplicate_texts",
-                "duplicate_urls",
+        json=f"{R}/stats/{{corpus}}/summary.json",
+        measured=directory(f"{R}/stats/{{corpus}}/documents"),
+        tables=[f"{R}/stats/{{corpus}}/{a}.parquet" for a in STATS_ANALYSES],
+        plots=[
+            report(
+                f"{R}/stats/{{corpus}}/{plot}.png",
+                caption=f"../report/stats_{plot}.rst",
+                category="Corpus statistics",
+                subcategory="{corpus}",
             )
+            for plot in STATS_PLOTS
         ],
-        lengths=report(
-            f"{R}/stats/{{corpus}}/length_histogram.png",
-            caption="../report/lengths.rst",
-            category="Corpus statistics",
-            subcategory="{corpus}",
-        ),
-        domains=report(
-            f"{R}/stats/{{corpus}}/domains.png",
-            caption="../report/domains.rst",
-            category="Corpus statistics",
-            subcategory="{corpus}",
-        ),
     log:
         f"{R}/logs/stats/{{corpus}}.log",
     benchmark:
@@ -39,10 +32,40 @@ rule stats:
         corpus=r"(documents|mix)-[A-Za-z0-9_]+",
     conda:
         "../../envs/data.yaml"
-    threads: 2
+    threads: config["stats"]["duckdb"]["threads"]
     params:
         cfg=cfg_json("stats"),
         out_dir=lambda w, output: os.path.dirname(output.summary),
+        tasks_dir=lambda w, input: os.path.dirname(input.tasks[0]),
     shell:
         "lmforge stats --docs {input.docs} --out-dir {params.out_dir} --cfg {params.cfg:q} "
-        "> {log} 2>&1"
+        "--tokenizer {input.tokenizer} --tasks-dir {params.tasks_dir} "
+        "--lang-attributes {input.lang} > {log} 2>&1"
+
+
+rule overlap:
+    input:
+        code("stats"),
+        a=lambda w: corpus_shards(w, w.a),
+        b=lambda w: corpus_shards(w, w.b),
+    output:
+        table=f"{R}/stats/overlap/{{a}}__{{b}}/overlap.parquet",
+        md=report(
+            f"{R}/stats/overlap/{{a}}__{{b}}/overlap.md",
+            caption="../report/overlap.rst",
+            category="Corpus statistics",
+            subcategory="overlap",
+        ),
+    log:
+        f"{R}/logs/overlap/{{a}}__{{b}}.log",
+    wildcard_constraints:
+        a=r"(documents|mix)-[A-Za-z0-9_]+",
+        b=r"(documents|mix)-[A-Za-z0-9_]+",
+    conda:
+        "../../envs/data.yaml"
+    params:
+        cfg=cfg_json("stats"),
+        out_dir=lambda w, output: os.path.dirname(output.md),
+    shell:
+        "lmforge overlap --docs {input.a} --b {input.b} --out-dir {params.out_dir} "
+        "--cfg {params.cfg:q} > {log} 2>&1"

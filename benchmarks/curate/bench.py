@@ -1,0 +1,105 @@
+"""Curation throughput, lmforge vs datatrove, on the same generated corpus (one core each).
+
+    python benchmarks/curate/bench.py [--mb 50] [--shards 8]     (or: make bench-curate)
+
+Work, done by both tools on every document: Gopher quality + Gopher repetition + C4 rules
+(lmforge's taggers with `words: punctuation`, the setting that agrees with datatrove's spaCy
+words; datatrove's three filters applied to every document rather than chained, so both do the
+same work), then MinHash near-duplicate detection over all shards (5-gram shingles, 20 bands ×
+5 rows; lmforge's signatures + global LSH, datatrove's signature/buckets/cluster stages). Each
+tool runs in its own process (datatrove in its venv); wall time and the process's peak RSS are
+measured from outside. Last line: `ratio: X`, lmforge's throughput over datatrove's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from synthetic import make_corpus  # noqa: E402
+
+PEER = Path(os.environ.get("PEER_PYTHON", ROOT / ".venv-peers/datatrove/bin/python"))
+
+LMFORGE_RUN = """
+import json, sys, time, yaml
+from pathlib import Path
+from lmforge.dedup import dedup_minhash, minhash_signatures
+from lmforge.taggers import run_tagger
+config = yaml.safe_load(Path(sys.argv[2]).read_text())["curate"]
+gopher = {**config["gopher"], "words": "punctuation"}
+shards = sorted(Path(sys.argv[1]).glob("*.jsonl.gz"))
+out = Path(sys.argv[1]) / "lmforge"
+start = time.perf_counter()
+rejected = 0
+for shard in shards:
+    counts = run_tagger("gopher", shard, out / f"gopher-{shard.name}", gopher)
+    run_tagger("c4", shard, out / f"c4-{shard.name}", config["c4"])
+filter_s = time.perf_counter() - start
+start = time.perf_counter()
+cfg = config["dedup"]["minhash"]
+sigs = [out / f"{shard.name}.npz" for shard in shards]
+for shard, sig in zip(shards, sigs):
+    minhash_signatures(shard, sig, cfg)
+stats = dedup_minhash(sigs, shards, [out / f"minhash-{s.name}" for s in shards], cfg)
+print(json.dumps({"filter_s": filter_s, "dedup_s": time.perf_counter() - start,
+                  "near_duplicates": stats["duplicates"]}))
+"""
+
+
+def measure(cmd: list[str], log: Path) -> tuple[float, float, dict]:
+    """Wall seconds, peak RSS (MB) of the process and its children, and its JSON output."""
+    start = time.perf_counter()
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        output = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status):
+        sys.exit(f"{cmd[0]} failed:\n{log.read_text()[-3000:]}")
+    return seconds, usage.ru_maxrss / 1024, json.loads(output.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mb", type=float, default=50.0, help="corpus size in MB of text")
+    parser.add_argument("--shards", type=int, default=8)
+    args = parser.parse_args()
+    if not PEER.exists():
+        sys.exit(f"no datatrove venv at {PEER}: run `make peers`")
+    work = Path(tempfile.mkdtemp(prefix="lmforge-bench-curate-"))
+    try:
+        corpus = make_corpus(work / "docs", args.mb, args.shards)
+        (work / "docs" / "lmforge").mkdir()
+        print(f"corpus: {corpus['documents']} documents, {corpus['megabytes']:.1f} MB of text, "
+              f"{args.shards} shards", flush=True)
+        ours = measure([sys.executable, "-c", LMFORGE_RUN, str(work / "docs"),
+                        str(ROOT / "config" / "config.yaml")], work / "lmforge.log")
+        theirs = measure([str(PEER), str(Path(__file__).with_name("datatrove_peer.py")), "tag",
+                          str(work / "docs")], work / "datatrove.log")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    docs, mb = corpus["documents"], corpus["megabytes"]
+    print("| tool | filters s | MinHash s | total s | docs/s | MB/s | peak RSS MB "
+          "| near-dups found |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, (seconds, rss, out) in (("lmforge", ours), ("datatrove", theirs)):
+        print(f"| {name} | {out['filter_s']:.1f} | {out['dedup_s']:.1f} | {seconds:.1f} | "
+              f"{docs / seconds:.0f} | {mb / seconds:.2f} | {rss:.0f} | "
+              f"{out['near_duplicates']} |")
+    print(f"filters only: lmforge {mb / ours[2]['filter_s']:.2f} MB/s, datatrove "
+          f"{mb / theirs[2]['filter_s']:.2f} MB/s; MinHash only: lmforge "
+          f"{mb / ours[2]['dedup_s']:.2f} MB/s, datatrove {mb / theirs[2]['dedup_s']:.2f} MB/s")
+    print(f"ratio: {theirs[0] / ours[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
