@@ -39,7 +39,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile workflow/rules
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks
 
 test: $(STAMP) $(DATATROVE) lint
 	$(BIN)/pytest -q

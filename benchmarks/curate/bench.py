@@ -14,17 +14,15 @@ measured from outside. Last line: `ratio: X`, lmforge's throughput over datatrov
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from harness import measure  # noqa: E402
 from synthetic import make_corpus  # noqa: E402
 
 PEER = Path(os.environ.get("PEER_PYTHON", ROOT / ".venv-peers/datatrove/bin/python"))
@@ -53,19 +51,6 @@ stats = dedup_minhash(sigs, shards, [out / f"minhash-{s.name}" for s in shards],
 print(json.dumps({"filter_s": filter_s, "dedup_s": time.perf_counter() - start,
                   "near_duplicates": stats["duplicates"]}))
 """
-
-
-def measure(cmd: list[str], log: Path) -> tuple[float, float, dict]:
-    """Wall seconds, peak RSS (MB) of the process and its children, and its JSON output."""
-    start = time.perf_counter()
-    with open(log, "w") as stderr:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True)
-        output = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status):
-        sys.exit(f"{cmd[0]} failed:\n{log.read_text()[-3000:]}")
-    return seconds, usage.ru_maxrss / 1024, json.loads(output.strip().splitlines()[-1])
 
 
 def main() -> None:

@@ -17,18 +17,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from harness import measure  # noqa: E402
 from synthetic import make_corpus  # noqa: E402
 
 LMFORGE_RUN = """
@@ -45,18 +43,6 @@ COMPARED = ("documents", "characters", "whitespace_tokens", "distinct_texts", "d
             "duplicate_text_clusters", "documents_in_duplicate_text_clusters",
             "duplicate_url_clusters", "domains", "pii_email", "pii_phone", "pii_ip",
             "toxic_sentences", "contaminated_cloze_mc_ngram", "contaminated_arith_gen_exact")
-
-
-def measure(cmd: list[str], log: Path) -> tuple[float, float, dict]:
-    """Wall seconds, peak RSS (MB) of the process and its children, and its JSON output."""
-    start = time.perf_counter()
-    with open(log, "w") as stderr:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True)
-        output = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status):
-        sys.exit(f"{cmd[:3]} failed:\n{log.read_text()[-3000:]}")
-    return time.perf_counter() - start, usage.ru_maxrss / 1024, json.loads(output.splitlines()[-1])
 
 
 def main() -> None:
