@@ -1,4 +1,7 @@
-"""Model checkpoints: `config.json` + `model.safetensors` (+ DeepSpeed state beside them)."""
+"""Model checkpoints: `config.json` + `model.safetensors` (+ DeepSpeed state beside them).
+
+`load_model` also reads a Hugging Face OLMo 2 / OLMoE directory (its config has `model_type`).
+"""
 
 from __future__ import annotations
 
@@ -9,25 +12,34 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lmforge.model import ModelConfig, Olmo2
+from lmforge.olmoe import MoEConfig, Olmoe
 from lmforge.storage import InputError
 
 
-def save_model(model: Olmo2, directory: str | Path) -> None:
+def save_model(model: Olmo2 | Olmoe, directory: str | Path) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(model.cfg.to_dict(), indent=2) + "\n")
+    architecture = "olmoe" if isinstance(model, Olmoe) else "olmo2"
+    config = {"architecture": architecture, **model.cfg.to_dict()}
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
 
 
-def load_model(directory: str | Path) -> Olmo2:
+def load_model(directory: str | Path) -> Olmo2 | Olmoe:
+    from lmforge.hf import build, import_hf
+
     directory = Path(directory)
     try:
-        cfg = ModelConfig(**json.loads((directory / "config.json").read_text()))
+        config = json.loads((directory / "config.json").read_text())
+        if "model_type" in config:
+            return import_hf(directory)
+        architecture = config.pop("architecture", "olmo2")
+        cfg = (MoEConfig if architecture == "olmoe" else ModelConfig)(**config)
         state = load_file(str(directory / "model.safetensors"))
     except (OSError, json.JSONDecodeError, TypeError) as err:
         raise InputError(f"{directory}: not a readable lmforge checkpoint ({err})") from None
-    model = Olmo2(cfg)
+    model = build(cfg)
     model.load_state_dict(state, strict=True)
     return model
 

@@ -207,6 +207,15 @@ def cmd_overlap(args) -> None:
         run.log_metrics(result)
 
 
+def cmd_export_hf(args) -> None:
+    """Write a checkpoint in Hugging Face format (Olmo2ForCausalLM / OlmoeForCausalLM)."""
+    from lmforge.checkpoint import load_model
+    from lmforge.hf import export_hf
+
+    export_hf(load_model(args.checkpoint), args.out)
+    log.info("exported %s to %s", args.checkpoint, args.out)
+
+
 def cmd_search(args) -> None:
     """Count (and list) the documents holding an exact phrase or matching a regex."""
     from lmforge.stats import search
@@ -399,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
         (["--out-md"], req))
     add("stats", cmd_stats, docs, out_dir, cfg, (["--tokenizer"], {}), (["--tasks-dir"], {}),
         (["--lang-attributes"], {"nargs": "*", "default": []}))
+    add("export-hf", cmd_export_hf, (["--checkpoint"], req), out)
     add("overlap", cmd_overlap, docs, (["--b"], {"nargs": "+", **req}), out_dir, cfg)
     search_cfg = (["--cfg"], {"type": _json, "default": {
         "duckdb": {"memory_limit": "2GB", "threads": 2, "temp_directory": tempfile.gettempdir()}}})

@@ -3,7 +3,7 @@ EVAL = config["evaluate"]
 
 rule evaluate:
     input:
-        code("evaluate", "model", "checkpoint", "tasks"),
+        code("evaluate", "model", "olmoe", "hf", "checkpoint", "tasks"),
         checkpoint=f"{R}/checkpoints/{{model}}",
         tasks=rules.make_tasks.output,
         tokens=f"{TOKENS}/valid.npy",

@@ -1,10 +1,10 @@
 TOKENS = f"{R}/tokens/{MIX}"
-TRAIN_CODE = code("model", "train", "checkpoint")
+TRAIN_CODE = code("model", "olmoe", "hf", "train", "checkpoint")
 
 
 rule init_model:
     input:
-        code("model", "checkpoint"),
+        code("model", "olmoe", "hf", "checkpoint"),
         meta=f"{TOKENS}/meta.json",
     output:
         directory(f"{R}/checkpoints/{{init}}"),
