@@ -1,3 +1,4 @@
+import json
 import os
 
 import numpy as np
@@ -69,3 +70,64 @@ def test_deepspeed_training_learns_checkpoints_and_is_deterministic(tmp_path, on
     _, metrics_again = _run(tmp_path, "b")
     losses_again = [float(line.split(",")[1]) for line in metrics_again.splitlines()[1:]]
     assert losses_again == losses  # same seed, same data order: identical losses on CPU
+
+
+RESUMABLE = """
+import sys, time
+import numpy as np, torch
+from lmforge.model import ModelConfig, Olmo2
+from lmforge.train import instance_batches, train
+cfg = {"steps": 24, "micro_batch_size": 4, "grad_accum": 2, "lr": 1e-2, "min_lr_ratio": 0.1,
+       "warmup_steps": 2, "weight_decay": 0.1, "grad_clip": 1.0, "zero_stage": 1,
+       "precision": "fp32", "log_every": 3, "checkpoint_every": 4, "keep_last": 2}
+torch.manual_seed(0)
+model = Olmo2(ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, mlp_hidden=64,
+                          max_seq_len=16))
+rng = np.random.default_rng(0)
+tokens = (np.tile(np.arange(16), 200) + (rng.random(3200) < 0.05)).astype(np.uint16)
+inner = instance_batches(tokens, 16, cfg, seed=1)
+def batches(step, micro_step):  # slowed down so that the test can kill the run mid-way
+    time.sleep(float(sys.argv[3]))
+    return inner(step, micro_step)
+train(model, batches, cfg, 1, sys.argv[1], sys.argv[2])
+"""
+
+
+def test_a_killed_run_resumes_to_the_same_losses_and_weights(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from lmforge.train import step_checkpoints
+
+    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
+
+    def run(name: str, delay: float, wait: bool = True):
+        cmd = [sys.executable, "-c", RESUMABLE, str(tmp_path / name),
+               str(tmp_path / f"{name}.csv"), str(delay)]
+        if wait:
+            return subprocess.run(cmd, env=env, check=True, capture_output=True)
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+
+    run("straight", 0)
+    killed = run("resumed", 0.1, wait=False)
+    deadline = time.monotonic() + 300
+    while not any(p.name >= "step-000012" for p in step_checkpoints(tmp_path / "resumed")):
+        assert killed.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "resumed").exists()  # no final checkpoint from the killed run
+    assert len(step_checkpoints(tmp_path / "resumed")) <= 2  # keep_last
+    run("resumed", 0)
+    state = json.loads((tmp_path / "resumed" / "trainer_state.json").read_text())
+    assert state["resumed_from_step"] >= 12
+    straight, resumed = ((tmp_path / f"{n}.csv").read_text().splitlines() for n in
+                         ("straight", "resumed"))
+    column = straight[0].split(",").index("loss")
+    assert [r.split(",")[column] for r in straight] == [r.split(",")[column] for r in resumed]
+    assert (tmp_path / "straight" / "model.safetensors").read_bytes() == \
+        (tmp_path / "resumed" / "model.safetensors").read_bytes()
+    assert not step_checkpoints(tmp_path / "resumed")  # cleaned up once the run completes

@@ -8,9 +8,11 @@ the config.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import os
+import shutil
 import socket
 import time
 from collections.abc import Callable
@@ -99,9 +101,44 @@ def instance_batches(tokens: np.ndarray, seq_len: int, cfg: dict, seed: int, ran
     return batch
 
 
+def step_checkpoints(checkpoint_dir: str | Path) -> list[Path]:
+    """The complete intermediate checkpoints of a run, oldest first. Each is written as a
+    directory that appears atomically, so a run killed mid-write leaves none half-done."""
+    return sorted(Path(f"{checkpoint_dir}.steps").glob("step-*"))
+
+
+def _save_step(engine, checkpoint_dir, step: int, state: dict, keep_last: int) -> None:
+    with atomic_dir(Path(f"{checkpoint_dir}.steps") / f"step-{step:06d}") as tmp:
+        engine.save_checkpoint(str(tmp / "deepspeed"), tag="state")  # model, AdamW, scheduler
+        torch.save(torch.get_rng_state(), tmp / "rng.pt")
+        write_json(tmp / "trainer_state.json", state)
+    for old in step_checkpoints(checkpoint_dir)[:-keep_last]:
+        shutil.rmtree(old)
+
+
+def _resume(engine, checkpoint_dir, cfg: dict) -> dict | None:
+    """Load the newest complete intermediate checkpoint into the engine; its trainer state."""
+    saved = step_checkpoints(checkpoint_dir)
+    if not saved:
+        return None
+    latest = saved[-1]
+    state = json.loads((latest / "trainer_state.json").read_text())
+    if state["config"] != cfg:
+        raise ValueError(f"{latest} was written with another training config; remove "
+                         f"{latest.parent} to start over")
+    engine.load_checkpoint(str(latest / "deepspeed"), tag="state")
+    torch.set_rng_state(torch.load(latest / "rng.pt"))
+    log.info("resuming from %s (step %d)", latest, state["step"])
+    return state
+
+
 def train(model: Olmo2, batches: Callable[[int, int], Batch], cfg: dict, seed: int,
           checkpoint_dir: str | Path, metrics_path: str | Path, tracker=None) -> dict:
-    """Train for cfg['steps'] optimizer steps; write the checkpoint and a metrics CSV atomically."""
+    """Train for cfg['steps'] optimizer steps; write the checkpoint and a metrics CSV atomically.
+
+    Every `checkpoint_every` steps the full engine state goes to `<checkpoint_dir>.steps/`
+    (the newest `keep_last` are kept); a restarted run resumes from the newest one and, as the
+    data order depends only on the step, continues exactly where the killed one stopped."""
     _ensure_distributed_env()
     import deepspeed
 
@@ -115,9 +152,14 @@ def train(model: Olmo2, batches: Callable[[int, int], Batch], cfg: dict, seed: i
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                            lr_scheduler=scheduler,
                                            config=deepspeed_config(cfg, world_size))
-    rows, started, tokens_seen = [], time.perf_counter(), 0
+    rows, started, tokens_seen, first_step = [], time.perf_counter(), 0, 0
     window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
-    for step in range(cfg["steps"]):
+    resumed = _resume(engine, checkpoint_dir, cfg)
+    if resumed is not None:
+        first_step, rows, tokens_seen = resumed["step"], resumed["rows"], resumed["tokens_seen"]
+        window_loss, window_tokens = resumed["window_loss"], resumed["window_tokens"]
+    every = cfg.get("checkpoint_every", 0)
+    for step in range(first_step, cfg["steps"]):
         step_loss = 0.0
         for micro_step in range(cfg["grad_accum"]):
             inputs, labels = batches(step, micro_step)
@@ -141,7 +183,12 @@ def train(model: Olmo2, batches: Callable[[int, int], Batch], cfg: dict, seed: i
                 tracker.log_metrics({"train/loss": row["loss"], "train/lr": row["lr"],
                                      "train/tokens_per_s": row["tokens_per_s"]}, step=step + 1)
             window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
-    summary = {"steps": cfg["steps"], "tokens_seen": tokens_seen,
+        if every and (step + 1) % every == 0 and step + 1 < cfg["steps"]:
+            _save_step(engine, checkpoint_dir, step + 1, {
+                "step": step + 1, "rows": rows, "tokens_seen": tokens_seen,
+                "window_loss": window_loss, "window_tokens": window_tokens, "seed": seed,
+                "config": cfg}, cfg.get("keep_last", 1))
+    summary = {"steps": cfg["steps"], "resumed_from_step": first_step, "tokens_seen": tokens_seen,
                "final_loss": rows[-1]["loss"], "seconds": time.perf_counter() - started}
     with atomic_dir(checkpoint_dir) as tmp:
         save_model(engine.module, tmp)
@@ -149,12 +196,16 @@ def train(model: Olmo2, batches: Callable[[int, int], Batch], cfg: dict, seed: i
         engine.save_checkpoint(str(tmp / "deepspeed"), tag="final")
         write_json(tmp / "trainer_state.json", {**summary, "seed": seed, "config": cfg})
     write_metrics(metrics_path, rows)
+    shutil.rmtree(f"{checkpoint_dir}.steps", ignore_errors=True)
     return summary
+
+
+METRIC_COLUMNS = ("step", "loss", "lr", "tokens", "tokens_per_s")
 
 
 def write_metrics(path: str | Path, rows: list[dict]) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
 
