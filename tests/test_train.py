@@ -6,7 +6,7 @@ import pytest
 
 from lmforge.checkpoint import load_model
 from lmforge.model import ModelConfig, Olmo2
-from lmforge.train import instance_batches, lr_lambda, train
+from lmforge.train import instance_batches, lr_lambda, param_groups, train
 
 TRAIN = {"steps": 12, "micro_batch_size": 4, "grad_accum": 2, "lr": 1e-2, "min_lr_ratio": 0.1,
          "warmup_steps": 2, "weight_decay": 0.1, "grad_clip": 1.0, "zero_stage": 1,
@@ -18,6 +18,18 @@ def test_lr_schedule_warms_up_then_decays_to_floor():
     assert values[0] == 0.5 and values[1] == 1.0
     assert all(a >= b for a, b in zip(values[1:], values[2:]))
     assert values[-1] == pytest.approx(TRAIN["min_lr_ratio"])
+
+
+def test_linear_schedule_and_weight_decay_groups():
+    linear = {**TRAIN, "schedule": "linear", "min_lr_ratio": 0.0}
+    values = [lr_lambda(s, linear) for s in range(2, TRAIN["steps"] + 1)]
+    steps = [a - b for a, b in zip(values, values[1:])]
+    assert values[-1] == 0.0 and max(steps) - min(steps) < 1e-9  # a straight line to zero
+    model = Olmo2(ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, mlp_hidden=64))
+    decayed = lambda groups: sum(p.numel() for p in groups[0]["params"])  # noqa: E731
+    embedding = model.model.embed_tokens.weight.numel()
+    assert decayed(param_groups(model, 0.1, True)) - decayed(param_groups(model, 0.1)) == embedding
+    assert all(p.ndim == 2 for p in param_groups(model, 0.1)[0]["params"])
 
 
 def test_instance_batches_follow_a_seeded_permutation():
@@ -70,6 +82,30 @@ def test_deepspeed_training_learns_checkpoints_and_is_deterministic(tmp_path, on
     _, metrics_again = _run(tmp_path, "b")
     losses_again = [float(line.split(",")[1]) for line in metrics_again.splitlines()[1:]]
     assert losses_again == losses  # same seed, same data order: identical losses on CPU
+
+
+def test_olmoe_trains_through_the_engine_with_its_auxiliary_losses(tmp_path, one_rank_world):
+    import csv
+
+    import torch
+
+    from lmforge.olmoe import MoEConfig, Olmoe
+
+    torch.manual_seed(0)
+    model = Olmoe(MoEConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, mlp_hidden=32,
+                            max_seq_len=16, n_experts=4, top_k=2))
+    rng = np.random.default_rng(0)
+    tokens = (np.tile(np.arange(16), 200) + (rng.random(3200) < 0.05)).astype(np.uint16)
+    cfg = {**TRAIN, "z_loss": 1e-4, "peak_flops": 1e11}
+    train(model, instance_batches(tokens, 16, cfg, seed=1), cfg, 1, tmp_path / "moe",
+          tmp_path / "moe.csv")
+    rows = list(csv.DictReader(open(tmp_path / "moe.csv")))
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"]) - 0.5
+    for row in rows:
+        assert float(row["load_balancing"]) > 0 and float(row["router_z"]) > 0
+        assert float(row["z_loss"]) > 0 and float(row["grad_norm"]) > 0
+        assert 0 < float(row["mfu"]) < 1
+    assert isinstance(load_model(tmp_path / "moe"), Olmoe)
 
 
 RESUMABLE = """

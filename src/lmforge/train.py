@@ -23,6 +23,7 @@ import torch
 
 from lmforge.checkpoint import save_model
 from lmforge.model import Olmo2, causal_lm_loss
+from lmforge.olmoe import Olmoe
 from lmforge.storage import atomic_dir, atomic_path, write_json
 
 log = logging.getLogger(__name__)
@@ -41,22 +42,42 @@ def _ensure_distributed_env() -> None:
 
 
 def lr_lambda(step: int, cfg: dict) -> float:
-    """Linear warm-up, then cosine decay to min_lr_ratio × lr (OLMo 2's schedule)."""
+    """Linear warm-up, then cosine (OLMo 2 pretraining) or linear (OLMo 2 mid-training anneal)
+    decay to min_lr_ratio × lr. With a fixed global batch, steps measure tokens."""
     warmup, total = cfg["warmup_steps"], cfg["steps"]
     if step < warmup:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     floor = cfg["min_lr_ratio"]
+    if cfg.get("schedule", "cosine") == "linear":
+        return floor + (1 - floor) * (1 - progress)
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def param_groups(model: Olmo2, weight_decay: float) -> list[dict]:
-    """No weight decay on norms and embeddings (OLMo 2)."""
+def param_groups(model: Olmo2 | Olmoe, weight_decay: float,
+                 decay_embeddings: bool = False) -> list[dict]:
+    """No weight decay on norms, nor on embeddings unless `decay_embeddings` (OLMo 2)."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
-        (no_decay if param.ndim < 2 or "embed_tokens" in name else decay).append(param)
+        exempt = param.ndim < 2 or ("embed_tokens" in name and not decay_embeddings)
+        (no_decay if exempt else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0}]
+
+
+def training_loss(engine, inputs, labels, cfg: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    """Cross-entropy plus OLMo's z-loss on the output logits (weight `z_loss`, 1e-5 in OLMo 2)
+    and, for OLMoE, the router's load-balancing and z-losses; the parts for logging."""
+    if isinstance(engine.module, Olmoe):
+        logits, aux = engine(inputs, return_aux=True)
+    else:
+        logits, aux = engine(inputs), {}
+    ce = causal_lm_loss(logits, labels)
+    mask = labels != -100
+    z_loss = cfg.get("z_loss", 0.0) * logits.float().logsumexp(-1)[mask].pow(2).mean()
+    total = ce + z_loss + sum(aux.values())
+    return total, {"loss": ce.item(), "z_loss": z_loss.item(),
+                   **{k: v.item() for k, v in aux.items()}}
 
 
 def deepspeed_config(cfg: dict, world_size: int) -> dict:
@@ -99,6 +120,22 @@ def instance_batches(tokens: np.ndarray, seq_len: int, cfg: dict, seed: int, ran
         return data[:, :-1], data[:, 1:]
 
     return batch
+
+
+# Dense bf16 peak FLOP/s per device, from the vendors' data sheets (no sparsity).
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12,
+                   "A10G": 125e12}
+
+
+def peak_flops(device, cfg: dict) -> float | None:
+    """Peak FLOP/s of one device for MFU: `peak_flops` from the config, else the data-sheet
+    figure of a known GPU; None (no MFU) on a CPU without a configured figure."""
+    if cfg.get("peak_flops"):
+        return float(cfg["peak_flops"])
+    if torch.cuda.is_available() and torch.device(device).type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+    return None
 
 
 def step_checkpoints(checkpoint_dir: str | Path) -> list[Path]:
@@ -146,48 +183,55 @@ def train(model: Olmo2, batches: Callable[[int, int], Batch], cfg: dict, seed: i
     deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl",
                                verbose=False)
     world_size = int(os.environ.get("WORLD_SIZE", 1))
-    optimizer = torch.optim.AdamW(param_groups(model, cfg["weight_decay"]), lr=cfg["lr"],
-                                  betas=(0.9, 0.95), eps=1e-8)
+    optimizer = torch.optim.AdamW(
+        param_groups(model, cfg["weight_decay"], cfg.get("decay_embeddings", False)),
+        lr=cfg["lr"], betas=(0.9, 0.95), eps=1e-8)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, cfg))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                            lr_scheduler=scheduler,
                                            config=deepspeed_config(cfg, world_size))
     rows, started, tokens_seen, first_step = [], time.perf_counter(), 0, 0
-    window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+    window: dict[str, float] = {}
+    window_tokens, window_start = 0, time.perf_counter()
     resumed = _resume(engine, checkpoint_dir, cfg)
     if resumed is not None:
         first_step, rows, tokens_seen = resumed["step"], resumed["rows"], resumed["tokens_seen"]
-        window_loss, window_tokens = resumed["window_loss"], resumed["window_tokens"]
+        window, window_tokens = resumed["window"], resumed["window_tokens"]
     every = cfg.get("checkpoint_every", 0)
+    peak = peak_flops(engine.device, cfg)
     for step in range(first_step, cfg["steps"]):
-        step_loss = 0.0
         for micro_step in range(cfg["grad_accum"]):
             inputs, labels = batches(step, micro_step)
             inputs, labels = inputs.to(engine.device), labels.to(engine.device)
-            loss = causal_lm_loss(engine(inputs), labels)
+            loss, parts = training_loss(engine, inputs, labels, cfg)
             engine.backward(loss)
             engine.step()
-            step_loss += loss.item() / cfg["grad_accum"]
+            for name, value in parts.items():
+                window[name] = window.get(name, 0.0) + value / cfg["grad_accum"]
             tokens = int((labels != -100).sum())
             tokens_seen += tokens
             window_tokens += tokens
-        window_loss += step_loss
+        grad_norm = engine.get_global_grad_norm()  # before clipping
+        window["grad_norm"] = window.get("grad_norm", 0.0) + (
+            float(grad_norm) if grad_norm is not None else math.nan)
         if (step + 1) % cfg["log_every"] == 0 or step + 1 == cfg["steps"]:
             n = (step % cfg["log_every"]) + 1
-            elapsed = time.perf_counter() - window_start
-            row = {"step": step + 1, "loss": window_loss / n, "lr": scheduler.get_last_lr()[0],
-                   "tokens": tokens_seen, "tokens_per_s": window_tokens / max(elapsed, 1e-9)}
+            tokens_per_s = window_tokens / max(time.perf_counter() - window_start, 1e-9)
+            row = {"step": step + 1, **{k: v / n for k, v in window.items()},
+                   "lr": scheduler.get_last_lr()[0], "tokens": tokens_seen,
+                   "tokens_per_s": tokens_per_s,
+                   "mfu": engine.module.flops_per_token() * tokens_per_s / peak if peak else None}
             rows.append(row)
             log.info("step %(step)d loss %(loss).4f lr %(lr).2e tok/s %(tokens_per_s).0f", row)
             if tracker is not None:
-                tracker.log_metrics({"train/loss": row["loss"], "train/lr": row["lr"],
-                                     "train/tokens_per_s": row["tokens_per_s"]}, step=step + 1)
-            window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+                tracker.log_metrics({f"train/{k}": v for k, v in row.items()
+                                     if k != "step" and v is not None}, step=step + 1)
+            window, window_tokens, window_start = {}, 0, time.perf_counter()
         if every and (step + 1) % every == 0 and step + 1 < cfg["steps"]:
             _save_step(engine, checkpoint_dir, step + 1, {
-                "step": step + 1, "rows": rows, "tokens_seen": tokens_seen,
-                "window_loss": window_loss, "window_tokens": window_tokens, "seed": seed,
-                "config": cfg}, cfg.get("keep_last", 1))
+                "step": step + 1, "rows": rows, "tokens_seen": tokens_seen, "window": window,
+                "window_tokens": window_tokens, "seed": seed, "config": cfg},
+                cfg.get("keep_last", 1))
     summary = {"steps": cfg["steps"], "resumed_from_step": first_step, "tokens_seen": tokens_seen,
                "final_loss": rows[-1]["loss"], "seconds": time.perf_counter() - started}
     with atomic_dir(checkpoint_dir) as tmp:
@@ -200,12 +244,13 @@ def train(model: Olmo2, batches: Callable[[int, int], Batch], cfg: dict, seed: i
     return summary
 
 
-METRIC_COLUMNS = ("step", "loss", "lr", "tokens", "tokens_per_s")
+METRIC_COLUMNS = ("step", "loss", "z_loss", "load_balancing", "router_z", "grad_norm", "lr",
+                  "tokens", "tokens_per_s", "mfu")
 
 
 def write_metrics(path: str | Path, rows: list[dict]) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS, restval="")
         writer.writeheader()
         writer.writerows(rows)
 
