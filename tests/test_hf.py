@@ -136,3 +136,31 @@ def test_checkpoints_of_both_architectures_and_hf_directories_load(tmp_path):
         for directory in (tmp_path / name, tmp_path / f"{name}-hf"):
             with torch.no_grad():
                 assert torch.equal(load_model(directory).eval()(ids), model(ids))
+
+
+def test_plan_estimates_memory_and_refuses_what_cannot_fit(capsys):
+    from lmforge.cli import main as cli
+    from lmforge.plan import GIB, check_fits, estimate
+
+    train = {"precision": "bf16", "zero_stage": 1, "micro_batch_size": 1, "grad_accum": 1}
+    plan = estimate(preset_config("olmo2-7b"), train, world_size=8)
+    # bf16 weights and gradients (2 + 2 bytes), fp32 master + AdamW moments (12 bytes) / 8 ranks
+    assert plan["weights_gib"] == pytest.approx(plan["parameters"] * 2 / GIB)
+    assert plan["optimizer_gib"] == pytest.approx(plan["parameters"] * 12 / 8 / GIB)
+    assert plan["flops_per_step"] == pytest.approx(
+        build_meta("olmo2-7b").flops_per_token() * 4096 * 8)
+    check_fits(plan, 80 * GIB)  # fits an 80 GB GPU
+    fp32 = estimate(preset_config("olmo2-7b"), {**train, "precision": "fp32", "zero_stage": 0})
+    with pytest.raises(InputError, match="lower micro_batch_size"):
+        check_fits(fp32, 80 * GIB)
+    train_json = json.dumps({**train, "precision": "fp32", "zero_stage": 0})
+    assert cli(["plan", "--preset", "olmo2-7b", "--cfg", train_json,
+                "--device-memory-gib", "80"]) == 2
+    assert cli(["plan", "--preset", "olmoe-1b-7b", "--cfg", json.dumps(train),
+                "--world-size", "8", "--device-memory-gib", "80"]) == 0
+    assert "active parameters per token | 1.2" in capsys.readouterr().out
+
+
+def build_meta(name):
+    with torch.device("meta"):
+        return build(preset_config(name))

@@ -207,6 +207,32 @@ def cmd_overlap(args) -> None:
         run.log_metrics(result)
 
 
+def cmd_plan(args) -> None:
+    """Memory per device and FLOPs per step of a training run; error if it cannot fit."""
+    from lmforge.hf import preset_config
+    from lmforge.plan import GIB, check_fits, device_memory_bytes, estimate, markdown
+
+    if (args.preset is None) == (args.checkpoint is None):
+        raise ValueError("give exactly one of --preset or --checkpoint")
+    if args.preset:
+        model_cfg = preset_config(args.preset)
+    else:
+        from lmforge.checkpoint import load_model
+
+        model_cfg = load_model(args.checkpoint).cfg
+    plan = estimate(model_cfg, args.cfg, args.world_size)
+    print(markdown(plan), end="")
+    memory = (args.device_memory_gib * GIB if args.device_memory_gib
+              else device_memory_bytes("cuda" if _has_cuda() else "cpu"))
+    check_fits(plan, int(memory))
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def cmd_export_hf(args) -> None:
     """Write a checkpoint in Hugging Face format (Olmo2ForCausalLM / OlmoeForCausalLM)."""
     from lmforge.checkpoint import load_model
@@ -409,6 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("stats", cmd_stats, docs, out_dir, cfg, (["--tokenizer"], {}), (["--tasks-dir"], {}),
         (["--lang-attributes"], {"nargs": "*", "default": []}))
     add("export-hf", cmd_export_hf, (["--checkpoint"], req), out)
+    add("plan", cmd_plan, (["--preset"], {}), (["--checkpoint"], {}), cfg,
+        (["--world-size"], {"type": int, "default": 1}),
+        (["--device-memory-gib"], {"type": float}))
     add("overlap", cmd_overlap, docs, (["--b"], {"nargs": "+", **req}), out_dir, cfg)
     search_cfg = (["--cfg"], {"type": _json, "default": {
         "duckdb": {"memory_limit": "2GB", "threads": 2, "temp_directory": tempfile.gettempdir()}}})

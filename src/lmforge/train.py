@@ -179,10 +179,15 @@ def train(model: Olmo2, batches: Callable[[int, int], Batch], cfg: dict, seed: i
     _ensure_distributed_env()
     import deepspeed
 
+    from lmforge.plan import check_fits, device_memory_bytes, estimate, markdown
+
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    plan = estimate(model.cfg, cfg, world_size)
+    log.info("plan:\n%s", markdown(plan))
+    check_fits(plan, device_memory_bytes("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(seed)
     deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl",
                                verbose=False)
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
     optimizer = torch.optim.AdamW(
         param_groups(model, cfg["weight_decay"], cfg.get("decay_embeddings", False)),
         lr=cfg["lr"], betas=(0.9, 0.95), eps=1e-8)
