@@ -167,3 +167,49 @@ def test_a_killed_run_resumes_to_the_same_losses_and_weights(tmp_path):
     assert (tmp_path / "straight" / "model.safetensors").read_bytes() == \
         (tmp_path / "resumed" / "model.safetensors").read_bytes()
     assert not step_checkpoints(tmp_path / "resumed")  # cleaned up once the run completes
+
+
+RANKED = """
+import os, sys
+import numpy as np, torch
+from lmforge.model import ModelConfig, Olmo2
+from lmforge.train import instance_batches, train
+world = int(os.environ.get("WORLD_SIZE", 1))
+cfg = {"steps": 10, "micro_batch_size": 4 // world, "grad_accum": 2, "lr": 1e-2,
+       "min_lr_ratio": 0.1, "warmup_steps": 2, "weight_decay": 0.1, "grad_clip": 1.0,
+       "zero_stage": 1, "precision": "fp32", "log_every": 2}
+torch.manual_seed(0)
+model = Olmo2(ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, mlp_hidden=64,
+                          max_seq_len=16))
+rng = np.random.default_rng(0)
+tokens = (np.tile(np.arange(16), 200) + (rng.random(3200) < 0.05)).astype(np.uint16)
+batches = instance_batches(tokens, 16, cfg, seed=1, rank=int(os.environ.get("RANK", 0)),
+                           world_size=world)
+train(model, batches, cfg, 1, sys.argv[1], sys.argv[2])
+"""
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
+    import csv
+    import socket
+    import subprocess
+    import sys
+
+    script = tmp_path / "ranked.py"
+    script.write_text(RANKED)
+    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
+    subprocess.run([sys.executable, str(script), str(tmp_path / "one"), str(tmp_path / "one.csv")],
+                   env=env, check=True, capture_output=True)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                    "--master_addr", "127.0.0.1", "--master_port", str(port), str(script),
+                    str(tmp_path / "two"), str(tmp_path / "two.csv")],
+                   env=env, check=True, capture_output=True, timeout=600)
+    one, two = (list(csv.DictReader(open(tmp_path / f"{n}.csv"))) for n in ("one", "two"))
+    assert [r["tokens"] for r in one] == [r["tokens"] for r in two]  # the same global batches
+    for a, b in zip(one, two):
+        assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-5)
+    assert not list(tmp_path.glob(".*tmp*"))  # the shared checkpoint directory was renamed
+    assert (tmp_path / "two" / "model.safetensors").exists()

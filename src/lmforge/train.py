@@ -7,6 +7,7 @@ the config.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -138,19 +139,61 @@ def peak_flops(device, cfg: dict) -> float | None:
     return None
 
 
+def _across_ranks(window: dict[str, float], tokens: int, world_size: int):
+    """Metrics as the mean over data-parallel ranks, tokens as their sum (rank 0 logs them)."""
+    if world_size == 1:
+        return window, tokens
+    import torch.distributed as dist
+
+    names = sorted(window)
+    values = torch.tensor([window[k] for k in names] + [tokens], dtype=torch.float64)
+    dist.all_reduce(values)
+    return ({k: float(v) / world_size for k, v in zip(names, values)}, int(values[-1]))
+
+
 def step_checkpoints(checkpoint_dir: str | Path) -> list[Path]:
     """The complete intermediate checkpoints of a run, oldest first. Each is written as a
     directory that appears atomically, so a run killed mid-write leaves none half-done."""
     return sorted(Path(f"{checkpoint_dir}.steps").glob("step-*"))
 
 
+@contextlib.contextmanager
+def shared_atomic_dir(path: str | Path):
+    """atomic_dir for all ranks of a job: every rank writes its part (DeepSpeed's checkpoint
+    is collective) into one temporary directory that rank 0 renames when all are done."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        with atomic_dir(path) as tmp:
+            yield tmp
+        return
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp-ranks"
+    if dist.get_rank() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    yield tmp
+    dist.barrier()
+    if dist.get_rank() == 0:
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    dist.barrier()
+
+
+def _rank0() -> bool:
+    return int(os.environ.get("RANK", 0)) == 0
+
+
 def _save_step(engine, checkpoint_dir, step: int, state: dict, keep_last: int) -> None:
-    with atomic_dir(Path(f"{checkpoint_dir}.steps") / f"step-{step:06d}") as tmp:
+    with shared_atomic_dir(Path(f"{checkpoint_dir}.steps") / f"step-{step:06d}") as tmp:
         engine.save_checkpoint(str(tmp / "deepspeed"), tag="state")  # model, AdamW, scheduler
-        torch.save(torch.get_rng_state(), tmp / "rng.pt")
-        write_json(tmp / "trainer_state.json", state)
-    for old in step_checkpoints(checkpoint_dir)[:-keep_last]:
-        shutil.rmtree(old)
+        if _rank0():
+            torch.save(torch.get_rng_state(), tmp / "rng.pt")
+            write_json(tmp / "trainer_state.json", state)
+    if _rank0():
+        for old in step_checkpoints(checkpoint_dir)[:-keep_last]:
+            shutil.rmtree(old)
 
 
 def _resume(engine, checkpoint_dir, cfg: dict) -> dict | None:
@@ -213,22 +256,23 @@ def train(model: Olmo2, batches: Callable[[int, int], Batch], cfg: dict, seed: i
             engine.step()
             for name, value in parts.items():
                 window[name] = window.get(name, 0.0) + value / cfg["grad_accum"]
-            tokens = int((labels != -100).sum())
-            tokens_seen += tokens
-            window_tokens += tokens
+            window_tokens += int((labels != -100).sum())
         grad_norm = engine.get_global_grad_norm()  # before clipping
         window["grad_norm"] = window.get("grad_norm", 0.0) + (
             float(grad_norm) if grad_norm is not None else math.nan)
         if (step + 1) % cfg["log_every"] == 0 or step + 1 == cfg["steps"]:
             n = (step % cfg["log_every"]) + 1
+            window, window_tokens = _across_ranks(window, window_tokens, world_size)
+            tokens_seen += window_tokens
             tokens_per_s = window_tokens / max(time.perf_counter() - window_start, 1e-9)
             row = {"step": step + 1, **{k: v / n for k, v in window.items()},
                    "lr": scheduler.get_last_lr()[0], "tokens": tokens_seen,
                    "tokens_per_s": tokens_per_s,
-                   "mfu": engine.module.flops_per_token() * tokens_per_s / peak if peak else None}
+                   "mfu": engine.module.flops_per_token() * tokens_per_s / world_size / peak
+                   if peak else None}
             rows.append(row)
             log.info("step %(step)d loss %(loss).4f lr %(lr).2e tok/s %(tokens_per_s).0f", row)
-            if tracker is not None:
+            if tracker is not None and _rank0():
                 tracker.log_metrics({f"train/{k}": v for k, v in row.items()
                                      if k != "step" and v is not None}, step=step + 1)
             window, window_tokens, window_start = {}, 0, time.perf_counter()
@@ -239,13 +283,15 @@ def train(model: Olmo2, batches: Callable[[int, int], Batch], cfg: dict, seed: i
                 cfg.get("keep_last", 1))
     summary = {"steps": cfg["steps"], "resumed_from_step": first_step, "tokens_seen": tokens_seen,
                "final_loss": rows[-1]["loss"], "seconds": time.perf_counter() - started}
-    with atomic_dir(checkpoint_dir) as tmp:
-        save_model(engine.module, tmp)
+    with shared_atomic_dir(checkpoint_dir) as tmp:
         # Full engine state (optimizer moments, scheduler, step) for exact continuation.
         engine.save_checkpoint(str(tmp / "deepspeed"), tag="final")
-        write_json(tmp / "trainer_state.json", {**summary, "seed": seed, "config": cfg})
-    write_metrics(metrics_path, rows)
-    shutil.rmtree(f"{checkpoint_dir}.steps", ignore_errors=True)
+        if _rank0():
+            save_model(engine.module, tmp)
+            write_json(tmp / "trainer_state.json", {**summary, "seed": seed, "config": cfg})
+    if _rank0():
+        write_metrics(metrics_path, rows)
+        shutil.rmtree(f"{checkpoint_dir}.steps", ignore_errors=True)
     return summary
 
 
