@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 PEERS := .venv-peers
 DATATROVE := $(PEERS)/datatrove/.installed
 
-.PHONY: demo test setup peers lint bench-curate bench-stats clean
+.PHONY: demo test setup peers lint bench-curate bench-stats bench-train clean
 
 setup: $(STAMP)
 
@@ -49,6 +49,9 @@ bench-curate: $(STAMP) $(DATATROVE)
 
 bench-stats: $(STAMP)
 	$(BIN)/python benchmarks/stats/bench.py
+
+bench-train: $(STAMP)
+	$(BIN)/python benchmarks/train/bench.py
 
 clean:
 	rm -rf results .snakemake report.html
