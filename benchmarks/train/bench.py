@@ -45,9 +45,7 @@ else:
     cfg = preset_config("olmo2-tiny", vocab_size=args["vocab"], d_model=args["d_model"],
                         n_layers=args["layers"], n_heads=args["d_model"] // 64,
                         mlp_hidden=args["d_model"] * 3, max_seq_len=args["seq"] + 1)
-model = build(cfg)
-if args["precision"] == "bf16":
-    model = model.to(torch.bfloat16)
+model = build(cfg)  # fp32 master weights; DeepSpeed's bf16 mode casts the working copy
 batches = instance_batches(tokens % cfg.vocab_size, args["seq"] + 1, train_cfg, seed=1)
 train(model, batches, {**train_cfg, "peak_flops": args.get("peak_flops")}, 1,
       sys.argv[2] + "/ckpt", sys.argv[2] + "/metrics.csv")
@@ -109,8 +107,9 @@ def main() -> None:
 
             if not torch.cuda.is_available():
                 sys.exit("no CUDA device here: the GPU mode was not run")
+            # Micro-batch 2 of 4096 tokens: what `lmforge plan` fits on an 80 GB card.
             gpu = {**settings, "preset": "olmo2-1b", "precision": "bf16", "seq": 4095,
-                   "batch": args.batch, "zero_stage": 0}
+                   "batch": 2, "zero_stage": 0}
             seconds, rss, out = measure([sys.executable, "-c", LMFORGE, json.dumps(gpu), work],
                                         Path(work) / "gpu.log")
             print(f"| {torch.cuda.get_device_name()} | OLMo 2 1B bf16 | "
