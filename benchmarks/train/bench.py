@@ -96,11 +96,14 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--vocab", type=int, default=4096)
+    parser.add_argument("--zero-stage", type=int, default=0,
+                        help="ZeRO stage of lmforge's run (0: one process has nothing to shard)")
     parser.add_argument("--gpu", action="store_true")
     args = parser.parse_args()
     settings = {"steps": args.steps, "warmup": args.warmup, "d_model": args.d_model,
                 "layers": args.layers, "seq": args.seq, "batch": args.batch,
-                "vocab": args.vocab, "zero_stage": 1, "precision": "fp32", "preset": None}
+                "vocab": args.vocab, "zero_stage": args.zero_stage, "precision": "fp32",
+                "preset": None}
     with tempfile.TemporaryDirectory(prefix="lmforge-bench-train-") as work:
         if args.gpu:
             import torch
@@ -123,7 +126,7 @@ def main() -> None:
           f"micro-batch {args.batch}, fp32, CPU; {args.steps - args.warmup} timed steps")
     print("| trainer | tokens/s | peak RSS MB |")
     print("| --- | ---: | ---: |")
-    for name, (_, rss, out) in (("lmforge (DeepSpeed ZeRO-1)", ours),
+    for name, (_, rss, out) in ((f"lmforge (DeepSpeed ZeRO-{args.zero_stage})", ours),
                                 ("transformers + PyTorch loop", plain)):
         print(f"| {name} | {out['tokens_per_s']:.0f} | {rss:.0f} |")
     print(f"ratio: {ours[2]['tokens_per_s'] / plain[2]['tokens_per_s']:.2f}")
