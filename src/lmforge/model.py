@@ -120,11 +120,14 @@ class Backbone(nn.Module):
         self.norm = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
 
 
-class Olmo2(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+class Decoder(nn.Module):
+    """What OLMo 2 and OLMoE share: a backbone (`embed_tokens`, `layers`, `norm`), an untied
+    output head, the RoPE tables, truncated-normal init, and the forward pass around the blocks."""
+
+    def __init__(self, cfg: ModelConfig, backbone: nn.Module):
         super().__init__()
         self.cfg = cfg
-        self.model = Backbone(cfg)
+        self.model = backbone
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         cos, sin = rope_cache(cfg.max_seq_len, cfg.d_model // cfg.n_heads, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
@@ -140,15 +143,27 @@ class Olmo2(nn.Module):
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor):
+        """Token embeddings and the RoPE tables for this length."""
         seq = input_ids.shape[1]
         if seq > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {seq} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
         x = self.model.embed_tokens(input_ids)
-        cos, sin = self.rope_cos[:seq].to(x.dtype), self.rope_sin[:seq].to(x.dtype)
+        return x, self.rope_cos[:seq].to(x.dtype), self.rope_sin[:seq].to(x.dtype)
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.model.norm(x))
+
+
+class Olmo2(Decoder):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg, Backbone(cfg))
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        x, cos, sin = self.embed(input_ids)
         for layer in self.model.layers:
             x = layer(x, cos, sin)
-        return self.lm_head(self.model.norm(x))
+        return self.head(x)
 
     def num_params(self, non_embedding: bool = True) -> int:
         total = sum(p.numel() for p in self.parameters())

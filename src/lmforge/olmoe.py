@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmforge.model import MLP, Attention, ModelConfig, RMSNorm, rope_cache
+from lmforge.model import MLP, Attention, Decoder, ModelConfig, RMSNorm
 
 
 @dataclass
@@ -98,38 +98,18 @@ class MoEBackbone(nn.Module):
         self.norm = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
 
 
-class Olmoe(nn.Module):
+class Olmoe(Decoder):
     def __init__(self, cfg: MoEConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.model = MoEBackbone(cfg)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        cos, sin = rope_cache(cfg.max_seq_len, cfg.d_model // cfg.n_heads, cfg.rope_theta)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Every weight matrix, router included, ~ N(0, init_std) truncated at 3 std."""
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                std = self.cfg.init_std
-                nn.init.trunc_normal_(module.weight, mean=0.0, std=std, a=-3 * std, b=3 * std)
-            elif isinstance(module, RMSNorm):
-                nn.init.ones_(module.weight)
+        super().__init__(cfg, MoEBackbone(cfg))
 
     def forward(self, input_ids: torch.Tensor, return_aux: bool = False):
         """Logits; with `return_aux`, also the weighted auxiliary losses by name."""
-        seq = input_ids.shape[1]
-        if seq > self.cfg.max_seq_len:
-            raise ValueError(f"sequence of {seq} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
-        x = self.model.embed_tokens(input_ids)
-        cos, sin = self.rope_cos[:seq].to(x.dtype), self.rope_sin[:seq].to(x.dtype)
+        x, cos, sin = self.embed(input_ids)
         router_logits = []
         for layer in self.model.layers:
             x, layer_logits = layer(x, cos, sin)
             router_logits.append(layer_logits)
-        logits = self.lm_head(self.model.norm(x))
+        logits = self.head(x)
         if not return_aux:
             return logits
         return logits, {
