@@ -161,6 +161,24 @@ def test_plan_estimates_memory_and_refuses_what_cannot_fit(capsys):
     assert "active parameters per token | 1.2" in capsys.readouterr().out
 
 
+def test_plan_counts_activations_on_the_autograd_graph():
+    from lmforge.plan import block_activation_bytes_per_token
+
+    for name in ("olmo2-tiny", "olmoe-tiny"):
+        cfg = preset_config(name, vocab_size=64)
+        # a fused attention kernel keeps nothing quadratic: bytes per token do not grow with length
+        short, long = (block_activation_bytes_per_token(cfg, torch.bfloat16, tokens=n)
+                       for n in (64, 256))
+        assert long == pytest.approx(short, rel=0.05)
+        # fp32 training keeps every activation at twice the width, except the fp32 norm inputs
+        fp32 = block_activation_bytes_per_token(cfg, torch.float32)
+        assert 1.4 * short < fp32 < 2 * short
+    dense = block_activation_bytes_per_token(preset_config("olmo2-tiny", vocab_size=64),
+                                             torch.bfloat16)
+    # OLMo 2's fp32 RMSNorms and full-width QK-norm: well above the textbook 34 bytes per sbh
+    assert dense / 128 > 60
+
+
 def build_meta(name):
     with torch.device("meta"):
         return build(preset_config(name))

@@ -3,7 +3,7 @@ import torch
 
 from lmforge.checkpoint import load_model, save_model
 from lmforge.grow import grow_depth
-from lmforge.model import ModelConfig, Olmo2, causal_lm_loss
+from lmforge.model import ModelConfig, Olmo2, causal_lm_loss, cross_entropy_and_z_loss
 
 CFG = ModelConfig(vocab_size=97, d_model=32, n_layers=2, n_heads=4, mlp_hidden=64, max_seq_len=16)
 
@@ -43,3 +43,21 @@ def test_depth_growth_preserves_the_function_and_then_learns():
     assert twin.post_attention_layernorm.weight.grad.abs().sum() > 0  # the copy will move
     with pytest.raises(ValueError):
         grow_depth(small, 1)
+
+
+def test_fused_cross_entropy_and_z_loss_match_the_separate_computations():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 9, 97, requires_grad=True)
+    labels = torch.randint(0, 97, (2, 9))
+    labels[0, :4] = -100
+    ce, z = cross_entropy_and_z_loss(logits, labels)
+    (ce + 1e-2 * z).backward()
+    fused_grad = logits.grad.clone()
+    logits.grad = None
+    reference_ce = causal_lm_loss(logits, labels)
+    reference_z = logits.float().logsumexp(-1)[labels != -100].pow(2).mean()
+    (reference_ce + 1e-2 * reference_z).backward()
+    assert ce.item() == pytest.approx(reference_ce.item(), rel=1e-6)
+    assert z.item() == pytest.approx(reference_z.item(), rel=1e-6)
+    assert torch.allclose(fused_grad, logits.grad, atol=1e-6)
+    assert fused_grad[0, :4].abs().max() == 0  # masked positions get no gradient

@@ -181,5 +181,20 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
                            ignore_index=-100)
 
 
+def cross_entropy_and_z_loss(logits: torch.Tensor,
+                             labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean next-token cross-entropy and OLMo's z-loss (mean squared log-partition) from one
+    fp32 copy of the logits: cross-entropy is logsumexp minus the target logit, so autograd keeps
+    4 bytes per vocabulary entry and token instead of two fp32 copies (log_softmax's output and
+    the z-loss's input) — 6 GiB less for OLMo 2 1B at 16k tokens per micro-batch."""
+    logits = logits.float()
+    mask = (labels != -100).float()
+    log_partition = logits.logsumexp(-1)
+    target = logits.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    count = mask.sum()
+    return ((log_partition - target) * mask).sum() / count, \
+        (log_partition.pow(2) * mask).sum() / count
+
+
 def perplexity_from_loss(loss: float) -> float:
     return math.exp(min(loss, 50.0))

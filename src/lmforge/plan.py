@@ -5,11 +5,14 @@ Memory per device (mixed-precision AdamW as DeepSpeed keeps it, Rajbhandari et a
 weights in the training dtype, fp32 master weights when that dtype is bf16, gradients in the
 training dtype, two fp32 AdamW moments; ZeRO stage 1 shards the optimizer state (master weights
 and moments) over the data-parallel ranks, stage 2 also the gradients, stage 3 also the weights.
-Activations per micro-batch follow Korthikanti et al. 2022 without recomputation but with a
-fused attention kernel (PyTorch's scaled_dot_product_attention keeps no s×s score matrix, which
-removes their 5·a·s/h term): s·b·h·34 bytes per layer at 16 bits, doubled for fp32, plus the fp32
-logits and their gradient. FLOPs per step: the model's training
-FLOPs per token times the tokens of one global batch.
+
+Activations are not taken from a textbook formula (Korthikanti et al.'s 34·s·b·h bytes per layer
+undercounts OLMo's fp32 norms and full-width QK-norm by 2.5×, measured on an H200): one block of
+the model's real shape runs a short sequence on the CPU in the training dtype and every tensor
+autograd saves for backward is counted (eager PyTorch; compiled blocks keep less). With a fused
+attention kernel that is linear in the sequence length. The head adds the final norm, the fp32
+logits the loss keeps and, at the start of backward, their gradient in fp32 and the training
+dtype. FLOPs per step: the model's training FLOPs per token times the tokens of one global batch.
 """
 
 from __future__ import annotations
@@ -37,20 +40,49 @@ def estimate(model_cfg: ModelConfig, train_cfg: dict, world_size: int = 1) -> di
     weights = params * width / shard(3)
     grads = params * width / shard(2)
     optimizer = params * ((4 if bf16 else 0) + 8) / shard(1)
-    s, b, h = model_cfg.max_seq_len, train_cfg["micro_batch_size"], model_cfg.d_model
-    activations = model_cfg.n_layers * s * b * h * 34 * (1 if bf16 else 2)
-    logits = s * b * model_cfg.vocab_size * 4 * 2  # fp32 logits and their gradient
-    tokens_per_step = s * b * train_cfg["grad_accum"] * world_size
+    tokens = model_cfg.max_seq_len * train_cfg["micro_batch_size"]
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    activations = tokens * (model_cfg.n_layers * block_activation_bytes_per_token(model_cfg, dtype)
+                            + model_cfg.d_model * (4 + 2 * width)
+                            + model_cfg.vocab_size * (4 + 4 + width))
+    tokens_per_step = tokens * train_cfg["grad_accum"] * world_size
     return {
         "parameters": params,
         "active_parameters": model.num_params(non_embedding=False, active=True)
         if hasattr(model.cfg, "n_experts") else params,
         "weights_gib": weights / GIB, "gradients_gib": grads / GIB,
-        "optimizer_gib": optimizer / GIB, "activations_gib": (activations + logits) / GIB,
-        "total_gib": (weights + grads + optimizer + activations + logits) / GIB,
+        "optimizer_gib": optimizer / GIB, "activations_gib": activations / GIB,
+        "total_gib": (weights + grads + optimizer + activations) / GIB,
         "tokens_per_step": tokens_per_step,
         "flops_per_step": model.flops_per_token() * tokens_per_step,
     }
+
+
+def block_activation_bytes_per_token(model_cfg: ModelConfig, dtype: torch.dtype,
+                                     tokens: int = 64) -> float:
+    """Bytes autograd keeps for backward per token in one block, counted on the autograd graph
+    of one block of the real shape (weights allocated, not initialised: only shapes matter)."""
+    from lmforge.model import Block, rope_cache
+    from lmforge.olmoe import MoEBlock, MoEConfig
+
+    with torch.device("meta"):
+        block = (MoEBlock if isinstance(model_cfg, MoEConfig) else Block)(model_cfg)
+    block = block.to_empty(device="cpu").to(dtype)
+    cos, sin = (t.to(dtype) for t in rope_cache(tokens, model_cfg.d_model // model_cfg.n_heads,
+                                                 model_cfg.rope_theta))
+    shared = {t.untyped_storage().data_ptr() for t in (*block.parameters(), cos, sin)}
+    saved: dict[int, int] = {}
+
+    def count(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in shared:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    x = torch.zeros(1, tokens, model_cfg.d_model, dtype=dtype, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(count, lambda tensor: tensor):
+        block(x, cos, sin)
+    return sum(saved.values()) / tokens
 
 
 def device_memory_bytes(device) -> int:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from lmforge.checkpoint import save_model
-from lmforge.model import Olmo2, causal_lm_loss
+from lmforge.model import Olmo2, cross_entropy_and_z_loss
 from lmforge.olmoe import Olmoe
 from lmforge.storage import atomic_dir, atomic_path, write_json
 
@@ -73,9 +73,8 @@ def training_loss(engine, inputs, labels, cfg: dict) -> tuple[torch.Tensor, dict
         logits, aux = engine(inputs, return_aux=True)
     else:
         logits, aux = engine(inputs), {}
-    ce = causal_lm_loss(logits, labels)
-    mask = labels != -100
-    z_loss = cfg.get("z_loss", 0.0) * logits.float().logsumexp(-1)[mask].pow(2).mean()
+    ce, log_partition_sq = cross_entropy_and_z_loss(logits, labels)
+    z_loss = cfg.get("z_loss", 0.0) * log_partition_sq
     total = ce + z_loss + sum(aux.values())
     return total, {"loss": ce.item(), "z_loss": z_loss.item(),
                    **{k: v.item() for k, v in aux.items()}}
