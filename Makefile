@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 PEERS := .venv-peers
 DATATROVE := $(PEERS)/datatrove/.installed
 
-.PHONY: demo test setup peers lint bench-curate bench-stats bench-train clean
+.PHONY: demo test setup peers lint bench-curate bench-stats bench-train gpu-wheels clean
 
 setup: $(STAMP)
 
@@ -52,6 +52,17 @@ bench-stats: $(STAMP)
 
 bench-train: $(STAMP)
 	$(BIN)/python benchmarks/train/bench.py
+
+# What benchmarks/gpu_check.sh needs on a GPU machine that has PyTorch but no network: DeepSpeed
+# (an sdist on PyPI, so built here into a pure-Python wheel) and the packages it needs beyond
+# such an image, for CPython 3.12 on x86-64.
+GPU_WHEELS := pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 \
+	typing-inspection==0.4.5 hjson==3.1.0 typing_extensions==4.16.0
+gpu-wheels: $(STAMP)
+	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w .whl deepspeed==0.19.8
+	$(BIN)/pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d .whl $(GPU_WHEELS)
 
 clean:
 	rm -rf results .snakemake report.html

@@ -179,6 +179,17 @@ def test_plan_counts_activations_on_the_autograd_graph():
     assert dense / 128 > 60
 
 
+@pytest.mark.parametrize("preset,overrides,measured_gib", [
+    ("olmo2-1b", {}, 84.3), ("olmoe-1b-7b", {"n_layers": 2}, 36.7)])
+def test_plan_predicts_the_peak_memory_measured_on_an_h200(preset, overrides, measured_gib):
+    """Peaks of `benchmarks/gpu_check.sh` (eager, bf16, ZeRO-0, 4 × 4096 tokens; RESULTS.md)."""
+    from lmforge.plan import estimate
+
+    plan = estimate(preset_config(preset, **overrides),
+                    {"precision": "bf16", "zero_stage": 0, "micro_batch_size": 4, "grad_accum": 1})
+    assert plan["total_gib"] == pytest.approx(measured_gib, rel=0.03)
+
+
 def build_meta(name):
     with torch.device("meta"):
         return build(preset_config(name))
