@@ -175,22 +175,26 @@ import numpy as np, torch
 from lmforge.model import ModelConfig, Olmo2
 from lmforge.train import instance_batches, train
 world = int(os.environ.get("WORLD_SIZE", 1))
+crash_at_step = int(os.environ.get("CRASH_AT_STEP", -1))  # a hard exit, like a lost node
 cfg = {"steps": 10, "micro_batch_size": 4 // world, "grad_accum": 2, "lr": 1e-2,
        "min_lr_ratio": 0.1, "warmup_steps": 2, "weight_decay": 0.1, "grad_clip": 1.0,
-       "zero_stage": 1, "precision": "fp32", "log_every": 2}
+       "zero_stage": 1, "precision": "fp32", "log_every": 2, "checkpoint_every": 4}
 torch.manual_seed(0)
 model = Olmo2(ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, mlp_hidden=64,
                           max_seq_len=16))
 rng = np.random.default_rng(0)
 tokens = (np.tile(np.arange(16), 200) + (rng.random(3200) < 0.05)).astype(np.uint16)
-batches = instance_batches(tokens, 16, cfg, seed=1, rank=int(os.environ.get("RANK", 0)),
-                           world_size=world)
+inner = instance_batches(tokens, 16, cfg, seed=1, rank=int(os.environ.get("RANK", 0)),
+                         world_size=world)
+def batches(step, micro_step):
+    if step == crash_at_step:
+        os._exit(3)
+    return inner(step, micro_step)
 train(model, batches, cfg, 1, sys.argv[1], sys.argv[2])
 """
 
 
-def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
-    import csv
+def _ranked(tmp_path, name: str, processes: int, crash_at_step: int = -1):
     import socket
     import subprocess
     import sys
@@ -198,18 +202,56 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     script = tmp_path / "ranked.py"
     script.write_text(RANKED)
     env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
-    subprocess.run([sys.executable, str(script), str(tmp_path / "one"), str(tmp_path / "one.csv")],
-                   env=env, check=True, capture_output=True)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                    "--master_addr", "127.0.0.1", "--master_port", str(port), str(script),
-                    str(tmp_path / "two"), str(tmp_path / "two.csv")],
-                   env=env, check=True, capture_output=True, timeout=600)
+    env["CRASH_AT_STEP"] = str(crash_at_step)
+    args = [str(script), str(tmp_path / name), str(tmp_path / f"{name}.csv")]
+    if processes > 1:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        args = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                "--master_addr", "127.0.0.1", "--master_port", str(port), *args]
+    return subprocess.run([sys.executable, *args], env=env, capture_output=True, timeout=600)
+
+
+def test_two_processes_match_one_and_a_checkpoint_of_two_resumes_in_one(tmp_path):
+    import csv
+
+    from lmforge.train import step_checkpoints
+
+    assert _ranked(tmp_path, "one", 1).returncode == 0
+    assert _ranked(tmp_path, "two", 2).returncode == 0
     one, two = (list(csv.DictReader(open(tmp_path / f"{n}.csv"))) for n in ("one", "two"))
     assert [r["tokens"] for r in one] == [r["tokens"] for r in two]  # the same global batches
     for a, b in zip(one, two):
         assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-5)
     assert not list(tmp_path.glob(".*tmp*"))  # the shared checkpoint directory was renamed
     assert (tmp_path / "two" / "model.safetensors").exists()
+
+    # Two processes lose a node after step 4's checkpoint; one process (micro-batch doubled,
+    # the same global batch) resumes from it through DeepSpeed's universal checkpoint.
+    assert _ranked(tmp_path, "moved", 2, crash_at_step=6).returncode != 0
+    [checkpoint] = step_checkpoints(tmp_path / "moved")
+    assert _ranked(tmp_path, "moved", 1).returncode == 0
+    moved = list(csv.DictReader(open(tmp_path / "moved.csv")))
+    assert [r["tokens"] for r in moved] == [r["tokens"] for r in two]
+    for a, b in zip(two, moved):
+        assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-5)
+    state = json.loads((tmp_path / "moved" / "trainer_state.json").read_text())
+    assert state["resumed_from_step"] == 4 and state["world_size"] == 1
+
+
+def test_resuming_refuses_another_config_or_global_batch(tmp_path):
+    from lmforge.storage import write_json
+    from lmforge.train import _resume_point
+
+    cfg = {"steps": 10, "micro_batch_size": 2, "grad_accum": 2, "lr": 1e-2, "zero_stage": 1,
+           "checkpoint_every": 4}
+    step = tmp_path / "run.steps" / "step-000004"
+    step.mkdir(parents=True)
+    write_json(step / "trainer_state.json", {"step": 4, "config": cfg, "world_size": 2})
+    assert _resume_point(tmp_path / "run", {**cfg, "micro_batch_size": 4}, 1)[0] == step
+    assert _resume_point(tmp_path / "run", {**cfg, "checkpoint_every": 2}, 2)[0] == step
+    with pytest.raises(ValueError, match="global batch of 8"):
+        _resume_point(tmp_path / "run", cfg, 1)
+    with pytest.raises(ValueError, match=r"\(lr differ\)"):
+        _resume_point(tmp_path / "run", {**cfg, "lr": 1e-3}, 2)

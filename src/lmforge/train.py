@@ -15,6 +15,8 @@ import math
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -203,20 +205,53 @@ def _save_step(engine, checkpoint_dir, step: int, state: dict, keep_last: int) -
             shutil.rmtree(old)
 
 
-def _resume(engine, checkpoint_dir, cfg: dict) -> dict | None:
-    """Load the newest complete intermediate checkpoint into the engine; its trainer state."""
+# Settings a resumed run may change: how the global batch is split (micro-batch, accumulation,
+# and with them the number of processes), compilation, logging of MFU and checkpoint cadence.
+RESUMABLE_CHANGES = ("micro_batch_size", "grad_accum", "compile", "peak_flops",
+                     "checkpoint_every", "keep_last")
+
+
+def _global_batch(cfg: dict, world_size: int) -> int:
+    return cfg["micro_batch_size"] * cfg["grad_accum"] * world_size
+
+
+def _resume_point(checkpoint_dir, cfg: dict, world_size: int) -> tuple[Path, dict] | None:
+    """The newest complete intermediate checkpoint and its trainer state, if this run may
+    continue it: the same training config up to RESUMABLE_CHANGES and the same global batch,
+    so the data order (a function of the step) continues exactly."""
     saved = step_checkpoints(checkpoint_dir)
     if not saved:
         return None
     latest = saved[-1]
     state = json.loads((latest / "trainer_state.json").read_text())
-    if state["config"] != cfg:
-        raise ValueError(f"{latest} was written with another training config; remove "
-                         f"{latest.parent} to start over")
-    engine.load_checkpoint(str(latest / "deepspeed"), tag="state")
-    torch.set_rng_state(torch.load(latest / "rng.pt"))
-    log.info("resuming from %s (step %d)", latest, state["step"])
-    return state
+    fixed = lambda c: {k: v for k, v in c.items() if k not in RESUMABLE_CHANGES}  # noqa: E731
+    changed = sorted(k for k in fixed(state["config"]) | fixed(cfg)
+                     if state["config"].get(k) != cfg.get(k))
+    if changed:
+        raise ValueError(f"{latest} was written with another training config ({', '.join(changed)}"
+                         f" differ); remove {latest.parent} to start over")
+    before = _global_batch(state["config"], state["world_size"])
+    if before != _global_batch(cfg, world_size):
+        raise ValueError(f"{latest} was written with a global batch of {before} instances; "
+                         f"choose micro_batch_size × grad_accum × processes = {before} to resume")
+    return latest, state
+
+
+def _universal_checkpoint(latest: Path) -> Path:
+    """DeepSpeed's universal form of a step checkpoint (optimizer state per parameter, not per
+    rank), made once by rank 0, so that ZeRO state written by N processes loads into M."""
+    import torch.distributed as dist
+
+    target = latest / "universal"
+    if _rank0() and not target.exists():
+        with atomic_dir(target) as tmp:
+            subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
+                            "--input_folder", str(latest / "deepspeed" / "state"),
+                            "--output_folder", str(tmp / "state"), "--inject_missing_state"],
+                           check=True, capture_output=True)
+    if dist.is_initialized():
+        dist.barrier()
+    return target
 
 
 def train(model: Olmo2, batches: Callable[[int, int], Batch], cfg: dict, seed: int,
@@ -244,14 +279,26 @@ def train(model: Olmo2, batches: Callable[[int, int], Batch], cfg: dict, seed: i
         param_groups(model, cfg["weight_decay"], cfg.get("decay_embeddings", False)),
         lr=cfg["lr"], betas=(0.9, 0.95), eps=1e-8)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, cfg))
+    resume = _resume_point(checkpoint_dir, cfg, world_size)
+    # ZeRO shards the optimizer state per rank: another number of processes needs its
+    # universal form. Without ZeRO every rank holds it whole and any world size loads it.
+    reshard = (resume is not None and resume[1]["world_size"] != world_size
+               and cfg["zero_stage"] > 0)
+    ds_config = deepspeed_config(cfg, world_size)
+    if reshard:
+        ds_config["checkpoint"] = {"load_universal": True}
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                           lr_scheduler=scheduler,
-                                           config=deepspeed_config(cfg, world_size))
+                                           lr_scheduler=scheduler, config=ds_config)
     rows, started, tokens_seen, first_step = [], time.perf_counter(), 0, 0
     window: dict[str, float] = {}
     window_tokens, window_start = 0, time.perf_counter()
-    resumed = _resume(engine, checkpoint_dir, cfg)
-    if resumed is not None:
+    if resume is not None:
+        latest, resumed = resume
+        engine_dir = _universal_checkpoint(latest) if reshard else latest / "deepspeed"
+        engine.load_checkpoint(str(engine_dir), tag="state")
+        torch.set_rng_state(torch.load(latest / "rng.pt"))
+        log.info("resuming from %s (step %d, %d → %d processes)", latest, resumed["step"],
+                 resumed["world_size"], world_size)
         first_step, rows, tokens_seen = resumed["step"], resumed["rows"], resumed["tokens_seen"]
         window, window_tokens = resumed["window"], resumed["window_tokens"]
     every = cfg.get("checkpoint_every", 0)
@@ -288,7 +335,8 @@ def train(model: Olmo2, batches: Callable[[int, int], Batch], cfg: dict, seed: i
         if every and (step + 1) % every == 0 and step + 1 < cfg["steps"]:
             _save_step(engine, checkpoint_dir, step + 1, {
                 "step": step + 1, "rows": rows, "tokens_seen": tokens_seen, "window": window,
-                "window_tokens": window_tokens, "seed": seed, "config": cfg},
+                "window_tokens": window_tokens, "seed": seed, "config": cfg,
+                "world_size": world_size},
                 cfg.get("keep_last", 1))
     summary = {"steps": cfg["steps"], "resumed_from_step": first_step, "tokens_seen": tokens_seen,
                "final_loss": rows[-1]["loss"], "seconds": time.perf_counter() - started}
@@ -297,7 +345,8 @@ def train(model: Olmo2, batches: Callable[[int, int], Batch], cfg: dict, seed: i
         engine.save_checkpoint(str(tmp / "deepspeed"), tag="final")
         if _rank0():
             save_model(engine.module, tmp)
-            write_json(tmp / "trainer_state.json", {**summary, "seed": seed, "config": cfg})
+            write_json(tmp / "trainer_state.json", {**summary, "seed": seed, "config": cfg,
+                                                    "world_size": world_size})
     if _rank0():
         write_metrics(metrics_path, rows)
         shutil.rmtree(f"{checkpoint_dir}.steps", ignore_errors=True)
