@@ -51,7 +51,7 @@ bench-stats: $(STAMP)
 	$(BIN)/python benchmarks/stats/bench.py
 
 bench-train: $(STAMP)
-	$(BIN)/python benchmarks/train/bench.py
+	$(BIN)/python benchmarks/train/bench.py --compile
 
 # What benchmarks/gpu_check.sh needs on a GPU machine that has PyTorch but no network: DeepSpeed
 # (an sdist on PyPI, so built here into a pure-Python wheel) and the packages it needs beyond

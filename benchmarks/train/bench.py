@@ -100,10 +100,11 @@ print(json.dumps({"tokens_per_s": timed_tokens / timed_seconds}))
 # blocks, ZeRO-0 and ZeRO-1; and the OLMoE-1B-7B layer shape cut to 2 layers (the full 7B model
 # and its AdamW state do not fit one GPU).
 GPU_VARIANTS = (
-    ("OLMo 2 1B, ZeRO-0, eager", "olmo2-1b", {}, {"zero_stage": 0}),
+    ("OLMo 2 1B, ZeRO-0, eager", "olmo2-1b", {}, {"zero_stage": 0, "compile": False}),
     ("OLMo 2 1B, ZeRO-0, compiled blocks", "olmo2-1b", {}, {"zero_stage": 0, "compile": True}),
     ("OLMo 2 1B, ZeRO-1, compiled blocks", "olmo2-1b", {}, {"zero_stage": 1, "compile": True}),
-    ("OLMoE 1B-7B shape, 2 layers, eager", "olmoe-1b-7b", {"n_layers": 2}, {"zero_stage": 0}),
+    ("OLMoE 1B-7B shape, 2 layers, eager", "olmoe-1b-7b", {"n_layers": 2},
+     {"zero_stage": 0, "compile": False}),
 )
 
 
@@ -161,13 +162,15 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--zero-stage", type=int, default=0,
                         help="ZeRO stage of lmforge's run (0: one process has nothing to shard)")
+    parser.add_argument("--compile", action="store_true",
+                        help="lmforge's run with compiled blocks (`compile: true`)")
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--gpu-steps", type=int, default=25)
     args = parser.parse_args()
     settings = {"steps": args.steps, "warmup": args.warmup, "d_model": args.d_model,
                 "layers": args.layers, "seq": args.seq, "batch": args.batch,
                 "vocab": args.vocab, "zero_stage": args.zero_stage, "precision": "fp32",
-                "preset": None, "overrides": {}}
+                "preset": None, "overrides": {}, "compile": args.compile}
     if args.gpu:
         gpu_mode(settings, args.gpu_steps)
         return
@@ -180,7 +183,8 @@ def main() -> None:
           f"micro-batch {args.batch}, fp32, CPU; {args.steps - args.warmup} timed steps")
     print("| trainer | tokens/s | peak RSS MB |")
     print("| --- | ---: | ---: |")
-    for name, (_, rss, out) in ((f"lmforge (DeepSpeed ZeRO-{args.zero_stage})", ours),
+    compiled = ", compiled blocks" if args.compile else ""
+    for name, (_, rss, out) in ((f"lmforge (DeepSpeed ZeRO-{args.zero_stage}{compiled})", ours),
                                 ("transformers + PyTorch loop", plain)):
         print(f"| {name} | {out['tokens_per_s']:.0f} | {rss:.0f} |")
     print(f"ratio: {ours[2]['tokens_per_s'] / plain[2]['tokens_per_s']:.2f}")
