@@ -14,7 +14,8 @@ attention kernel that is linear in the sequence length. The head adds the final 
 vocabulary entry and token, the fp32 logits the loss keeps plus what the start of backward holds
 at once: three fp32 temporaries of the logsumexp gradient and the logits' gradient in the
 training dtype. On an H200 this predicts the measured peak of OLMo 2 1B (84.0 vs 84.3 GiB eager,
-bf16, 16k tokens per micro-batch) and of the OLMoE-1B-7B shape (36.9 vs 36.7 GiB). FLOPs per step: the model's training FLOPs per token times the tokens of one global batch.
+bf16, 16k tokens per micro-batch) and of the OLMoE-1B-7B shape (36.9 vs 36.7 GiB).
+FLOPs per step: the model's training FLOPs per token times the tokens of one global batch.
 """
 
 from __future__ import annotations
