@@ -7,7 +7,7 @@ training dtype, two fp32 AdamW moments; ZeRO stage 1 shards the optimizer state 
 and moments) over the data-parallel ranks, stage 2 also the gradients, stage 3 also the weights.
 
 Activations are not taken from a textbook formula (Korthikanti et al.'s 34·s·b·h bytes per layer
-undercounts OLMo's fp32 norms and full-width QK-norm by 2.5×, measured on an H200): one block of
+is half of what an OLMo 2 block keeps with its fp32 norms and full-width QK-norm): one block of
 the model's real shape runs a short sequence on the CPU in the training dtype and every tensor
 autograd saves for backward is counted (eager PyTorch; compiled blocks keep less). With a fused
 attention kernel that is linear in the sequence length. The head adds the final norm and, per
