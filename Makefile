@@ -9,6 +9,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 PEERS := .venv-peers
 DATATROVE := $(PEERS)/datatrove/.installed
+LM_EVAL := $(PEERS)/lm-eval/.installed
 
 .PHONY: demo test setup peers lint bench-curate bench-stats bench-train gpu-wheels clean
 
@@ -26,12 +27,20 @@ $(STAMP): pyproject.toml constraints.txt
 
 # The peers that benchmarks and parity tests compare against, each in its own venv so their
 # pins never touch ours.
-peers: $(DATATROVE)
+peers: $(DATATROVE) $(LM_EVAL)
 
 $(DATATROVE): benchmarks/curate/requirements-datatrove.txt
 	$(PYTHON) -m venv $(PEERS)/datatrove
 	$(PEERS)/datatrove/bin/pip install -q -r benchmarks/curate/requirements-datatrove.txt
 	touch $(DATATROVE)
+
+# torch first, as in .venv: the CPU wheel, which the constraints file then keeps.
+$(LM_EVAL): benchmarks/evaluate/requirements-lm-eval.txt constraints.txt
+	$(PYTHON) -m venv $(PEERS)/lm-eval
+	$(PEERS)/lm-eval/bin/pip install -q torch==2.13.0
+	$(PEERS)/lm-eval/bin/pip install -q -c constraints.txt \
+		-r benchmarks/evaluate/requirements-lm-eval.txt
+	touch $(LM_EVAL)
 
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(JOBS) --profile profiles/local
@@ -41,7 +50,7 @@ lint: $(STAMP)
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(BIN)/ruff check src tests benchmarks
 
-test: $(STAMP) $(DATATROVE) lint
+test: $(STAMP) $(DATATROVE) $(LM_EVAL) lint
 	$(BIN)/pytest -q
 
 bench-curate: $(STAMP) $(DATATROVE)

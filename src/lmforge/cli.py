@@ -238,7 +238,7 @@ def cmd_export_hf(args) -> None:
     from lmforge.checkpoint import load_model
     from lmforge.hf import export_hf
 
-    export_hf(load_model(args.checkpoint), args.out)
+    export_hf(load_model(args.checkpoint), args.out, tokenizer=args.tokenizer)
     log.info("exported %s to %s", args.checkpoint, args.out)
 
 
@@ -434,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
         (["--out-md"], req))
     add("stats", cmd_stats, docs, out_dir, cfg, (["--tokenizer"], {}), (["--tasks-dir"], {}),
         (["--lang-attributes"], {"nargs": "*", "default": []}))
-    add("export-hf", cmd_export_hf, (["--checkpoint"], req), out)
+    add("export-hf", cmd_export_hf, (["--checkpoint"], req), out, (["--tokenizer"], {}))
     add("plan", cmd_plan, (["--preset"], {}), (["--checkpoint"], {}), cfg,
         (["--world-size"], {"type": int, "default": 1}),
         (["--device-memory-gib"], {"type": float}))

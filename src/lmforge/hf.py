@@ -9,6 +9,7 @@ for OLMoE, fused experts are split into the per-expert layout `save_pretrained` 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -64,12 +65,22 @@ def hf_config(cfg: ModelConfig) -> dict:
     return {**common, "architectures": ["Olmo2ForCausalLM"], "model_type": "olmo2"}
 
 
-def export_hf(model: Olmo2 | Olmoe, directory: str | Path) -> None:
-    """Write `config.json` and `model.safetensors` (atomically, as one directory)."""
+def export_hf(model: Olmo2 | Olmoe, directory: str | Path,
+              tokenizer: str | Path | None = None) -> None:
+    """Write `config.json` and `model.safetensors` (atomically, as one directory); with a
+    `tokenizer.json`, also the files `AutoTokenizer` loads, so the directory is complete for
+    `transformers`, lm-evaluation-harness or vLLM."""
+    from lmforge.tokenize import EOS
+
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_dir(directory) as tmp:
         (tmp / "config.json").write_text(json.dumps(hf_config(model.cfg), indent=2) + "\n")
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if tokenizer is not None:
+            shutil.copyfile(tokenizer, tmp / "tokenizer.json")
+            (tmp / "tokenizer_config.json").write_text(json.dumps({
+                "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": EOS,
+                "model_max_length": model.cfg.max_seq_len}, indent=2) + "\n")
 
 
 def _read_state(directory: Path) -> dict[str, torch.Tensor]:

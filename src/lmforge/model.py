@@ -160,10 +160,14 @@ class Olmo2(Decoder):
         super().__init__(cfg, Backbone(cfg))
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.hidden_states(input_ids))
+
+    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The last block's output; `head` turns any subset of its positions into logits."""
         x, cos, sin = self.embed(input_ids)
         for layer in self.model.layers:
             x = layer(x, cos, sin)
-        return self.head(x)
+        return x
 
     def num_params(self, non_embedding: bool = True) -> int:
         total = sum(p.numel() for p in self.parameters())

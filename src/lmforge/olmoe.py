@@ -104,11 +104,7 @@ class Olmoe(Decoder):
 
     def forward(self, input_ids: torch.Tensor, return_aux: bool = False):
         """Logits; with `return_aux`, also the weighted auxiliary losses by name."""
-        x, cos, sin = self.embed(input_ids)
-        router_logits = []
-        for layer in self.model.layers:
-            x, layer_logits = layer(x, cos, sin)
-            router_logits.append(layer_logits)
+        x, router_logits = self._blocks(input_ids)
         logits = self.head(x)
         if not return_aux:
             return logits
@@ -117,6 +113,18 @@ class Olmoe(Decoder):
             * load_balancing_loss(router_logits, self.cfg.top_k),
             "router_z": self.cfg.router_z_loss_weight * router_z_loss(router_logits),
         }
+
+    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The last block's output; `head` turns any subset of its positions into logits."""
+        return self._blocks(input_ids)[0]
+
+    def _blocks(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        x, cos, sin = self.embed(input_ids)
+        router_logits = []
+        for layer in self.model.layers:
+            x, layer_logits = layer(x, cos, sin)
+            router_logits.append(layer_logits)
+        return x, router_logits
 
     def num_params(self, non_embedding: bool = True, active: bool = False) -> int:
         """Parameters (without the input embedding); `active`: those one token uses."""

@@ -1,0 +1,92 @@
+"""lmforge's ranked classification vs lm-evaluation-harness on OLMES request dumps.
+
+A random-init OLMo 2 (d_model 64, 2 layers) with OLMo 2's own tokenizer (dolma2, from
+../shared/data/tokenizers) is exported to a `transformers` directory; lmforge and lm-eval 0.4.13
+(its own venv, `make peers`) score every request of the dump in fp32 on the CPU. Prints the
+largest per-request log-likelihood difference and both accuracies (lm-eval's `acc` and
+`acc_norm` are lmforge's `acc_raw` and `acc_per_char`).
+
+    python benchmarks/evaluate/parity.py [--tasks copa openbookqa]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED = ROOT.parent / "shared" / "data"
+PEER = Path(os.environ.get("LM_EVAL_PYTHON", ROOT / ".venv-peers/lm-eval/bin/python"))
+
+
+def make_model(out: Path, d_model: int = 64, n_layers: int = 2) -> Path:
+    import torch
+
+    from lmforge.hf import build, export_hf, preset_config
+
+    torch.manual_seed(0)
+    model = build(preset_config("olmo2-tiny", vocab_size=100352, d_model=d_model,
+                                n_layers=n_layers, n_heads=d_model // 32,
+                                mlp_hidden=2 * d_model, max_seq_len=512))
+    export_hf(model, out, tokenizer=SHARED / "tokenizers" / "allenai_dolma2.json")
+    return out
+
+
+def run_lmforge(model_dir: Path, dump: Path) -> dict:
+    from lmforge.evaltasks import choice_metrics, load_olmes_requests, score_choices
+    from lmforge.lm import load
+
+    start = time.perf_counter()
+    _, instances = load_olmes_requests(dump)
+    results = score_choices(load(model_dir), instances)
+    seconds = time.perf_counter() - start
+    metrics = choice_metrics(results)
+    return {"seconds": seconds, "documents": len(results), "acc": metrics["acc_raw"],
+            "acc_norm": metrics["acc_per_char"], "loglikelihoods": [r["logprobs"] for r in results]}
+
+
+def run_lm_eval(model_dir: Path, dump: Path, work: Path) -> dict:
+    if not PEER.exists():
+        sys.exit(f"no lm-eval venv at {PEER}: run `make peers`")
+    out = work / f"lm-eval-{dump.parent.name}.json"
+    subprocess.run([str(PEER), str(ROOT / "benchmarks/evaluate/lm_eval_peer.py"), "--model",
+                    str(model_dir), "--requests", str(dump), "--out", str(out)],
+                   check=True, capture_output=True, cwd=work)
+    return json.loads(out.read_text())
+
+
+def compare(task: str, work: Path) -> dict:
+    dump = SHARED / "olmes" / task / "rc_0shot"
+    model_dir = make_model(work / "model") if not (work / "model").exists() else work / "model"
+    ours, peer = run_lmforge(model_dir, dump), run_lm_eval(model_dir, dump, work)
+    differences = [abs(a - b) for ra, rb in zip(ours["loglikelihoods"], peer["loglikelihoods"])
+                   for a, b in zip(ra, rb, strict=True)]
+    return {"task": task, "documents": ours["documents"], "peer_documents": peer["documents"],
+            "max_abs_loglikelihood_difference": max(differences),
+            "acc": (ours["acc"], peer["acc"]), "acc_norm": (ours["acc_norm"], peer["acc_norm"]),
+            "seconds": (ours["seconds"], peer["seconds"])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", nargs="+", default=["copa", "openbookqa"])
+    args = parser.parse_args()
+    print("| task | documents | max abs log-likelihood difference | acc (lmforge / lm-eval) "
+          "| acc_norm (lmforge / lm-eval) |")
+    print("| --- | ---: | ---: | --- | --- |")
+    with tempfile.TemporaryDirectory(prefix="lmforge-eval-parity-") as work:
+        for task in args.tasks:
+            r = compare(task, Path(work))
+            print(f"| {task} | {r['documents']} | {r['max_abs_loglikelihood_difference']:.2e} | "
+                  f"{r['acc'][0]:.3f} / {r['acc'][1]:.3f} | "
+                  f"{r['acc_norm'][0]:.3f} / {r['acc_norm'][1]:.3f} |")
+
+
+if __name__ == "__main__":
+    main()

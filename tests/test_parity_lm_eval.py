@@ -1,0 +1,23 @@
+"""Ranked classification against lm-evaluation-harness on OLMES' own request dumps, lm-eval
+running in its peer venv (`make peers`)."""
+
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks" / "evaluate"))
+PEER = ROOT / ".venv-peers" / "lm-eval" / "bin" / "python"
+
+
+@pytest.mark.skipif(not PEER.exists(), reason="no lm-eval venv: run `make peers`")
+@pytest.mark.parametrize("task", ["copa", "openbookqa"])
+def test_loglikelihoods_and_accuracies_match_lm_eval(task, shared_data, tmp_path):
+    import parity
+
+    result = parity.compare(task, tmp_path)
+    assert result["documents"] == result["peer_documents"] > 0
+    assert result["max_abs_loglikelihood_difference"] < 1e-4
+    assert result["acc"][0] == result["acc"][1]
+    assert result["acc_norm"][0] == result["acc_norm"][1]
