@@ -3,13 +3,25 @@
 
 import gzip
 import json
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from lmforge.checkpoint import save_model
-from lmforge.evaltasks import ChoiceInstance, choice_metrics, load_olmes_requests, score_choices
+from lmforge.evaltasks import (
+    ChoiceInstance,
+    TaskSpec,
+    choice_metrics,
+    extract_answer,
+    gsm8k_instances,
+    load_choice_instances,
+    load_olmes_requests,
+    read_records,
+    run_task,
+    score_choices,
+)
 from lmforge.hf import export_hf
 from lmforge.lm import load
 from lmforge.model import ModelConfig, Olmo2
@@ -99,8 +111,9 @@ def test_olmes_dumps_load_with_their_unconditional_requests(tmp_path):
              for i in range(2)]
     _dump(tmp_path / "toy", rows[::-1])  # order in the file does not matter
     _, instances = load_olmes_requests(tmp_path / "toy")
-    assert [(i.context, i.continuations, i.gold, i.uncond_context) for i in instances] == [
-        (f"Question {d}:", [" choice 0", " choice 1"], d % 2, "Answer:") for d in range(3)]
+    assert [(i.requests, i.gold, i.uncond_context) for i in instances] == [
+        ([(f"Question {d}:", " choice 0"), (f"Question {d}:", " choice 1")], d % 2, "Answer:")
+        for d in range(3)]
     _dump(tmp_path / "gen", [{**rows[0], "request_type": "generate_until"}])
     with pytest.raises(InputError, match="not a ranked-classification request"):
         load_olmes_requests(tmp_path / "gen")
@@ -112,8 +125,9 @@ def test_olmes_dumps_load_with_their_unconditional_requests(tmp_path):
 
 def test_normalisations_pick_different_choices_as_defined(checkpoint):
     lm = load(checkpoint / "native", tokenizer=checkpoint / "tokenizer.json")
-    instance = ChoiceInstance(id="q", context="Question 5: how many apple trees grow?",
-                              continuations=[" 5", " 5 trees in garden 5."], gold=0)
+    context = "Question 5: how many apple trees grow?"
+    instance = ChoiceInstance(id="q", gold=0,
+                              requests=[(context, " 5"), (context, " 5 trees in garden 5.")])
     [result] = score_choices(lm, [instance])
     raw = result["logprobs"]
     assert result["normalised"]["per_token"] == [raw[0] / result["tokens"][0],
@@ -128,11 +142,151 @@ def test_normalisations_pick_different_choices_as_defined(checkpoint):
 
 
 def test_accuracy_comes_with_a_standard_error_and_a_bootstrap_interval():
-    results = [{"gold": 0, "predicted": {"raw": int(i % 4 == 0)}} for i in range(200)]
+    results = [{"gold": 0, "predicted": {"raw": int(i % 4 == 0)}, "logprobs": [-1.0, -2.0]}
+               for i in range(200)]
     metrics = choice_metrics(results)
     assert metrics["acc_raw"] == 0.75 and metrics["instances"] == 200
+    assert metrics["chance"] == 0.5
     assert metrics["acc_raw_stderr"] == pytest.approx((0.75 * 0.25 / 199) ** 0.5, rel=0.01)
     low, high = metrics["acc_raw_ci95"]
     assert low < 0.75 < high and high - low == pytest.approx(4 * metrics["acc_raw_stderr"],
                                                              rel=0.25)
     assert "acc_per_char" not in metrics
+
+
+RECORDS = {  # one record per benchmark, in the fields of its published files
+    "arc": {"id": "Mercury_1", "question": {"stem": "Which is a metal?", "choices": [
+        {"text": "wood", "label": "A"}, {"text": "iron", "label": "B"}]}, "answerKey": "B"},
+    "openbookqa": {"id": "7-1", "question_stem": "Sunlight is", "choices": {
+        "text": ["dark", "energy", "cold"], "label": ["A", "B", "C"]}, "answerKey": "B"},
+    "piqa": {"goal": "Open a jar", "sol1": "twist the lid", "sol2": "paint it", "label": 0},
+    "sciq": {"question": "What do plants make?", "distractor1": "rocks", "distractor2": "salt",
+             "distractor3": "iron", "correct_answer": "sugar", "support": ""},
+    "hellaswag": {"ind": 4, "activity_label": "Baking", "ctx_a": "A man mixes flour.",
+                  "ctx_b": "he", "endings": ["bakes it [title] well.", "swims."], "label": "0"},
+    "boolq": {"question": "is the sky blue", "passage": "The sky is blue.", "answer": True},
+    "copa": {"premise": "The man fell.", "choice1": "He slipped.", "choice2": "He sang.",
+             "question": "cause", "label": 0, "idx": 3},
+    "winogrande": {"qID": "w1", "sentence": "The cup broke the glass because _ was hard.",
+                   "option1": "the cup", "option2": "the glass", "answer": "1"},
+}
+
+
+def test_benchmark_formats_become_olmes_requests(tmp_path):
+    expected = {
+        "arc": ([("Question: Which is a metal?\nAnswer:", " wood"),
+                 ("Question: Which is a metal?\nAnswer:", " iron")], 1),
+        "openbookqa": ([("Question: Sunlight is\nAnswer:", f" {c}")
+                        for c in ("dark", "energy", "cold")], 1),
+        "piqa": ([("Question: Open a jar\nAnswer:", " twist the lid"),
+                  ("Question: Open a jar\nAnswer:", " paint it")], 0),
+        "sciq": ([("Question: What do plants make?\nAnswer:", f" {c}")
+                  for c in ("rocks", "salt", "iron", "sugar")], 3),
+        "hellaswag": ([("Baking: A man mixes flour. He", " bakes it. well."),
+                       ("Baking: A man mixes flour. He", " swims.")], 0),
+        "boolq": ([("The sky is blue.\nQuestion: Is the sky blue?\nAnswer:", " yes"),
+                   ("The sky is blue.\nQuestion: Is the sky blue?\nAnswer:", " no")], 0),
+        "copa": ([("The man fell because", " he slipped."),
+                  ("The man fell because", " he sang.")], 0),
+        "winogrande": ([("The cup broke the glass because the cup", " was hard."),
+                        ("The cup broke the glass because the glass", " was hard.")], 0),
+    }
+    for fmt, record in RECORDS.items():
+        path = tmp_path / f"{fmt}.jsonl"
+        path.write_text(json.dumps(record) + "\n")
+        [instance] = load_choice_instances(fmt, path)
+        assert (instance.requests, instance.gold) == expected[fmt], fmt
+    [mc] = load_choice_instances("arc", tmp_path / "arc.jsonl", formulation="mc")
+    assert mc.requests[1] == ("Question: Which is a metal?\n A. wood\n B. iron\nAnswer:", " B")
+    assert mc.uncond_context is None
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"goal": "x"}) + "\n")
+    with pytest.raises(InputError, match="record 0 is not in piqa's format"):
+        load_choice_instances("piqa", tmp_path / "bad.jsonl")
+
+
+def test_copa_records_give_exactly_the_olmes_prompts(shared_data):
+    _, dumped = load_olmes_requests(shared_data / "olmes" / "copa" / "rc_0shot")
+    rows = read_records(shared_data / "olmes" / "copa" / "rc_0shot" / "requests.jsonl.gz")
+    docs = {row["doc_id"]: row["doc"] for row in rows if row["doc_id"] < 1000000}
+    from lmforge.evaltasks import INSTANCE_FORMATS
+
+    ours = [INSTANCE_FORMATS["copa"](docs[d]) for d in sorted(docs)]
+    assert [(i.requests, i.gold) for i in ours] == [(i.requests, i.gold) for i in dumped]
+
+
+def test_records_read_from_jsonl_parquet_and_arrow_directories(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"goal": f"goal {i}", "sol1": "a", "sol2": "b", "label": i % 2} for i in range(5)]
+    table = pa.Table.from_pylist(rows)
+    pq.write_table(table, tmp_path / "piqa.parquet")
+    (tmp_path / "saved").mkdir()  # the layout of `datasets`' save_to_disk: Arrow IPC streams
+    for part, chunk in enumerate((table.slice(0, 3), table.slice(3))):
+        with pa.OSFile(str(tmp_path / "saved" / f"data-{part:05d}-of-00002.arrow"), "wb") as f:
+            with pa.ipc.new_stream(f, chunk.schema) as writer:
+                writer.write_table(chunk)
+    write_jsonl_gz(tmp_path / "piqa.jsonl.gz", rows)
+    for source in ("piqa.parquet", "saved", "piqa.jsonl.gz"):
+        assert read_records(tmp_path / source) == rows, source
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no .arrow files"):
+        read_records(tmp_path / "empty")
+    (tmp_path / "corrupt.jsonl.gz").write_bytes(b"not gzip")
+    with pytest.raises(InputError, match="cannot read evaluation records"):
+        read_records(tmp_path / "corrupt.jsonl.gz")
+
+
+def test_answer_extraction_and_fixed_few_shot_prompts(tmp_path):
+    assert extract_answer("so 3 + 4 = 7\n#### 1,234") == "1234"
+    assert extract_answer("She earns $10.") == "10"
+    assert extract_answer("-3 then 2.5") == "2.5" and extract_answer("none") == ""
+    rows = [{"question": f"What is {i} + 1?", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"}
+            for i in range(20)]
+    write_jsonl_gz(tmp_path / "train.jsonl.gz", rows)
+    write_jsonl_gz(tmp_path / "test.jsonl.gz", rows[:2])
+    first, again, other = (gsm8k_instances(tmp_path / "test.jsonl.gz",
+                                           tmp_path / "train.jsonl.gz", 3, seed)
+                           for seed in (1, 1, 2))
+    assert [i.prompt for i in first] == [i.prompt for i in again]
+    assert first[0].prompt != other[0].prompt
+    assert first[0].prompt.count("Question:") == 4 and first[0].prompt.endswith(
+        "Question: What is 0 + 1?\nAnswer:")
+    assert [i.answer for i in first] == ["1", "2"]
+
+
+def test_rolling_perplexity_per_domain_and_bits_per_byte(checkpoint, tmp_path):
+    lm = load(checkpoint / "native", tokenizer=checkpoint / "tokenizer.json")
+    long_text = " ".join(TEXTS[:12])  # several windows of max_length tokens
+    tokens = lm.encode(long_text)
+    assert len(tokens) > 2 * lm.max_length
+    model = lm.hidden.__self__
+    expected = 0.0
+    sequence = [lm.eot_id] + tokens
+    for start in range(0, len(tokens), lm.max_length):
+        window = sequence[start:start + lm.max_length + 1]
+        logprobs = F.log_softmax(model(torch.tensor([window[:-1]]))[0], dim=-1)
+        expected += logprobs.gather(-1, torch.tensor(window[1:])[:, None]).sum().item()
+    logprob, count = lm.rolling_loglikelihood(long_text)
+    assert count == len(tokens) and logprob == pytest.approx(expected, rel=1e-5)
+
+    docs = [{"id": str(i), "text": TEXTS[i], "source": "web" if i % 3 else "books"}
+            for i in range(9)]
+    write_jsonl_gz(tmp_path / "heldout.jsonl.gz", docs)
+    spec = TaskSpec.from_config("paloma_toy", {"kind": "perplexity", "format": "documents",
+                                               "path": str(tmp_path / "heldout.jsonl.gz")})
+    result = run_task(lm, spec)
+    metrics = result["metrics"]
+    assert set(metrics["domains"]) == {"web", "books"}
+    assert metrics["documents"] == 9 == sum(d["documents"] for d in metrics["domains"].values())
+    total = sum(r["logprob"] for r in result["instances"])
+    assert metrics["bits_per_byte"] == pytest.approx(
+        -total / (math.log(2) * sum(len(d["text"].encode()) for d in docs)))
+    assert result["primary_metric"] == "bits_per_byte"
+
+
+def test_task_specs_are_checked(tmp_path):
+    with pytest.raises(InputError, match="unexpected keyword"):
+        TaskSpec.from_config("t", {"kind": "choice", "format": "arc", "path": "x", "shots": 1})
+    with pytest.raises(InputError, match="unknown kind"):
+        TaskSpec.from_config("t", {"kind": "ranking", "format": "arc", "path": "x"})

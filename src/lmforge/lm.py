@@ -58,7 +58,6 @@ class LanguageModel:
         whole, context_ids = self.encode(context + continuation), self.encode(context)
         return context_ids, whole[len(context_ids):]
 
-    @torch.no_grad()
     def loglikelihood(self, requests: Sequence[tuple[str, str]], progress: bool = False
                       ) -> list[Scored]:
         """One `Scored` per (context, continuation), in the order given."""
@@ -67,6 +66,24 @@ class LanguageModel:
             if not pair[1]:
                 raise InputError(f"continuation {continuation!r} of {context[-40:]!r} "
                                  "has no tokens")
+        return self.score_tokens(pairs, progress)
+
+    def rolling_loglikelihood(self, text: str) -> tuple[float, int]:
+        """Log-likelihood of a whole document and its token count (lm-eval's rolling
+        log-likelihood): its tokens after an end-of-text token, in disjoint windows of
+        `max_length` predictions, each conditioned on the tokens of its own window."""
+        tokens = self.encode(text)
+        if not tokens:
+            raise InputError(f"document {text[:40]!r} has no tokens")
+        sequence = [self.eot_id] + tokens
+        windows = [([sequence[start]], tokens[start:start + self.max_length])
+                   for start in range(0, len(tokens), self.max_length)]
+        return sum(s.logprob for s in self.score_tokens(windows)), len(tokens)
+
+    @torch.no_grad()
+    def score_tokens(self, pairs: Sequence[tuple[list[int], list[int]]], progress: bool = False
+                     ) -> list[Scored]:
+        """`Scored` for token-level (context, continuation) pairs."""
         unique = {tuple(c + x): len(x) for c, x in pairs}  # sequence → continuation length
         order = sorted(unique, key=len, reverse=True)
         scored: dict[tuple, Scored] = {}
