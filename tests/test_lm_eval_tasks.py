@@ -290,3 +290,51 @@ def test_task_specs_are_checked(tmp_path):
         TaskSpec.from_config("t", {"kind": "choice", "format": "arc", "path": "x", "shots": 1})
     with pytest.raises(InputError, match="unknown kind"):
         TaskSpec.from_config("t", {"kind": "ranking", "format": "arc", "path": "x"})
+
+
+def test_workflow_task_specs_name_what_is_wrong():
+    from lmforge.evaluate import workflow_task_specs
+
+    cfg = {"tasks": ["cloze_mc", "arc"], "max_ppl_tokens": 10, "max_new_tokens": 4,
+           "extra_tasks": {"arc": {"kind": "choice", "format": "arc", "path": "arc.jsonl"}}}
+    specs = workflow_task_specs(cfg, "t", "tok", "held.jsonl.gz")
+    assert specs["cloze_mc"]["path"] == "t/cloze_mc.jsonl.gz" and specs["arc"]["format"] == "arc"
+    with pytest.raises(InputError, match="neither a workflow task"):
+        workflow_task_specs({**cfg, "tasks": ["arc_e"]}, "t", "tok", "h")
+    with pytest.raises(InputError, match="redefines"):
+        workflow_task_specs({**cfg, "extra_tasks": {"cloze_mc": cfg["extra_tasks"]["arc"]}},
+                            "t", "tok", "h")
+    with pytest.raises(InputError, match="unknown kind"):
+        workflow_task_specs({**cfg, "extra_tasks": {"arc": {"kind": "x", "format": "arc",
+                                                            "path": "a"}}}, "t", "tok", "h")
+
+
+def test_evaluate_matrix_runs_every_model_on_every_task(checkpoint, tmp_path, mlflow_store):
+    import yaml
+
+    from lmforge.cli import main
+
+    (tmp_path / "piqa.jsonl").write_text("".join(
+        json.dumps({"goal": f"How many trees in garden {i}?", "sol1": f"{i % 7} trees.",
+                    "sol2": "a river.", "label": 0}) + "\n" for i in range(6)))
+    write_jsonl_gz(tmp_path / "docs.jsonl.gz", make_docs(TEXTS[:4]))
+    (tmp_path / "tasks.yaml").write_text(yaml.safe_dump({
+        "piqa_mc": {"kind": "choice", "format": "piqa", "path": str(tmp_path / "piqa.jsonl"),
+                    "formulation": "mc"},
+        "docs_ppl": {"kind": "perplexity", "format": "documents",
+                     "path": str(tmp_path / "docs.jsonl.gz")}}, sort_keys=False))
+    assert main(["evaluate-matrix", "--models", f"native={checkpoint / 'native'}",
+                 f"hf={checkpoint / 'hf'}", "--tokenizer", str(checkpoint / "tokenizer.json"),
+                 "--tasks", str(tmp_path / "tasks.yaml"), "--out-dir",
+                 str(tmp_path / "out")]) == 0
+    rows = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [(r["model"], r["task"]) for r in rows] == [
+        ("native", "piqa_mc"), ("native", "docs_ppl"), ("hf", "piqa_mc"), ("hf", "docs_ppl")]
+    # the same weights through lmforge and through transformers: the same results
+    assert rows[0]["value"] == rows[2]["value"]
+    assert rows[1]["value"] == pytest.approx(rows[3]["value"], rel=1e-5)
+    instances = json.loads((tmp_path / "out" / "hf" / "piqa_mc.json").read_text())["instances"]
+    assert len(instances) == 6 and all("predicted" in i for i in instances)
+    (tmp_path / "bad.yaml").write_text("[1, 2]")
+    assert main(["evaluate-matrix", "--models", f"m={checkpoint / 'hf'}", "--tasks",
+                 str(tmp_path / "bad.yaml"), "--out-dir", str(tmp_path / "x")]) == 2

@@ -2,10 +2,13 @@ import numpy as np
 import torch
 
 from lmforge import tasks
-from lmforge.evaluate import heldout_perplexity, multiple_choice, summary_table
+from lmforge.checkpoint import save_model
+from lmforge.evaltasks import TaskSpec, run_task, token_perplexity
+from lmforge.evaluate import write_summary
+from lmforge.lm import load
 from lmforge.model import ModelConfig, Olmo2
 from lmforge.sft import encode_example, make_sft_data, sft_batches
-from lmforge.storage import read_jsonl, write_jsonl_gz
+from lmforge.storage import read_jsonl, write_json, write_jsonl_gz
 from lmforge.tokenize import ASSISTANT, load_tokenizer, train_tokenizer
 
 from conftest import make_docs
@@ -49,35 +52,56 @@ def test_loss_only_on_assistant_tokens(tmp_path):
     assert (targets != -100).sum() == 2 * sum(label != -100 for label in labels)
 
 
-def _uniform_model(vocab):
+def _uniform_lm(tok_path, vocab):
+    """A model whose every next-token distribution is uniform, behind the evaluation
+    interface (an lmforge checkpoint and its tokenizer)."""
     model = Olmo2(ModelConfig(vocab_size=vocab, d_model=16, n_layers=1, n_heads=2, mlp_hidden=16,
                               max_seq_len=32))
     torch.nn.init.zeros_(model.lm_head.weight)
-    return model.eval()
+    save_model(model, tok_path.parent / "uniform")
+    return load(tok_path.parent / "uniform", tokenizer=tok_path)
 
 
-def test_perplexity_of_a_uniform_model_is_the_vocabulary_size():
-    result = heldout_perplexity(_uniform_model(50), np.arange(200) % 50, max_tokens=150)
-    assert result["tokens"] == 150
-    assert abs(result["perplexity"] - 50) < 1e-3
+def test_perplexity_of_a_uniform_model_is_the_vocabulary_size(tmp_path):
+    tok = _tokenizer(tmp_path)
+    lm = _uniform_lm(tmp_path / "tok.json", tok.get_vocab_size())
+    (np.arange(200) % 50).astype(np.uint16).tofile(tmp_path / "valid.npy")
+    write_json(tmp_path / "meta.json", {"dtype": "uint16"})
+    metrics, windows = token_perplexity(lm, tmp_path, max_tokens=150)
+    assert metrics["tokens"] == 150 == sum(w["tokens"] for w in windows)
+    assert abs(metrics["perplexity"] - tok.get_vocab_size()) < 1e-2
 
 
 def test_multiple_choice_scoring(tmp_path):
     tok = _tokenizer(tmp_path)
-    model = _uniform_model(tok.get_vocab_size())
+    lm = _uniform_lm(tmp_path / "tok.json", tok.get_vocab_size())
     # Every token costs log(1/V) under a uniform model: the summed score prefers the choice
     # with fewer tokens, so which answer wins is known in advance.
     short, long = "has", "river nearby and apple trees in the garden"
     assert len(tok.encode(" " + short).ids) < len(tok.encode(" " + long).ids)
     items = [{"context": "Sentence 3 says that the garden", "choices": [short, long], "gold": 0},
              {"context": "Sentence 4 says that the garden", "choices": [long, short], "gold": 0}]
-    result = multiple_choice(model, tok, items)
-    assert result["items"] == 2 and result["chance"] == 0.5
-    assert result["acc"] == 0.5  # right on the first item, wrong on the second
+    write_jsonl_gz(tmp_path / "cloze.jsonl.gz", items)
+    spec = TaskSpec.from_config("cloze", {"kind": "choice", "format": "lmforge_cloze",
+                                          "path": str(tmp_path / "cloze.jsonl.gz")})
+    result = run_task(lm, spec)
+    assert result["metrics"]["instances"] == 2 and result["metrics"]["chance"] == 0.5
+    assert result["metrics"]["acc_raw"] == 0.5  # right on the first item, wrong on the second
+    assert [r["predicted"]["raw"] for r in result["instances"]] == [0, 1]
 
 
-def test_summary_table_has_one_row_per_model():
-    rows = [{"model": m, "task": "heldout_ppl", "metrics": {"perplexity": p}}
-            for m, p in (("init", 4000.0), ("pretrain", 150.0))]
-    table = summary_table(rows)
-    assert "| init | 4000 |" in table and "| pretrain | 150 |" in table
+def test_summary_has_one_row_per_model_with_uncertainty_and_contamination(tmp_path):
+    results = [{"model": m, "task": "cloze", "kind": "choice", "primary_metric": "acc_raw",
+                "metrics": {"instances": 50, "acc_raw": acc, "acc_raw_stderr": 0.05,
+                            "acc_raw_ci95": [acc - 0.1, acc + 0.1]}}
+               for m, acc in (("init", 0.25), ("pretrain", 0.5))]
+    table = write_summary(results, tmp_path / "s.md", tmp_path / "s.parquet",
+                          tmp_path / "s.json",
+                          {"cloze": {"contamination_ngram": 0.02, "contamination_exact": 0.0}})
+    assert "| init | 0.25 ± 0.05 |" in table and "| pretrain | 0.5 ± 0.05 |" in table
+    assert "| pretrain | cloze | 50 | [0.400, 0.600] | 2.0% / 0.0% |" in table
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(tmp_path / "s.parquet").to_pylist()
+    assert [(r["model"], r["value"], r["contamination_ngram"]) for r in rows] == [
+        ("init", 0.25, 0.02), ("pretrain", 0.5, 0.02)]

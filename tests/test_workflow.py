@@ -17,7 +17,7 @@ pytestmark = pytest.mark.workflow
 DISTRIBUTED_ENV = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
 STAGES = ["make_tasks", "crawl_demo", "extract", "tag", "dedup", "mix", "funnel", "stats",
           "train_tokenizer", "tokenize", "init_model", "pretrain", "grow", "sft_data", "sft",
-          "evaluate", "eval_summary", "loss_plot"]
+          "heldout_docs", "evaluate", "eval_summary", "loss_plot"]
 FAST = {"pretrain": {"steps": 80}, "grow": {"train": {"steps": 30}},
         "sft": {"train": {"steps": 40}}, "evaluate": {"max_ppl_tokens": 6000}}
 

@@ -357,35 +357,87 @@ def cmd_sft(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
+    """Evaluate one model on one task: metrics and every instance's prediction as JSON."""
     import torch
 
-    from lmforge.checkpoint import load_model
-    from lmforge.evaluate import evaluate
-    from lmforge.tokenize import load_tokenizer
+    from lmforge.evaltasks import TaskSpec
+    from lmforge.evaluate import evaluate_pair
+    from lmforge.lm import load
 
     torch.manual_seed(0)
-    with _job(f"evaluate/{args.model_name}/{args.task}", {"task": args.task, **args.cfg}) as run:
-        metrics = evaluate(load_model(args.checkpoint), load_tokenizer(args.tokenizer), args.task,
-                           args.tasks_dir, args.tokens_dir, args.cfg)
-        log.info("%s on %s: %s", args.model_name, args.task, metrics)
-        write_json(args.out, {"model": args.model_name, "task": args.task, "metrics": metrics,
-                              "checkpoint": args.checkpoint})
-        run.log_metrics({f"{args.task}.{k}": v for k, v in metrics.items()})
+    spec = TaskSpec.from_config(args.task, args.spec)
+    with _job(f"evaluate/{args.model_name}/{args.task}", {"task": args.task, **args.spec}) as run:
+        model = load(args.model, args.tokenizer, args.model_name, args.batch_size)
+        result = evaluate_pair(model, spec, args.out, progress=True)
+        metrics = result["metrics"]
+        log.info("%s on %s: %s = %s", args.model_name, args.task, result["primary_metric"],
+                 metrics[result["primary_metric"]])
+        run.log_metrics({f"{args.task}.{k}": v for k, v in metrics.items()
+                         if isinstance(v, (int, float))})
+        run.log_artifact(args.out)
 
 
 def cmd_eval_summary(args) -> None:
-    from lmforge.evaluate import summary_table
-    from lmforge.storage import read_json
+    """One table of every (model, task) result, with uncertainty and contamination."""
+    from lmforge.evaluate import load_results, read_contamination, write_summary
 
-    results = [read_json(p) for p in args.inputs]
     with _job("eval_summary") as run:
-        table = summary_table(results)
-        write_text(args.out_md, "# Evaluation summary\n\n" + table)
-        rows = [{"model": r["model"], "task": r["task"], **{k: v for k, v in r["metrics"].items()
-                 if isinstance(v, (int, float))}} for r in results]
-        write_json(args.out_json, rows)
+        table = write_summary(load_results(args.inputs), args.out_md, args.out_parquet,
+                              args.out_json, read_contamination(args.contamination or []))
         print(table)
         run.log_artifact(args.out_md)
+
+
+def cmd_evaluate_matrix(args) -> None:
+    """Every model on every task of a task file (YAML or JSON: name → spec), then the
+    summary: `<out-dir>/<model>/<task>.json`, `<out-dir>/summary.{md,parquet,json}`."""
+    import torch
+    import yaml
+
+    from lmforge.evaltasks import TaskSpec
+    from lmforge.evaluate import evaluate_pair, write_summary
+    from lmforge.lm import load
+
+    try:
+        task_cfg = yaml.safe_load(Path(args.tasks).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise InputError(f"{args.tasks}: not a readable task file ({err})") from None
+    if not isinstance(task_cfg, dict) or not task_cfg:
+        raise InputError(f"{args.tasks}: expected a mapping of task name → spec")
+    specs = [TaskSpec.from_config(name, spec) for name, spec in task_cfg.items()]
+    models = {}
+    for item in args.models:
+        name, _, path = item.partition("=")
+        if not path:
+            raise InputError(f"--models takes NAME=PATH, got {item!r}")
+        models[name] = path
+    out = Path(args.out_dir)
+    results = []
+    with _job("evaluate_matrix", {"models": list(models), "tasks": list(task_cfg)}) as run:
+        for name, path in models.items():
+            torch.manual_seed(0)
+            model = load(path, args.tokenizer, name, args.batch_size)
+            for spec in specs:
+                result = evaluate_pair(model, spec, out / name / f"{spec.name}.json", True)
+                results.append(result)
+                run.log_metrics({f"{name}.{spec.name}.{result['primary_metric']}":
+                                 result["metrics"][result["primary_metric"]]})
+        print(write_summary(results, out / "summary.md", out / "summary.parquet",
+                            out / "summary.json"))
+        run.log_artifact(str(out / "summary.md"))
+
+
+def cmd_heldout_docs(args) -> None:
+    """The held-out documents of the tokenizer's split (the ones not trained on), for
+    per-domain perplexity."""
+    from itertools import islice
+
+    from lmforge.storage import read_jsonl, write_jsonl_gz
+    from lmforge.tokenize import is_valid_doc
+
+    heldout = (doc for path in args.docs for doc in read_jsonl(path)
+               if is_valid_doc(doc["id"], args.seed, args.valid_fraction))
+    log.info("%d held-out documents", write_jsonl_gz(args.out, islice(heldout, args.limit)))
 
 
 def cmd_plot_loss(args) -> None:
@@ -457,10 +509,17 @@ def build_parser() -> argparse.ArgumentParser:
         (["--valid-fraction"], {"type": float, **req}))
     add("sft", cmd_sft, (["--checkpoint"], req), (["--data"], req), (["--tokenizer"], req), cfg,
         seed, out, metrics)
-    add("evaluate", cmd_evaluate, (["--checkpoint"], req), (["--model-name"], req),
-        (["--task"], req), (["--tasks-dir"], req), tokens_dir, (["--tokenizer"], req), cfg, out)
+    batch_size = (["--batch-size"], {"type": int, "default": 16})
+    add("evaluate", cmd_evaluate, (["--model"], req), (["--model-name"], req),
+        (["--tokenizer"], {}), (["--task"], req), (["--spec"], {"type": _json, **req}),
+        batch_size, out)
     add("eval-summary", cmd_eval_summary, (["--inputs"], {"nargs": "+", **req}),
-        (["--out-md"], req), (["--out-json"], req))
+        (["--contamination"], {"nargs": "*"}), (["--out-md"], req), (["--out-parquet"], req),
+        (["--out-json"], req))
+    add("evaluate-matrix", cmd_evaluate_matrix, (["--models"], {"nargs": "+", **req}),
+        (["--tokenizer"], {}), (["--tasks"], req), batch_size, out_dir)
+    add("heldout-docs", cmd_heldout_docs, docs, seed,
+        (["--valid-fraction"], {"type": float, **req}), (["--limit"], {"type": int, **req}), out)
     add("plot-loss", cmd_plot_loss, (["--metrics"], {"nargs": "+", **req}), out)
     return parser
 

@@ -13,6 +13,7 @@ Kinds:
   else the last number) and scored by exact match.
 - `perplexity`: documents scored whole in windows of the model's length (lm-eval's rolling
   log-likelihood), reported as perplexity and bits per byte, overall and per domain (Paloma).
+- `token_perplexity`: the workflow's held-out token file in windows (no text needed).
 
 Data: jsonl(.gz), parquet, or a `datasets` directory written by `save_to_disk` (its Arrow files
 are read with pyarrow; `datasets` itself is not needed). Built-in formats read the benchmarks'
@@ -30,8 +31,10 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
+from tqdm import tqdm
 
 from lmforge.lm import LanguageModel
 from lmforge.storage import InputError
@@ -368,16 +371,30 @@ def generate_and_score(model: LanguageModel, instances: list[GenerationInstance]
 # Perplexity per domain
 
 
-def perplexity_by_domain(model: LanguageModel, documents: list[dict], domain_field: str
-                         ) -> tuple[dict, list[dict]]:
+def domain_of(doc: dict, domain_field: str) -> str:
+    """A document's domain: `url_host` (the host of `metadata.url`, WIMBD's domains) or a
+    field, dotted for nested ones (`metadata.subset`)."""
+    if domain_field == "url_host":
+        return urlsplit(doc.get("metadata", {}).get("url") or "").hostname or "unknown"
+    value = doc
+    for key in domain_field.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return str(value) if value is not None else "unknown"
+
+
+def perplexity_by_domain(model: LanguageModel, documents: list[dict], domain_field: str,
+                         progress: bool = False) -> tuple[dict, list[dict]]:
     """Rolling log-likelihood of every document; perplexity per token and bits per byte,
-    overall and per `domain_field` value (micro-averaged over tokens and bytes)."""
+    overall and per domain (micro-averaged over tokens and bytes, as Paloma)."""
     results = []
-    for index, doc in enumerate(documents):
-        logprob, tokens = model.rolling_loglikelihood(doc["text"])
-        results.append({"id": str(doc.get("id", index)), "domain": str(doc.get(domain_field)),
-                        "logprob": logprob, "tokens": tokens,
-                        "bytes": len(doc["text"].encode("utf-8"))})
+    for index, doc in enumerate(tqdm(documents, desc="documents", disable=not progress)):
+        try:
+            text = doc["text"]
+        except (KeyError, TypeError):
+            raise InputError(f"held-out document {index} has no text") from None
+        logprob, tokens = model.rolling_loglikelihood(text)
+        results.append({"id": str(doc.get("id", index)), "domain": domain_of(doc, domain_field),
+                        "logprob": logprob, "tokens": tokens, "bytes": len(text.encode("utf-8"))})
 
     def summarise(rows: list[dict]) -> dict:
         logprob = sum(r["logprob"] for r in rows)
@@ -391,6 +408,30 @@ def perplexity_by_domain(model: LanguageModel, documents: list[dict], domain_fie
                "domains": {d: summarise([r for r in results if r["domain"] == d])
                            for d in domains}}
     return metrics, results
+
+
+def token_perplexity(model: LanguageModel, tokens_dir: str | Path, max_tokens: int
+                     ) -> tuple[dict, list[dict]]:
+    """Perplexity over the first `max_tokens` of the workflow's held-out token file, in
+    non-overlapping windows of the model's length."""
+    from lmforge.storage import read_json
+
+    try:
+        meta = read_json(Path(tokens_dir) / "meta.json")
+        tokens = np.memmap(Path(tokens_dir) / "valid.npy", dtype=np.dtype(meta["dtype"]), mode="r")
+    except (OSError, KeyError, ValueError) as err:
+        raise InputError(f"{tokens_dir}: no readable held-out tokens ({err!r})") from None
+    tokens = [int(t) for t in tokens[:max_tokens + 1]]
+    if len(tokens) < 2:
+        raise InputError(f"{tokens_dir}: fewer than two held-out tokens")
+    windows = [([tokens[start]], tokens[start + 1:start + 1 + model.max_length])
+               for start in range(0, len(tokens) - 1, model.max_length)]
+    scored = model.score_tokens(windows)
+    count = sum(s.tokens for s in scored)
+    loss = -sum(s.logprob for s in scored) / count
+    return ({"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count},
+            [{"window": i, "logprob": s.logprob, "tokens": s.tokens}
+             for i, s in enumerate(scored)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,7 +463,7 @@ class TaskSpec:
             spec = cls(name=name, **values)
         except TypeError as err:
             raise InputError(f"task {name!r}: {err}") from None
-        if spec.kind not in ("choice", "generate", "perplexity"):
+        if spec.kind not in KINDS:
             raise InputError(f"task {name!r}: unknown kind {spec.kind!r}")
         if spec.formulation not in ("rc", "mc"):
             raise InputError(f"task {name!r}: formulation must be rc or mc")
@@ -430,7 +471,8 @@ class TaskSpec:
 
 
 DEFAULT_PRIMARY = {"choice": "acc_per_char", "generate": "exact_match",
-                   "perplexity": "bits_per_byte"}
+                   "perplexity": "bits_per_byte", "token_perplexity": "perplexity"}
+KINDS = tuple(DEFAULT_PRIMARY)
 
 
 def run_task(model: LanguageModel, spec: TaskSpec, progress: bool = False) -> dict:
@@ -450,9 +492,13 @@ def run_task(model: LanguageModel, spec: TaskSpec, progress: bool = False) -> di
         instances = instances[:spec.limit] if spec.limit else instances
         metrics, results = generate_and_score(model, instances, spec.stop, spec.max_new_tokens,
                                               spec.seed)
-    else:
+    elif spec.kind == "perplexity":
         documents = read_records(spec.path)[:spec.limit or None]
-        metrics, results = perplexity_by_domain(model, documents, spec.domain_field)
+        metrics, results = perplexity_by_domain(model, documents, spec.domain_field, progress)
+    else:
+        if not spec.limit:
+            raise InputError(f"task {spec.name!r}: token_perplexity needs `limit` (tokens)")
+        metrics, results = token_perplexity(model, spec.path, spec.limit)
     primary = spec.primary_metric or DEFAULT_PRIMARY[spec.kind]
     if primary not in metrics:
         raise InputError(f"task {spec.name!r}: primary metric {primary!r} is not among "

@@ -1,127 +1,137 @@
-"""Evaluation: held-out perplexity, multiple choice by log-likelihood, generation by exact match.
+"""Evaluation over a models × tasks matrix (Catwalk's design): any model behind
+`lmforge.lm.LanguageModel`, any task behind `lmforge.evaltasks.TaskSpec`.
 
-Multiple choice follows OLMES' "rc" formulation: each choice is scored as a continuation of
-the context, reported as accuracy on the summed log-likelihood and per character.
+Each (model, task) pair writes one JSON — metrics and every instance's prediction — so that in
+the Snakemake DAG each pair is its own target; the summary (parquet, JSON and markdown) holds one
+row per pair with the task's primary metric, its standard error and 95% bootstrap interval, and,
+when the stats stage measured it, the share of the task's items found in the training mix.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
+from lmforge.evaltasks import TaskSpec, run_task
+from lmforge.lm import LanguageModel
+from lmforge.storage import InputError, atomic_path, read_json, write_json, write_text
 
-from lmforge import tasks
-from lmforge.model import Olmo2
-from lmforge.sft import prompt_text
-from lmforge.storage import read_json
-from lmforge.tokenize import EOS
+WORKFLOW_TASKS = ("heldout_ppl", "heldout_domains", "cloze_mc", "arith_gen")
 
 
-@torch.no_grad()
-def heldout_perplexity(model: Olmo2, tokens: np.ndarray, max_tokens: int) -> dict:
-    """Mean next-token loss over non-overlapping windows of the held-out token file."""
-    seq = model.cfg.max_seq_len
-    tokens = np.asarray(tokens[: max_tokens + 1], dtype=np.int64)
-    total, count = 0.0, 0
-    for start in range(0, len(tokens) - 1, seq):
-        window = torch.from_numpy(tokens[start : start + seq + 1])
-        if len(window) < 2:
-            break
-        logits = model(window[:-1].unsqueeze(0))
-        loss = F.cross_entropy(logits[0].float(), window[1:], reduction="sum")
-        total += loss.item()
-        count += len(window) - 1
-    mean = total / count
-    return {"loss": mean, "perplexity": math.exp(mean), "tokens": count}
+def workflow_task_specs(eval_cfg: dict, tasks_dir: str, tokens_dir: str, heldout_docs: str
+                        ) -> dict[str, dict]:
+    """The spec of every task in `evaluate.tasks`: the workflow's own (over its generated
+    files) or one of `evaluate.extra_tasks` (local files in a benchmark's format)."""
+    builtin = {
+        "heldout_ppl": {"kind": "token_perplexity", "format": "memmap", "path": tokens_dir,
+                        "limit": eval_cfg["max_ppl_tokens"]},
+        "heldout_domains": {"kind": "perplexity", "format": "documents", "path": heldout_docs,
+                            "domain_field": "url_host"},
+        "cloze_mc": {"kind": "choice", "format": "lmforge_cloze",
+                     "path": f"{tasks_dir}/cloze_mc.jsonl.gz"},
+        "arith_gen": {"kind": "generate", "format": "lmforge_arith",
+                      "path": f"{tasks_dir}/arith_gen.jsonl.gz", "stop": ["\n"],
+                      "max_new_tokens": eval_cfg["max_new_tokens"]},
+    }
+    extra = eval_cfg.get("extra_tasks", {})
+    clash = sorted(set(extra) & set(builtin))
+    if clash:
+        raise InputError(f"evaluate.extra_tasks redefines the workflow's tasks {clash}")
+    specs = {}
+    for name in eval_cfg["tasks"]:
+        if name not in builtin and name not in extra:
+            raise InputError(f"evaluate.tasks names {name!r}, which is neither a workflow task "
+                             f"{list(builtin)} nor in evaluate.extra_tasks")
+        specs[name] = builtin.get(name) or extra[name]
+        TaskSpec.from_config(name, specs[name])  # checked before any job runs
+    return specs
 
 
-@torch.no_grad()
-def continuation_logprob(model: Olmo2, context: list[int], continuation: list[int]) -> float:
-    ids = (context + continuation)[-(model.cfg.max_seq_len + 1) :]
-    n_cont = len(continuation)
-    inputs = torch.tensor(ids[:-1]).unsqueeze(0)
-    logprobs = F.log_softmax(model(inputs)[0].float(), dim=-1)
-    targets = torch.tensor(ids[1:])
-    picked = logprobs[torch.arange(len(targets)), targets]
-    return picked[-n_cont:].sum().item()
+def evaluate_pair(model: LanguageModel, spec: TaskSpec, out: str | Path,
+                  progress: bool = False) -> dict:
+    result = run_task(model, spec, progress)
+    write_json(out, result)
+    return result
 
 
-def multiple_choice(model: Olmo2, tokenizer, items: list[dict]) -> dict:
-    correct = correct_per_char = 0
-    for item in items:
-        context = tokenizer.encode(item["context"], add_special_tokens=False).ids
-        scores = []
-        for choice in item["choices"]:
-            cont = tokenizer.encode(" " + choice, add_special_tokens=False).ids
-            scores.append(continuation_logprob(model, context, cont))
-        per_char = [s / len(" " + c) for s, c in zip(scores, item["choices"])]
-        correct += int(np.argmax(scores)) == item["gold"]
-        correct_per_char += int(np.argmax(per_char)) == item["gold"]
-    n = len(items)
-    return {"acc": correct / n, "acc_per_char": correct_per_char / n,
-            "chance": float(np.mean([1 / len(i["choices"]) for i in items])), "items": n}
+def read_contamination(paths: list[str | Path]) -> dict[str, dict]:
+    """Task → shares of its items found in the corpus (stats' `contamination.parquet`)."""
+    import pyarrow.parquet as pq
+
+    shares: dict[str, dict] = {}
+    for path in paths:
+        for row in pq.read_table(path).to_pylist():
+            shares[row["task"]] = {"contamination_ngram": row["share_ngram"],
+                                   "contamination_exact": row["share_exact"]}
+    return shares
 
 
-@torch.no_grad()
-def greedy_generate(model: Olmo2, prompt_ids: list[int], max_new_tokens: int, stop_ids: set[int]
-                    ) -> list[int]:
-    ids = list(prompt_ids)
-    out: list[int] = []
-    for _ in range(max_new_tokens):
-        window = torch.tensor(ids[-model.cfg.max_seq_len :]).unsqueeze(0)
-        next_id = int(model(window)[0, -1].argmax())
-        if next_id in stop_ids:
-            break
-        ids.append(next_id)
-        out.append(next_id)
-    return out
+def summary_rows(results: list[dict], contamination: dict[str, dict] | None = None
+                 ) -> list[dict]:
+    rows = []
+    for result in results:
+        metrics, metric = result["metrics"], result["primary_metric"]
+        ci = metrics.get(f"{metric}_ci95") or [None, None]
+        rows.append({
+            "model": result["model"], "task": result["task"], "kind": result["kind"],
+            "metric": metric, "value": metrics[metric],
+            "stderr": metrics.get(f"{metric}_stderr"), "ci95_low": ci[0], "ci95_high": ci[1],
+            "instances": metrics.get("instances", metrics.get("documents")),
+            **(contamination or {}).get(result["task"],
+                                         {"contamination_ngram": None,
+                                          "contamination_exact": None}),
+            **{k: v for k, v in metrics.items()
+               if isinstance(v, (int, float)) and not k.endswith("_stderr")},
+        })
+    return rows
 
 
-def generation_exact_match(model: Olmo2, tokenizer, items: list[dict], max_new_tokens: int
-                           ) -> dict:
-    stop = {tokenizer.token_to_id(EOS)}
-    hits, examples = 0, []
-    for item in items:
-        prompt = tokenizer.encode(prompt_text(item["question"]), add_special_tokens=False).ids
-        answer = tokenizer.decode(greedy_generate(model, prompt, max_new_tokens, stop))
-        answer = answer.strip().split("\n")[0].strip()
-        hits += answer == item["answer"]
-        if len(examples) < 5:
-            examples.append({"question": item["question"], "gold": item["answer"],
-                             "generated": answer})
-    return {"exact_match": hits / len(items), "items": len(items), "examples": examples}
+def _cell(value: float | None, stderr: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.4g} ± {stderr:.2g}" if stderr else f"{value:.4g}"
 
 
-def evaluate(model: Olmo2, tokenizer, task: str, task_dir: str | Path, tokens_dir: str | Path,
-             cfg: dict) -> dict:
-    model.eval()
-    if task == "heldout_ppl":
-        meta = read_json(Path(tokens_dir) / "meta.json")
-        valid = np.memmap(Path(tokens_dir) / "valid.npy", dtype=np.dtype(meta["dtype"]), mode="r")
-        return heldout_perplexity(model, valid, cfg["max_ppl_tokens"])
-    items = tasks.load_task(Path(task_dir) / f"{task}.jsonl.gz")
-    if task == "cloze_mc":
-        return multiple_choice(model, tokenizer, items)
-    if task == "arith_gen":
-        return generation_exact_match(model, tokenizer, items, cfg["max_new_tokens"])
-    raise ValueError(f"unknown task {task!r}")
-
-
-HEADLINE = {"heldout_ppl": "perplexity", "cloze_mc": "acc_per_char", "arith_gen": "exact_match"}
-
-
-def summary_table(results: list[dict]) -> str:
-    """Markdown table, one row per model, the headline metric of each task as a column."""
-    models = list(dict.fromkeys(r["model"] for r in results))
-    task_names = list(dict.fromkeys(r["task"] for r in results))
-    by_key = {(r["model"], r["task"]): r["metrics"] for r in results}
-    head = "| model | " + " | ".join(f"{t} ({HEADLINE[t]})" for t in task_names) + " |"
-    lines = [head, "| --- |" + " ---: |" * len(task_names)]
+def summary_markdown(rows: list[dict]) -> str:
+    """One row per model, each task's primary metric (± standard error) as a column; then
+    the tasks' metrics, intervals and contamination."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    by_key = {(r["model"], r["task"]): r for r in rows}
+    metric = {r["task"]: r["metric"] for r in rows}
+    lines = ["| model | " + " | ".join(f"{t} ({metric[t]})" for t in tasks) + " |",
+             "| --- |" + " ---: |" * len(tasks)]
     for model in models:
-        cells = [f"{by_key[(model, t)][HEADLINE[t]]:.4g}" if (model, t) in by_key else "–"
-                 for t in task_names]
+        cells = [_cell(by_key[(model, t)]["value"], by_key[(model, t)]["stderr"])
+                 if (model, t) in by_key else "–" for t in tasks]
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    lines += ["", "| model | task | instances | 95% interval | items in the training mix "
+              "(13-gram / exact) |", "| --- | --- | ---: | --- | --- |"]
+    for r in rows:
+        interval = (f"[{r['ci95_low']:.3f}, {r['ci95_high']:.3f}]"
+                    if r["ci95_low"] is not None else "–")
+        contamination = (f"{r['contamination_ngram']:.1%} / {r['contamination_exact']:.1%}"
+                         if r["contamination_ngram"] is not None else "not measured")
+        lines.append(f"| {r['model']} | {r['task']} | {r['instances']} | {interval} | "
+                     f"{contamination} |")
     return "\n".join(lines) + "\n"
+
+
+def write_summary(results: list[dict], out_md: str | Path, out_parquet: str | Path,
+                  out_json: str | Path, contamination: dict[str, dict] | None = None) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = summary_rows(results, contamination)
+    table = summary_markdown(rows)
+    write_text(out_md, "# Evaluation summary\n\n" + table)
+    write_json(out_json, rows)
+    columns = ["model", "task", "kind", "metric", "value", "stderr", "ci95_low", "ci95_high",
+               "instances", "contamination_ngram", "contamination_exact"]
+    with atomic_path(out_parquet) as tmp:
+        pq.write_table(pa.Table.from_pylist([{c: r[c] for c in columns} for r in rows]), tmp)
+    return table
+
+
+def load_results(paths: list[str | Path]) -> list[dict]:
+    return [read_json(p) for p in paths]

@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 from lmforge import tracking
+from lmforge.evaluate import workflow_task_specs
 from lmforge.stats import ANALYSES as STATS_ANALYSES, PLOTS as STATS_PLOTS
 
 R = config["results"]

@@ -1,12 +1,44 @@
 EVAL = config["evaluate"]
+TASK_SPECS = workflow_task_specs(
+    EVAL,
+    tasks_dir=f"{R}/tasks",
+    tokens_dir=f"{R}/tokens/{MIX}",
+    heldout_docs=f"{R}/eval/heldout/{MIX}.jsonl.gz",
+)
+
+
+def task_inputs(wildcards):
+    """The files a task reads: the workflow's own outputs or the local files it names."""
+    spec = TASK_SPECS[wildcards.task]
+    if spec["kind"] == "token_perplexity":
+        return [f"{spec['path']}/valid.npy", f"{spec['path']}/meta.json"]
+    return [spec["path"]] + ([spec["shots_path"]] if spec.get("shots_path") else [])
+
+
+rule heldout_docs:
+    input:
+        code("tokenize"),
+        docs=mixed(MIX),
+    output:
+        f"{R}/eval/heldout/{MIX}.jsonl.gz",
+    log:
+        f"{R}/logs/heldout_docs.log",
+    conda:
+        "../../envs/eval.yaml"
+    params:
+        seed=SEED,
+        valid=config["tokenizer"]["valid_fraction"],
+        limit=EVAL["max_heldout_documents"],
+    shell:
+        "lmforge heldout-docs --docs {input.docs} --seed {params.seed} "
+        "--valid-fraction {params.valid} --limit {params.limit} --out {output} > {log} 2>&1"
 
 
 rule evaluate:
     input:
-        code("evaluate", "model", "olmoe", "hf", "checkpoint", "tasks"),
+        code("evaluate", "evaltasks", "lm", "model", "olmoe", "hf", "checkpoint"),
+        task_inputs,
         checkpoint=f"{R}/checkpoints/{{model}}",
-        tasks=rules.make_tasks.output,
-        tokens=f"{TOKENS}/valid.npy",
         tokenizer=f"{R}/tokenizer/{MIX}/tokenizer.json",
     output:
         f"{R}/eval/{{model}}/{{task}}.json",
@@ -14,20 +46,15 @@ rule evaluate:
         f"{R}/logs/evaluate/{{model}}/{{task}}.log",
     wildcard_constraints:
         model="|".join(["init", "pretrain", "init-grown", "grow", "sft"]),
-        task="|".join(["heldout_ppl", "cloze_mc", "arith_gen"]),
+        task="|".join(TASK_SPECS),
     conda:
         "../../envs/eval.yaml"
     params:
-        cfg=lambda w: json.dumps(
-            {k: v for k, v in EVAL.items() if k not in ("models", "tasks")},
-            sort_keys=True,
-        ),
-        tasks_dir=lambda w, input: os.path.dirname(input.tasks[0]),
-        tokens_dir=lambda w, input: os.path.dirname(input.tokens),
+        spec=lambda w: json.dumps(TASK_SPECS[w.task], sort_keys=True),
     shell:
-        "lmforge evaluate --checkpoint {input.checkpoint} --model-name {wildcards.model} "
-        "--task {wildcards.task} --tasks-dir {params.tasks_dir} --tokens-dir {params.tokens_dir} "
-        "--tokenizer {input.tokenizer} --cfg {params.cfg:q} --out {output} > {log} 2>&1"
+        "lmforge evaluate --model {input.checkpoint} --model-name {wildcards.model} "
+        "--tokenizer {input.tokenizer} --task {wildcards.task} --spec {params.spec:q} "
+        "--out {output} > {log} 2>&1"
 
 
 rule eval_summary:
@@ -36,15 +63,18 @@ rule eval_summary:
         results=[
             f"{R}/eval/{m}/{t}.json" for m in EVAL["models"] for t in EVAL["tasks"]
         ],
+        contamination=f"{R}/stats/mix-{MIX}/contamination.parquet",
     output:
         md=report(
             f"{R}/eval/summary.md", caption="../report/eval.rst", category="Evaluation"
         ),
+        parquet=f"{R}/eval/summary.parquet",
         json=f"{R}/eval/summary.json",
     log:
         f"{R}/logs/eval_summary.log",
     conda:
         "../../envs/eval.yaml"
     shell:
-        "lmforge eval-summary --inputs {input.results} --out-md {output.md} "
-        "--out-json {output.json} > {log} 2>&1"
+        "lmforge eval-summary --inputs {input.results} "
+        "--contamination {input.contamination} --out-md {output.md} "
+        "--out-parquet {output.parquet} --out-json {output.json} > {log} 2>&1"
