@@ -333,6 +333,7 @@ def test_evaluate_matrix_runs_every_model_on_every_task(checkpoint, tmp_path, ml
     # the same weights through lmforge and through transformers: the same results
     assert rows[0]["value"] == rows[2]["value"]
     assert rows[1]["value"] == pytest.approx(rows[3]["value"], rel=1e-5)
+    assert "Bits per byte by domain, docs_ppl:" in (tmp_path / "out" / "summary.md").read_text()
     instances = json.loads((tmp_path / "out" / "hf" / "piqa_mc.json").read_text())["instances"]
     assert len(instances) == 6 and all("predicted" in i for i in instances)
     (tmp_path / "bad.yaml").write_text("[1, 2]")

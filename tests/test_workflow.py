@@ -96,6 +96,10 @@ def test_tiny_dag_trains_models_that_beat_untrained_ones(finished):
     assert ppl["grow"] < ppl["init-grown"] / 5
     assert ppl["grow"] < ppl["pretrain"] * 1.05
     assert {r["model"] for r in rows} == {"init", "pretrain", "init-grown", "grow", "sft"}
+    bits = {r["model"]: r["value"] for r in rows if r["task"] == "heldout_domains"}
+    assert bits["pretrain"] < bits["init"] * 0.8  # bits per byte on held-out documents
+    cloze = json.loads((finished / "results/eval/sft/cloze_mc.json").read_text())
+    assert len(cloze["instances"]) == cloze["metrics"]["instances"] > 0
     for name in ("results/train/loss.png", "results/mixes/web/funnel.md",
                  "results/stats/documents-demo/domains.png"):
         assert (finished / name).stat().st_size > 0

@@ -76,7 +76,8 @@ def summary_rows(results: list[dict], contamination: dict[str, dict] | None = No
             "model": result["model"], "task": result["task"], "kind": result["kind"],
             "metric": metric, "value": metrics[metric],
             "stderr": metrics.get(f"{metric}_stderr"), "ci95_low": ci[0], "ci95_high": ci[1],
-            "instances": metrics.get("instances", metrics.get("documents")),
+            "instances": next(metrics[k] for k in ("instances", "documents", "tokens")
+                              if k in metrics),
             **(contamination or {}).get(result["task"],
                                          {"contamination_ngram": None,
                                           "contamination_exact": None}),
@@ -92,6 +93,21 @@ def _cell(value: float | None, stderr: float | None) -> str:
     return f"{value:.4g} ± {stderr:.2g}" if stderr else f"{value:.4g}"
 
 
+def domain_markdown(results: list[dict]) -> str:
+    """Bits per byte per domain of every perplexity task (Paloma's breakdown)."""
+    lines = []
+    for task in dict.fromkeys(r["task"] for r in results if r["kind"] == "perplexity"):
+        rows = [r for r in results if r["task"] == task]
+        domains = sorted({d for r in rows for d in r["metrics"]["domains"]})
+        lines += ["", f"Bits per byte by domain, {task}:", "",
+                  "| model | " + " | ".join(domains) + " |", "| --- |" + " ---: |" * len(domains)]
+        for r in rows:
+            cells = [f"{r['metrics']['domains'][d]['bits_per_byte']:.3f}"
+                     if d in r["metrics"]["domains"] else "–" for d in domains]
+            lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
 def summary_markdown(rows: list[dict]) -> str:
     """One row per model, each task's primary metric (± standard error) as a column; then
     the tasks' metrics, intervals and contamination."""
@@ -105,7 +121,7 @@ def summary_markdown(rows: list[dict]) -> str:
         cells = [_cell(by_key[(model, t)]["value"], by_key[(model, t)]["stderr"])
                  if (model, t) in by_key else "–" for t in tasks]
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    lines += ["", "| model | task | instances | 95% interval | items in the training mix "
+    lines += ["", "| model | task | instances (tokens) | 95% interval | items in the training mix "
               "(13-gram / exact) |", "| --- | --- | ---: | --- | --- |"]
     for r in rows:
         interval = (f"[{r['ci95_low']:.3f}, {r['ci95_high']:.3f}]"
@@ -123,7 +139,7 @@ def write_summary(results: list[dict], out_md: str | Path, out_parquet: str | Pa
     import pyarrow.parquet as pq
 
     rows = summary_rows(results, contamination)
-    table = summary_markdown(rows)
+    table = summary_markdown(rows) + domain_markdown(results)
     write_text(out_md, "# Evaluation summary\n\n" + table)
     write_json(out_json, rows)
     columns = ["model", "task", "kind", "metric", "value", "stderr", "ci95_low", "ci95_high",
