@@ -339,3 +339,41 @@ def test_evaluate_matrix_runs_every_model_on_every_task(checkpoint, tmp_path, ml
     (tmp_path / "bad.yaml").write_text("[1, 2]")
     assert main(["evaluate-matrix", "--models", f"m={checkpoint / 'hf'}", "--tasks",
                  str(tmp_path / "bad.yaml"), "--out-dir", str(tmp_path / "x")]) == 2
+
+
+def test_requests_sharing_their_input_share_a_batch_row(checkpoint):
+    lm = load(checkpoint / "native", tokenizer=checkpoint / "tokenizer.json", batch_size=64)
+    rows_seen = []
+    hidden = lm.hidden
+    lm.hidden = lambda ids: rows_seen.append(len(ids)) or hidden(ids)
+    context = "Question: how many apple trees?\n A. 3\n B. 4\n C. 5\nAnswer:"
+    letters = lm.loglikelihood([(context, f" {letter}") for letter in "ABC"])
+    assert rows_seen == [1]  # one forward row for the three one-token continuations
+    alone = [lm.loglikelihood([(context, f" {letter}")])[0] for letter in "ABC"]
+    assert [s.logprob for s in letters] == pytest.approx([s.logprob for s in alone], abs=1e-6)
+    # the same tokens split differently are different requests
+    whole, split = lm.loglikelihood([("Answer:", " 3 trees."), ("Answer: 3", " trees.")])
+    assert whole.tokens > split.tokens and whole.logprob < split.logprob
+
+
+def test_few_shot_choice_prompts_are_fixed_by_the_seed(tmp_path):
+    for split, start in (("train", 0), ("test", 100)):
+        (tmp_path / f"{split}.jsonl").write_text("".join(
+            json.dumps({"goal": f"goal {i}", "sol1": f"yes {i}", "sol2": f"no {i}",
+                        "label": i % 2}) + "\n" for i in range(start, start + 10)))
+    spec = {"kind": "choice", "format": "piqa", "path": str(tmp_path / "test.jsonl"),
+            "num_shots": 2, "shots_path": str(tmp_path / "train.jsonl")}
+    from lmforge.evaltasks import with_few_shot
+
+    pool = load_choice_instances("piqa", tmp_path / "train.jsonl")
+    tests = load_choice_instances("piqa", tmp_path / "test.jsonl")
+    first, again = (with_few_shot(tests, pool, 2, seed=7) for _ in range(2))
+    assert [i.requests for i in first] == [i.requests for i in again]
+    context = first[0].requests[0][0]
+    assert context.count("Question: goal") == 3 and context.endswith(
+        "\n\nQuestion: goal 100\nAnswer:")
+    shots = context.split("\n\n")[:2]  # each shot is a solved example: its gold answer
+    assert all(s.split(" ")[-2] in ("yes", "no") for s in shots)
+    assert with_few_shot(tests, pool, 2, seed=8)[0].requests != first[0].requests
+    with pytest.raises(InputError, match="needs shots_path"):
+        TaskSpec.from_config("t", {**spec, "shots_path": None})

@@ -241,6 +241,18 @@ def load_olmes_requests(directory: str | Path) -> tuple[dict, list[ChoiceInstanc
         for d in sorted(docs)]
 
 
+def with_few_shot(instances: list[ChoiceInstance], pool: list[ChoiceInstance], num_shots: int,
+                  seed: int) -> list[ChoiceInstance]:
+    """Every instance's contexts after the same `num_shots` solved examples, drawn once with
+    a fixed seed from `pool` (another split), each its gold request, blank-line separated."""
+    if len(pool) < num_shots:
+        raise InputError(f"{num_shots} shots asked for, the shots file has {len(pool)}")
+    shots = random.Random(seed).sample(pool, num_shots)
+    prefix = "".join("".join(shot.requests[shot.gold]) + "\n\n" for shot in shots)
+    return [ChoiceInstance(inst.id, [(prefix + c, x) for c, x in inst.requests], inst.gold,
+                           inst.uncond_context) for inst in instances]
+
+
 # ---------------------------------------------------------------------------------------------
 # Ranked classification
 
@@ -323,10 +335,7 @@ def gsm8k_instances(path: str | Path, shots_path: str | Path | None, num_shots: 
     """GSM8K records (`question`, `answer` ending in `#### N`) as prompts with `num_shots`
     solved examples drawn once, with a fixed seed, from `shots_path` (its train split)."""
     records = read_records(path)
-    shots = []
-    if num_shots:
-        pool = read_records(shots_path) if shots_path else records
-        shots = random.Random(seed).sample(pool, num_shots)
+    shots = random.Random(seed).sample(read_records(shots_path), num_shots) if num_shots else []
     prefix = "".join(f"Question: {s['question']}\nAnswer: {s['answer']}\n\n" for s in shots)
     instances = []
     for index, record in enumerate(records):
@@ -467,6 +476,9 @@ class TaskSpec:
             raise InputError(f"task {name!r}: unknown kind {spec.kind!r}")
         if spec.formulation not in ("rc", "mc"):
             raise InputError(f"task {name!r}: formulation must be rc or mc")
+        if spec.num_shots and not spec.shots_path:
+            raise InputError(f"task {name!r}: num_shots needs shots_path (another split, so "
+                             "that no shot is a test instance)")
         return spec
 
 
@@ -480,6 +492,9 @@ def run_task(model: LanguageModel, spec: TaskSpec, progress: bool = False) -> di
     if spec.kind == "choice":
         instances = load_choice_instances(spec.format, spec.path, spec.formulation)
         instances = instances[:spec.limit] if spec.limit else instances
+        if spec.num_shots:
+            pool = load_choice_instances(spec.format, spec.shots_path, spec.formulation)
+            instances = with_few_shot(instances, pool, spec.num_shots, spec.seed)
         results = score_choices(model, instances, progress=progress)
         metrics = choice_metrics(results, spec.seed)
     elif spec.kind == "generate":

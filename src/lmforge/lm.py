@@ -83,33 +83,40 @@ class LanguageModel:
     @torch.no_grad()
     def score_tokens(self, pairs: Sequence[tuple[list[int], list[int]]], progress: bool = False
                      ) -> list[Scored]:
-        """`Scored` for token-level (context, continuation) pairs."""
-        unique = {tuple(c + x): len(x) for c, x in pairs}  # sequence → continuation length
-        order = sorted(unique, key=len, reverse=True)
-        scored: dict[tuple, Scored] = {}
+        """`Scored` for token-level (context, continuation) pairs. Requests whose model inputs
+        are the same (the choices of a lettered multiple-choice question: one-token
+        continuations of one context) share one row of the batch."""
+        requests = dict.fromkeys((tuple(c + x), len(x)) for c, x in pairs)
+        by_input: dict[tuple, list[tuple[tuple, int]]] = {}
+        for seq, n in requests:
+            by_input.setdefault(seq[-(self.max_length + 1):][:-1], []).append((seq, n))
+        order = sorted(by_input, key=len, reverse=True)
+        scored: dict[tuple[tuple, int], Scored] = {}
         batches = range(0, len(order), self.batch_size)
         for start in tqdm(batches, desc=f"scoring with {self.name}", disable=not progress):
             chunk = order[start:start + self.batch_size]
-            inputs = [list(seq[-(self.max_length + 1):])[:-1] for seq in chunk]
-            width = max(map(len, inputs))
-            batch = torch.zeros(len(chunk), width, dtype=torch.long)
-            for row, ids in enumerate(inputs):
+            batch = torch.zeros(len(chunk), max(map(len, chunk)), dtype=torch.long)
+            for row, ids in enumerate(chunk):
                 batch[row, :len(ids)] = torch.tensor(ids)
             hidden = self.hidden(batch)
-            rows = torch.cat([torch.full((unique[seq],), row) for row, seq in enumerate(chunk)])
-            positions = torch.cat([torch.arange(len(ids) - unique[seq], len(ids))
-                                   for ids, seq in zip(inputs, chunk)])
-            targets = torch.tensor([t for seq in chunk for t in seq[-unique[seq]:]])
+            rows, positions, targets = [], [], []
+            for row, ids in enumerate(chunk):
+                for seq, n in by_input[ids]:
+                    rows += [row] * n
+                    positions += range(len(ids) - n, len(ids))
+                    targets += seq[-n:]
+            targets = torch.tensor(targets)
             logprobs = F.log_softmax(self.head(hidden[rows, positions]).float(), dim=-1)
             picked = logprobs.gather(-1, targets[:, None])[:, 0]
             greedy = logprobs.argmax(-1) == targets
-            start_of = 0
-            for seq in chunk:
-                n = unique[seq]
-                scored[seq] = Scored(logprob=picked[start_of:start_of + n].sum().item(),
-                                     is_greedy=bool(greedy[start_of:start_of + n].all()), tokens=n)
-                start_of += n
-        return [scored[tuple(c + x)] for c, x in pairs]
+            offset = 0
+            for ids in chunk:
+                for seq, n in by_input[ids]:
+                    scored[(seq, n)] = Scored(
+                        logprob=picked[offset:offset + n].sum().item(),
+                        is_greedy=bool(greedy[offset:offset + n].all()), tokens=n)
+                    offset += n
+        return [scored[(tuple(c + x), len(x))] for c, x in pairs]
 
     @torch.no_grad()
     def generate(self, prompt: str, stop: Sequence[str], max_new_tokens: int) -> str:
