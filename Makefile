@@ -11,7 +11,8 @@ PEERS := .venv-peers
 DATATROVE := $(PEERS)/datatrove/.installed
 LM_EVAL := $(PEERS)/lm-eval/.installed
 
-.PHONY: demo test setup peers lint bench-curate bench-stats bench-train gpu-wheels clean
+.PHONY: demo test setup peers lint bench-curate bench-stats bench-train bench-eval gpu-wheels \
+	clean
 
 setup: $(STAMP)
 
@@ -58,6 +59,10 @@ bench-curate: $(STAMP) $(DATATROVE)
 
 bench-stats: $(STAMP)
 	$(BIN)/python benchmarks/stats/bench.py
+
+bench-eval: $(STAMP) $(LM_EVAL)
+	$(BIN)/python benchmarks/evaluate/parity.py
+	$(BIN)/python benchmarks/evaluate/bench.py
 
 bench-train: $(STAMP)
 	$(BIN)/python benchmarks/train/bench.py --compile
