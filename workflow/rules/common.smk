@@ -56,6 +56,23 @@ def checkpoint_path(name):
     return f"{R}/checkpoints/{name}"
 
 
+EVAL = config["evaluate"]
+TASK_SPECS = workflow_task_specs(
+    EVAL,
+    tasks_dir=f"{R}/tasks",
+    tokens_dir=f"{R}/tokens/{MIX}",
+    heldout_docs=f"{R}/eval/heldout/{MIX}.jsonl.gz",
+)
+
+
+def task_inputs(wildcards):
+    """The files a task reads: the workflow's own outputs or the local files it names."""
+    spec = TASK_SPECS[wildcards.task]
+    if spec["kind"] == "token_perplexity":
+        return [f"{spec['path']}/valid.npy", f"{spec['path']}/meta.json"]
+    return [spec["path"]] + ([spec["shots_path"]] if spec.get("shots_path") else [])
+
+
 def final_targets():
     targets = [
         f"{R}/eval/summary.md",
