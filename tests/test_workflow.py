@@ -168,6 +168,28 @@ def test_second_run_has_nothing_to_do_and_report_works(repo, finished):
     assert (finished / "report.html").stat().st_size > 100_000
 
 
+def _planned_jobs(plan: str) -> list[str]:
+    return [line.split()[-1].rstrip(":") for line in plan.splitlines()
+            if line.startswith(("rule ", "localrule "))]
+
+
+def test_adding_a_task_plans_only_its_pairs_and_the_summary(repo, finished, tmp_path):
+    import collections
+
+    (tmp_path / "piqa.jsonl").write_text("".join(
+        json.dumps({"goal": f"goal {i}", "sol1": "yes", "sol2": "no", "label": i % 2}) + "\n"
+        for i in range(4)))
+    config = yaml.safe_load((repo / "fast.yaml").read_text())
+    config["evaluate"]["extra_tasks"] = {"piqa_toy": {"kind": "choice", "format": "piqa",
+                                                      "path": str(tmp_path / "piqa.jsonl")}}
+    config["evaluate"]["tasks"].append("piqa_toy")
+    (tmp_path / "more.yaml").write_text(yaml.safe_dump(config))
+    plan = snakemake(repo, finished, "-n", "--configfile", str(tmp_path / "more.yaml")).stdout
+    assert collections.Counter(_planned_jobs(plan)) == {
+        "evaluate": len(config["evaluate"]["models"]), "eval_summary": 1, "all": 1}
+    assert "results/eval/sft/piqa_toy.json" in plan
+
+
 def test_one_artifact_rebuilds_alone_and_code_change_reruns_its_stage(repo, finished):
     (finished / "results/mixes/web/funnel.md").unlink()
     out = snakemake(repo, finished, "results/mixes/web/funnel.md", "--configfile",
@@ -177,9 +199,8 @@ def test_one_artifact_rebuilds_alone_and_code_change_reruns_its_stage(repo, fini
     with open(repo / "src/lmforge/stats.py", "a") as handle:
         handle.write("\n# an edit to the stats stage\n")
     plan = snakemake(repo, finished, "-n", "--configfile", str(repo / "fast.yaml")).stdout
-    jobs = {line.split()[-1].rstrip(":") for line in plan.splitlines()
-            if line.startswith(("rule ", "localrule "))}
-    assert jobs == {"stats", "overlap", "all"}
+    # the evaluation summary reads the mix's contamination table
+    assert set(_planned_jobs(plan)) == {"stats", "overlap", "eval_summary", "all"}
 
 
 def _digests(work: Path) -> dict[str, str]:
