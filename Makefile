@@ -61,7 +61,7 @@ bench-stats: $(STAMP)
 	$(BIN)/python benchmarks/stats/bench.py
 
 bench-eval: $(STAMP) $(LM_EVAL)
-	$(BIN)/python benchmarks/evaluate/parity.py
+	$(BIN)/python benchmarks/evaluate/lm_eval_parity.py
 	$(BIN)/python benchmarks/evaluate/bench.py
 
 bench-train: $(STAMP)

@@ -14,7 +14,7 @@ PEER = ROOT / ".venv-peers" / "lm-eval" / "bin" / "python"
 @pytest.mark.skipif(not PEER.exists(), reason="no lm-eval venv: run `make peers`")
 @pytest.mark.parametrize("task", ["copa", "openbookqa"])
 def test_loglikelihoods_and_accuracies_match_lm_eval(task, shared_data, tmp_path):
-    import parity
+    import lm_eval_parity as parity
 
     result = parity.compare(task, tmp_path)
     assert result["documents"] == result["peer_documents"] > 0

@@ -29,7 +29,10 @@ def test_linear_schedule_and_weight_decay_groups():
     decayed = lambda groups: sum(p.numel() for p in groups[0]["params"])  # noqa: E731
     embedding = model.model.embed_tokens.weight.numel()
     assert decayed(param_groups(model, 0.1, True)) - decayed(param_groups(model, 0.1)) == embedding
-    assert all(p.ndim == 2 for p in param_groups(model, 0.1)[0]["params"])
+    norms = sum(p.numel() for p in model.parameters() if p.ndim < 2)
+    assert decayed(param_groups(model, 0.1)) - decayed(param_groups(model, 0.1, decay_norms=False)
+                                                        ) == norms > 0
+    assert all(p.ndim == 2 for p in param_groups(model, 0.1, decay_norms=False)[0]["params"])
 
 
 def test_instance_batches_follow_a_seeded_permutation():

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import parity  # noqa: E402
+import lm_eval_parity as parity  # noqa: E402
 
 LMFORGE = """
 import json, sys, time

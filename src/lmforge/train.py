@@ -57,12 +57,14 @@ def lr_lambda(step: int, cfg: dict) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def param_groups(model: Olmo2 | Olmoe, weight_decay: float,
-                 decay_embeddings: bool = False) -> list[dict]:
-    """No weight decay on norms, nor on embeddings unless `decay_embeddings` (OLMo 2)."""
+def param_groups(model: Olmo2 | Olmoe, weight_decay: float, decay_embeddings: bool = False,
+                 decay_norms: bool = True) -> list[dict]:
+    """Weight decay on every weight except the embeddings (`decay_embeddings`), norms included
+    (`decay_norms`): OLMo 2's `decay_embeddings: false`, `decay_norm_and_bias: true`."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
-        exempt = param.ndim < 2 or ("embed_tokens" in name and not decay_embeddings)
+        exempt = ((param.ndim < 2 and not decay_norms)
+                  or ("embed_tokens" in name and not decay_embeddings))
         (no_decay if exempt else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0}]
@@ -276,7 +278,8 @@ def train(model: Olmo2, batches: Callable[[int, int], Batch], cfg: dict, seed: i
     deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl",
                                verbose=False)
     optimizer = torch.optim.AdamW(
-        param_groups(model, cfg["weight_decay"], cfg.get("decay_embeddings", False)),
+        param_groups(model, cfg["weight_decay"], cfg.get("decay_embeddings", False),
+                     cfg.get("decay_norms", True)),
         lr=cfg["lr"], betas=(0.9, 0.95), eps=1e-8)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, cfg))
     resume = _resume_point(checkpoint_dir, cfg, world_size)

@@ -6,7 +6,7 @@ A random-init OLMo 2 (d_model 64, 2 layers) with OLMo 2's own tokenizer (dolma2,
 largest per-request log-likelihood difference and both accuracies (lm-eval's `acc` and
 `acc_norm` are lmforge's `acc_raw` and `acc_per_char`).
 
-    python benchmarks/evaluate/parity.py [--tasks copa openbookqa]
+    python benchmarks/evaluate/lm_eval_parity.py [--tasks copa openbookqa]
 """
 
 from __future__ import annotations
