@@ -111,19 +111,23 @@ def test_olmoe_trains_through_the_engine_with_its_auxiliary_losses(tmp_path, one
     assert isinstance(load_model(tmp_path / "moe"), Olmoe)
 
 
-RESUMABLE = """
-import sys, time
+# The subprocess scripts' shared start: the tiny model and the learnable token stream of _run.
+TINY_SETUP = """
+import os, sys, time
 import numpy as np, torch
 from lmforge.model import ModelConfig, Olmo2
 from lmforge.train import instance_batches, train
-cfg = {"steps": 24, "micro_batch_size": 4, "grad_accum": 2, "lr": 1e-2, "min_lr_ratio": 0.1,
-       "warmup_steps": 2, "weight_decay": 0.1, "grad_clip": 1.0, "zero_stage": 1,
-       "precision": "fp32", "log_every": 3, "checkpoint_every": 4, "keep_last": 2}
 torch.manual_seed(0)
 model = Olmo2(ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, mlp_hidden=64,
                           max_seq_len=16))
 rng = np.random.default_rng(0)
 tokens = (np.tile(np.arange(16), 200) + (rng.random(3200) < 0.05)).astype(np.uint16)
+"""
+
+RESUMABLE = TINY_SETUP + """
+cfg = {"steps": 24, "micro_batch_size": 4, "grad_accum": 2, "lr": 1e-2, "min_lr_ratio": 0.1,
+       "warmup_steps": 2, "weight_decay": 0.1, "grad_clip": 1.0, "zero_stage": 1,
+       "precision": "fp32", "log_every": 3, "checkpoint_every": 4, "keep_last": 2}
 inner = instance_batches(tokens, 16, cfg, seed=1)
 def batches(step, micro_step):  # slowed down so that the test can kill the run mid-way
     time.sleep(float(sys.argv[3]))
@@ -172,21 +176,12 @@ def test_a_killed_run_resumes_to_the_same_losses_and_weights(tmp_path):
     assert not step_checkpoints(tmp_path / "resumed")  # cleaned up once the run completes
 
 
-RANKED = """
-import os, sys
-import numpy as np, torch
-from lmforge.model import ModelConfig, Olmo2
-from lmforge.train import instance_batches, train
+RANKED = TINY_SETUP + """
 world = int(os.environ.get("WORLD_SIZE", 1))
 crash_at_step = int(os.environ.get("CRASH_AT_STEP", -1))  # a hard exit, like a lost node
 cfg = {"steps": 10, "micro_batch_size": 4 // world, "grad_accum": 2, "lr": 1e-2,
        "min_lr_ratio": 0.1, "warmup_steps": 2, "weight_decay": 0.1, "grad_clip": 1.0,
        "zero_stage": 1, "precision": "fp32", "log_every": 2, "checkpoint_every": 4}
-torch.manual_seed(0)
-model = Olmo2(ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, mlp_hidden=64,
-                          max_seq_len=16))
-rng = np.random.default_rng(0)
-tokens = (np.tile(np.arange(16), 200) + (rng.random(3200) < 0.05)).astype(np.uint16)
 inner = instance_batches(tokens, 16, cfg, seed=1, rank=int(os.environ.get("RANK", 0)),
                          world_size=world)
 def batches(step, micro_step):
