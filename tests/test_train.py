@@ -181,7 +181,8 @@ world = int(os.environ.get("WORLD_SIZE", 1))
 crash_at_step = int(os.environ.get("CRASH_AT_STEP", -1))  # a hard exit, like a lost node
 cfg = {"steps": 10, "micro_batch_size": 4 // world, "grad_accum": 2, "lr": 1e-2,
        "min_lr_ratio": 0.1, "warmup_steps": 2, "weight_decay": 0.1, "grad_clip": 1.0,
-       "zero_stage": 1, "precision": "fp32", "log_every": 2, "checkpoint_every": 4}
+       "zero_stage": int(os.environ.get("ZERO_STAGE", 1)), "precision": "fp32", "log_every": 2,
+       "checkpoint_every": 4}
 inner = instance_batches(tokens, 16, cfg, seed=1, rank=int(os.environ.get("RANK", 0)),
                          world_size=world)
 def batches(step, micro_step):
@@ -192,7 +193,7 @@ train(model, batches, cfg, 1, sys.argv[1], sys.argv[2])
 """
 
 
-def _ranked(tmp_path, name: str, processes: int, crash_at_step: int = -1):
+def _ranked(tmp_path, name: str, processes: int, crash_at_step: int = -1, zero_stage: int = 1):
     import socket
     import subprocess
     import sys
@@ -200,7 +201,7 @@ def _ranked(tmp_path, name: str, processes: int, crash_at_step: int = -1):
     script = tmp_path / "ranked.py"
     script.write_text(RANKED)
     env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
-    env["CRASH_AT_STEP"] = str(crash_at_step)
+    env.update(CRASH_AT_STEP=str(crash_at_step), ZERO_STAGE=str(zero_stage))
     args = [str(script), str(tmp_path / name), str(tmp_path / f"{name}.csv")]
     if processes > 1:
         with socket.socket() as sock:
@@ -236,6 +237,20 @@ def test_two_processes_match_one_and_a_checkpoint_of_two_resumes_in_one(tmp_path
         assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-5)
     state = json.loads((tmp_path / "moved" / "trainer_state.json").read_text())
     assert state["resumed_from_step"] == 4 and state["world_size"] == 1
+
+
+def test_without_zero_a_checkpoint_of_two_processes_loads_in_one(tmp_path):
+    """ZeRO-0 keeps the whole optimizer state on every rank: no universal conversion needed."""
+    import csv
+
+    assert _ranked(tmp_path, "two", 2, zero_stage=0).returncode == 0
+    assert _ranked(tmp_path, "moved", 2, crash_at_step=6, zero_stage=0).returncode != 0
+    assert _ranked(tmp_path, "moved", 1, zero_stage=0).returncode == 0
+    two, moved = (list(csv.DictReader(open(tmp_path / f"{n}.csv"))) for n in ("two", "moved"))
+    for a, b in zip(two, moved, strict=True):
+        assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-5)
+    assert json.loads((tmp_path / "moved" / "trainer_state.json").read_text())[
+        "resumed_from_step"] == 4
 
 
 def test_resuming_refuses_another_config_or_global_batch(tmp_path):

@@ -247,10 +247,13 @@ def _universal_checkpoint(latest: Path) -> Path:
     target = latest / "universal"
     if _rank0() and not target.exists():
         with atomic_dir(target) as tmp:
-            subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
-                            "--input_folder", str(latest / "deepspeed" / "state"),
-                            "--output_folder", str(tmp / "state"), "--inject_missing_state"],
-                           check=True, capture_output=True)
+            converted = subprocess.run(
+                [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                 str(latest / "deepspeed" / "state"), "--output_folder", str(tmp / "state"),
+                 "--inject_missing_state"], capture_output=True, text=True)
+            if converted.returncode:
+                raise RuntimeError(f"converting {latest} to a universal checkpoint failed:\n"
+                                   f"{converted.stderr[-2000:]}")
     if dist.is_initialized():
         dist.barrier()
     return target
