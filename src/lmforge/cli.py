@@ -10,9 +10,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from lmforge.launch import LaunchError
 from lmforge.storage import InputError, document_files, write_json, write_text
 
 log = logging.getLogger("lmforge")
+TRAINING_COMMANDS = ("pretrain", "grow", "sft")
 
 
 def _json(text: str) -> dict:
@@ -48,6 +50,14 @@ def cmd_warmup(args) -> None:
         out = Path(scratch)
         train(model, lambda s, m: (data[:, :-1], data[:, 1:]), cfg, 0, out / "ckpt", out / "m.csv")
     print("DeepSpeed CPU ops are built")
+
+
+def cmd_launch(args) -> int:
+    """Run a training command as SLURM (srun) or torchrun would start its processes."""
+    from lmforge.launch import launch
+
+    command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
+    return launch(command, args.processes, args.nodes)
 
 
 def cmd_make_tasks(args) -> None:
@@ -220,7 +230,9 @@ def cmd_plan(args) -> None:
         from lmforge.checkpoint import load_model
 
         model_cfg = load_model(args.checkpoint).cfg
-    plan = estimate(model_cfg, args.cfg, args.world_size)
+    from lmforge.train import resolve_batch
+
+    plan = estimate(model_cfg, resolve_batch(args.cfg, args.world_size), args.world_size)
     print(markdown(plan), end="")
     memory = (args.device_memory_gib * GIB if args.device_memory_gib
               else device_memory_bytes("cuda" if _has_cuda() else "cpu"))
@@ -288,6 +300,10 @@ def cmd_init_model(args) -> None:
 def _train_job(name: str, model, batches, args, extra_params: dict, extra_metrics: dict):
     from lmforge.train import train
 
+    if int(os.environ.get("RANK", 0)) != 0:
+        # One MLflow run per job: rank 0 logs what the ranks reduce together.
+        train(model, batches, args.cfg, args.seed, args.out, args.metrics)
+        return
     with _job(name, {**args.cfg, **extra_params, "seed": args.seed}) as run:
         run.log_metrics({"params": model.num_params(non_embedding=False), **extra_metrics})
         summary = train(model, batches, args.cfg, args.seed, args.out, args.metrics, tracker=run)
@@ -300,9 +316,11 @@ def _token_batches(tokens_dir: str, model, cfg: dict, seed: int):
     from lmforge.train import instance_batches
 
     tokens = open_tokens(Path(tokens_dir) / "train.npy", Path(tokens_dir) / "meta.json")
-    return instance_batches(tokens, model.cfg.max_seq_len, cfg, seed,
-                            rank=int(os.environ.get("RANK", 0)),
-                            world_size=int(os.environ.get("WORLD_SIZE", 1)))
+    return instance_batches(tokens, model.cfg.max_seq_len, cfg, seed, *_rank_and_world())
+
+
+def _rank_and_world() -> tuple[int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def cmd_pretrain(args) -> None:
@@ -350,7 +368,7 @@ def cmd_sft(args) -> None:
 
     model = load_model(args.checkpoint)
     batches, info = sft_batches(load_tokenizer(args.tokenizer), args.data, model.cfg.max_seq_len,
-                                args.cfg, args.seed)
+                                args.cfg, args.seed, *_rank_and_world())
     log.info("sft data: %s", info)
     _train_job("sft", model, batches, args, {"from": args.checkpoint},
                {f"data.{k}": v for k, v in info.items()})
@@ -465,6 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
     metrics = (["--metrics"], {**req})
     tokens_dir = (["--tokens-dir"], {**req})
     add("warmup", cmd_warmup)
+    add("launch", cmd_launch, (["--processes"], {"type": int, "default": 1}),
+        (["--nodes"], {"type": int, "default": 1}),
+        (["command_line"], {"nargs": argparse.REMAINDER}))
     add("make-tasks", cmd_make_tasks, cfg, out_dir)
     add("crawl-demo", cmd_crawl_demo, cfg, seed, out_dir, (["--tasks-dir"], req))
     add("extract", cmd_extract, (["--warc"], req), out, (["--report"], req), (["--source"], req))
@@ -529,16 +550,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if args.command in TRAINING_COMMANDS:
+            from lmforge.train import resolve_batch
+
+            args.cfg = resolve_batch(args.cfg, _rank_and_world()[1])
         for name in ("docs", "mixes"):  # a mix is a directory of parts per input shard
             if isinstance(getattr(args, name, None), list):
                 setattr(args, name, document_files(getattr(args, name)))
-        args.func(args)
-    except (InputError, ValueError, KeyError, FileNotFoundError) as err:
+        status = args.func(args)
+    except (InputError, ValueError, KeyError, FileNotFoundError, LaunchError) as err:
         if os.environ.get("LMFORGE_DEBUG"):
             raise
         print(f"lmforge {args.command}: error: {err}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -80,7 +80,8 @@ def encode_example(tokenizer, example: dict, max_len: int) -> tuple[list[int], l
     return ids, labels
 
 
-def sft_batches(tokenizer, data_path: str | Path, max_len: int, cfg: dict, seed: int
+def sft_batches(tokenizer, data_path: str | Path, max_len: int, cfg: dict, seed: int,
+                rank: int = 0, world_size: int = 1
                 ) -> tuple[Callable[[int, int], tuple[torch.Tensor, torch.Tensor]], dict]:
     pad = tokenizer.token_to_id(PAD)
     encoded, too_long = [], 0
@@ -101,7 +102,8 @@ def sft_batches(tokenizer, data_path: str | Path, max_len: int, cfg: dict, seed:
         return orders[epoch]
 
     def batch(step: int, micro_step: int):
-        start = (step * cfg["grad_accum"] + micro_step) * micro
+        # Each step's global batch is split across ranks as in pretraining.
+        start = (step * cfg["grad_accum"] * world_size + micro_step * world_size + rank) * micro
         inputs = torch.full((micro, max_len - 1), pad, dtype=torch.long)
         labels = torch.full((micro, max_len - 1), -100, dtype=torch.long)
         for row in range(micro):

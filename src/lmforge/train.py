@@ -92,6 +92,22 @@ def compile_blocks(model: Olmo2 | Olmoe) -> None:
         block.compile()
 
 
+def resolve_batch(cfg: dict, world_size: int) -> dict:
+    """Set grad_accum from `global_batch_size` (instances per optimizer step, as OLMo's configs
+    give it), so the same config trains the same batches on any number of processes."""
+    if "global_batch_size" not in cfg:
+        return cfg
+    per_pass = cfg["micro_batch_size"] * world_size
+    accum, rest = divmod(cfg["global_batch_size"], per_pass)
+    if rest or accum < 1:
+        raise ValueError(f"global_batch_size {cfg['global_batch_size']} is not a multiple of "
+                         f"micro_batch_size {cfg['micro_batch_size']} × {world_size} processes")
+    if cfg.get("grad_accum", accum) != accum:
+        raise ValueError(f"grad_accum {cfg['grad_accum']} contradicts global_batch_size "
+                         f"{cfg['global_batch_size']} on {world_size} processes (needs {accum})")
+    return {**cfg, "grad_accum": accum}
+
+
 def deepspeed_config(cfg: dict, world_size: int) -> dict:
     return {
         "train_micro_batch_size_per_gpu": cfg["micro_batch_size"],
@@ -267,6 +283,8 @@ def train(model: Olmo2, batches: Callable[[int, int], Batch], cfg: dict, seed: i
     (the newest `keep_last` are kept); a restarted run resumes from the newest one and, as the
     data order depends only on the step, continues exactly where the killed one stopped."""
     _ensure_distributed_env()
+    if torch.cuda.is_available():  # one device per process on a node
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     import deepspeed
 
     from lmforge.plan import check_fits, device_memory_bytes, estimate, markdown

@@ -1,9 +1,10 @@
-import glob
 import json
 import os
 from pathlib import Path
 
 from lmforge import tracking
+from lmforge.launch import job_resources
+from lmforge.warc_inputs import is_remote, warc_inputs
 from lmforge.evaluate import workflow_task_specs
 from lmforge.stats import ANALYSES as STATS_ANALYSES, PLOTS as STATS_PLOTS
 
@@ -13,17 +14,35 @@ MIX = config["tokenizer"]["mix"]
 SEED = config["seed"]
 
 
+def outside_file(path):
+    """An input from outside the workflow: a URL through its storage plugin, else a file on
+    this disk (kept local even when a default storage provider holds the results)."""
+    return storage(path) if is_remote(path) else local(path)
+
+
 def crawl_shards():
-    """Shard name -> WARC path: the demo crawl's shards, or one per matched WARC file."""
-    if config["crawl"]["source"] == "demo":
-        n = config["crawl"]["demo"]["shards"]
+    """Shard name -> WARC input: the demo crawl's shards, or one per WARC file.
+
+    WARC files are local paths or globs, URLs (http, https, s3: read through Snakemake's
+    storage plugins), or the entries of a Common Crawl `warc.paths` manifest joined to
+    `warc_base_url`."""
+    crawl = config["crawl"]
+    if crawl["source"] == "demo":
+        n = crawl["demo"]["shards"]
         return {
             f"shard-{i:04d}": f"{R}/crawl/demo/shard-{i:04d}.warc.gz" for i in range(n)
         }
-    paths = sorted({p for g in config["crawl"]["warc_paths"] for p in glob.glob(g)})
+    paths = warc_inputs(
+        crawl["warc_paths"],
+        crawl.get("warc_manifest"),
+        crawl.get("warc_base_url", ""),
+        crawl.get("max_warcs"),
+    )
     if not paths:
-        raise ValueError("crawl.source is 'warc' but crawl.warc_paths matches no file")
-    return {f"shard-{i:04d}": p for i, p in enumerate(paths)}
+        raise ValueError(
+            "crawl.source is 'warc' but crawl.warc_paths / warc_manifest give no file"
+        )
+    return {f"shard-{i:04d}": outside_file(p) for i, p in enumerate(paths)}
 
 
 SHARDS = crawl_shards()
@@ -40,7 +59,8 @@ def cfg_json(*keys):
 def code(*modules):
     """Source files a rule depends on, so editing a stage's code reruns that stage."""
     src = Path(workflow.basedir) / "src" / "lmforge"
-    return [str(src / f"{m}.py") for m in ("storage",) + modules]
+    # local(): with a default storage provider (results on S3) the code stays on disk.
+    return [local(str(src / f"{m}.py")) for m in ("storage",) + modules]
 
 
 def docs(source=SOURCE):
@@ -50,6 +70,11 @@ def docs(source=SOURCE):
 def mixed(mix=MIX):
     """A mix: one directory of size-capped parts per documents shard."""
     return [f"{R}/mixes/{mix}/{s}" for s in SHARDS]
+
+
+def launch_resources(stage):
+    """A training job's nodes, tasks and GPUs from config["launch"] (see lmforge.launch)."""
+    return job_resources(**config["launch"][stage])
 
 
 def checkpoint_path(name):
@@ -66,11 +91,30 @@ TASK_SPECS = workflow_task_specs(
 
 
 def task_inputs(wildcards):
-    """The files a task reads: the workflow's own outputs or the local files it names."""
+    """The files a task reads: the workflow's own outputs or the files it names."""
     spec = TASK_SPECS[wildcards.task]
     if spec["kind"] == "token_perplexity":
-        return [f"{spec['path']}/valid.npy", f"{spec['path']}/meta.json"]
-    return [spec["path"]] + ([spec["shots_path"]] if spec.get("shots_path") else [])
+        return {
+            "task_data": f"{spec['path']}/valid.npy",
+            "task_meta": f"{spec['path']}/meta.json",
+        }
+    own = spec["path"].startswith(f"{R}/")
+    files = {"task_data": spec["path"] if own else outside_file(spec["path"])}
+    if spec.get("shots_path"):
+        files["task_shots"] = outside_file(spec["shots_path"])
+    return files
+
+
+def staged_spec(wildcards, input):
+    """The task's spec with its paths at the job's inputs (staged copies when remote)."""
+    spec = dict(TASK_SPECS[wildcards.task])
+    if spec["kind"] == "token_perplexity":
+        spec["path"] = os.path.dirname(input.task_data)
+    else:
+        spec["path"] = input.task_data
+        if spec.get("shots_path"):
+            spec["shots_path"] = input.task_shots
+    return json.dumps(spec, sort_keys=True)
 
 
 def final_targets():

@@ -20,7 +20,7 @@ rule heldout_docs:
 rule evaluate:
     input:
         code("evaluate", "evaltasks", "lm", "model", "olmoe", "hf", "checkpoint"),
-        task_inputs,
+        unpack(task_inputs),
         checkpoint=f"{R}/checkpoints/{{model}}",
         tokenizer=f"{R}/tokenizer/{MIX}/tokenizer.json",
     output:
@@ -33,7 +33,7 @@ rule evaluate:
     conda:
         "../../envs/eval.yaml"
     params:
-        spec=lambda w: json.dumps(TASK_SPECS[w.task], sort_keys=True),
+        spec=staged_spec,
     shell:
         "lmforge evaluate --model {input.checkpoint} --model-name {wildcards.model} "
         "--tokenizer {input.tokenizer} --task {wildcards.task} --spec {params.spec:q} "

@@ -39,11 +39,14 @@ rule pretrain:
     conda:
         "../../envs/train.yaml"
     threads: 2
+    resources:
+        **launch_resources("pretrain"),
     params:
         cfg=cfg_json("pretrain"),
         seed=SEED,
         tokens_dir=lambda w, input: os.path.dirname(input.meta),
     shell:
+        "lmforge launch --nodes {resources.nodes} --processes {resources.processes} -- "
         "lmforge pretrain --init {input.init} --tokens-dir {params.tokens_dir} "
         "--cfg {params.cfg:q} --seed {params.seed} --out {output.checkpoint} "
         "--metrics {output.metrics} > {log} 2>&1"
@@ -66,6 +69,8 @@ rule grow:
     conda:
         "../../envs/train.yaml"
     threads: 2
+    resources:
+        **launch_resources("grow"),
     params:
         cfg=cfg_json("grow", "train"),
         seed=SEED + 1,
@@ -73,6 +78,7 @@ rule grow:
         factor=config["grow"]["factor"],
         tokens_dir=lambda w, input: os.path.dirname(input.meta),
     shell:
+        "lmforge launch --nodes {resources.nodes} --processes {resources.processes} -- "
         "lmforge grow --checkpoint {input.checkpoint} --tokens-dir {params.tokens_dir} "
         "--operator {params.operator} --factor {params.factor} --cfg {params.cfg:q} "
         "--seed {params.seed} --out {output.checkpoint} --metrics {output.metrics} > {log} 2>&1"
@@ -118,10 +124,13 @@ rule sft:
     conda:
         "../../envs/train.yaml"
     threads: 2
+    resources:
+        **launch_resources("sft"),
     params:
         cfg=cfg_json("sft", "train"),
         seed=SEED + 2,
     shell:
+        "lmforge launch --nodes {resources.nodes} --processes {resources.processes} -- "
         "lmforge sft --checkpoint {input.checkpoint} --data {input.data} "
         "--tokenizer {input.tokenizer} --cfg {params.cfg:q} --seed {params.seed} "
         "--out {output.checkpoint} --metrics {output.metrics} > {log} 2>&1"
