@@ -54,3 +54,21 @@ def make_docs(texts: list[str], urls: list[str] | None = None, source: str = "te
     urls = urls or [f"https://example.com/{i}" for i in range(len(texts))]
     return [{"id": f"d{i}", "text": t, "source": source, "added": None, "created": None,
              "metadata": {"url": u}} for i, (t, u) in enumerate(zip(texts, urls))]
+
+
+@pytest.fixture(scope="session")
+def repo(tmp_path_factory) -> Path:
+    """A copy of the workflow, so a test may touch its code files."""
+    from workflow_helpers import copy_repo
+
+    return copy_repo(tmp_path_factory.mktemp("repo"))
+
+
+@pytest.fixture(scope="session")
+def finished(repo, tmp_path_factory) -> Path:
+    """The whole tiny DAG, run once per session with the local executor (shortened training)."""
+    from workflow_helpers import snakemake
+
+    work = tmp_path_factory.mktemp("work")
+    snakemake(repo, work, "--configfile", str(repo / "fast.yaml"))
+    return work

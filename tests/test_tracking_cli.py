@@ -1,6 +1,9 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from lmforge import tracking
 from lmforge.cli import main
@@ -56,3 +59,62 @@ def test_absolute_sqlite_uri(tmp_path):
         f"sqlite:///{tmp_path}/x/m.db"
     assert tracking.absolute_sqlite_uri("http://host:5000", tmp_path) == "http://host:5000"
     assert json.dumps(tracking.config_hash({"a": 1})) != json.dumps(tracking.config_hash({"a": 2}))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def tracking_server(tmp_path):
+    """`mlflow server` on loopback, as a cluster's shared tracking service."""
+    import time
+    import urllib.request
+
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port",
+         str(port), "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+         "--artifacts-destination", str(tmp_path / "artifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    uri = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        server.kill()
+        pytest.fail("mlflow server did not start")
+    yield uri
+    server.terminate()
+    server.wait(timeout=30)
+
+
+@pytest.mark.workflow
+def test_a_tracking_server_uri_in_the_config_collects_the_jobs(repo, tracking_server, tmp_path):
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from workflow_helpers import snakemake
+
+    config = yaml.safe_load((repo / "fast.yaml").read_text())
+    config["mlflow"] = {"tracking_uri": tracking_server, "experiment": "on-a-server"}
+    (tmp_path / "server.yaml").write_text(yaml.safe_dump(config))
+    snakemake(repo, tmp_path, "results/tasks/cloze_mc.jsonl.gz", "--configfile",
+              str(tmp_path / "server.yaml"), "--forceall")
+    assert not (tmp_path / "results" / "mlflow.db").exists()  # nothing went to a local store
+    client = MlflowClient(tracking_server)
+    experiment = client.get_experiment_by_name("on-a-server")
+    runs = client.search_runs([experiment.experiment_id])
+    parent = [r for r in runs if "lmforge.job" not in r.data.tags]
+    child = [r for r in runs if r.data.tags.get("lmforge.job") == "make_tasks"]
+    assert len(parent) == 1 and len(child) == 1
+    assert child[0].data.tags["mlflow.parentRunId"] == parent[0].info.run_id
+    assert child[0].data.metrics["items.cloze_mc"] == 60
+    assert parent[0].info.status == "FINISHED" == child[0].info.status

@@ -2,65 +2,18 @@
 
 import hashlib
 import json
-import os
-import shutil
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from workflow_helpers import ROOT, snakemake
+
 pytestmark = pytest.mark.workflow
-DISTRIBUTED_ENV = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
 STAGES = ["make_tasks", "crawl_demo", "extract", "tag", "dedup", "mix", "funnel", "stats",
           "train_tokenizer", "tokenize", "init_model", "pretrain", "grow", "sft_data", "sft",
           "heldout_docs", "evaluate", "eval_summary", "loss_plot"]
-FAST = {"pretrain": {"steps": 80}, "grow": {"train": {"steps": 30}},
-        "sft": {"train": {"steps": 40}}, "evaluate": {"max_ppl_tokens": 6000}}
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = _merge(base[key], value) if isinstance(value, dict) else value
-    return out
-
-
-def snakemake(repo: Path, work: Path, *args: str, check: bool = True):
-    # A DeepSpeed test in this process may have described a one-rank world in os.environ;
-    # jobs must pick their own.
-    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
-    env["PATH"] = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
-    proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "-d", str(work),
-         "--cores", "2", *args], capture_output=True, text=True, env=env, timeout=1500)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n"
-                             f"{proc.stderr[-4000:]}")
-    return proc
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    """A copy of the workflow, so a test may touch its code files."""
-    copy = tmp_path_factory.mktemp("repo")
-    shutil.copy(ROOT / "Snakefile", copy)
-    for folder in ("workflow", "config", "src", "envs", "profiles"):
-        shutil.copytree(ROOT / folder, copy / folder,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    fast = _merge(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), FAST)
-    (copy / "fast.yaml").write_text(yaml.safe_dump(fast))
-    return copy
-
-
-@pytest.fixture(scope="module")
-def finished(repo, tmp_path_factory) -> Path:
-    work = tmp_path_factory.mktemp("work")
-    snakemake(repo, work, "--configfile", str(repo / "fast.yaml"))
-    return work
 
 
 def test_wrong_config_key_or_type_fails_before_any_job(repo, tmp_path):

@@ -218,12 +218,16 @@ def cmd_overlap(args) -> None:
 
 
 def cmd_plan(args) -> None:
-    """Memory per device and FLOPs per step of a training run; error if it cannot fit."""
+    """Memory per device and FLOPs of a training run, or of every training stage of a workflow
+    config (--configfile); error if it cannot fit."""
     from lmforge.hf import preset_config
     from lmforge.plan import GIB, check_fits, device_memory_bytes, estimate, markdown
 
-    if (args.preset is None) == (args.checkpoint is None):
-        raise ValueError("give exactly one of --preset or --checkpoint")
+    if args.configfile:
+        return _plan_workflow(args)
+    if (args.preset is None) == (args.checkpoint is None) or args.cfg is None:
+        raise ValueError("give --cfg and exactly one of --preset or --checkpoint, or "
+                         "--configfile")
     if args.preset:
         model_cfg = preset_config(args.preset)
     else:
@@ -237,6 +241,24 @@ def cmd_plan(args) -> None:
     memory = (args.device_memory_gib * GIB if args.device_memory_gib
               else device_memory_bytes("cuda" if _has_cuda() else "cpu"))
     check_fits(plan, int(memory))
+
+
+def _plan_workflow(args) -> None:
+    from lmforge.plan import GIB, check_fits, merged_config, workflow_markdown, workflow_plan
+
+    base = Path(__file__).resolve().parents[2] / "config" / "config.yaml"
+    config = merged_config(args.configfile, base)
+    rows = workflow_plan(config, args.mfu)
+    print(workflow_markdown(rows, args.mfu), end="")
+    for row in rows:
+        memory = args.device_memory_gib or row["gpu_memory_gib"]
+        if memory is None:  # a CPU job: the trainer checks the machine it runs on
+            continue
+        try:
+            check_fits(row, int(memory * GIB))
+        except InputError as err:
+            raise InputError(f"{row['stage']}: {err}") from None
+        print(f"{row['stage']}: fits a {memory:g} GiB GPU")
 
 
 def _has_cuda() -> bool:
@@ -508,7 +530,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("stats", cmd_stats, docs, out_dir, cfg, (["--tokenizer"], {}), (["--tasks-dir"], {}),
         (["--lang-attributes"], {"nargs": "*", "default": []}))
     add("export-hf", cmd_export_hf, (["--checkpoint"], req), out, (["--tokenizer"], {}))
-    add("plan", cmd_plan, (["--preset"], {}), (["--checkpoint"], {}), cfg,
+    add("plan", cmd_plan, (["--preset"], {}), (["--checkpoint"], {}),
+        (["--cfg"], {"type": _json}), (["--configfile"], {"nargs": "+"}),
+        (["--mfu"], {"type": float, "default": 0.4}),
         (["--world-size"], {"type": int, "default": 1}),
         (["--device-memory-gib"], {"type": float}))
     add("overlap", cmd_overlap, docs, (["--b"], {"nargs": "+", **req}), out_dir, cfg)

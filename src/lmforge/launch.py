@@ -82,7 +82,8 @@ def rendezvous_env(slurm: dict[str, str]) -> dict[str, str]:
             "NODE_RANK": slurm.get("SLURM_NODEID", "0")}
 
 
-def job_resources(nodes: int, processes_per_node: int, gpus_per_node: int) -> dict:
+def job_resources(nodes: int, processes_per_node: int, gpus_per_node: int,
+                  gpu_memory_gib: float | None = None) -> dict:
     """Snakemake resources of a training job, in the SLURM executor plugin's terms.
 
     More than one process makes it an `mpi` job: the plugin then submits the task geometry

@@ -115,3 +115,87 @@ def markdown(plan: dict) -> str:
              ("FLOPs per step", f"{plan['flops_per_step']:.3e}")]
     return "\n".join(["| per device | estimate |", "| --- | ---: |"]
                      + [f"| {k} | {v} |" for k, v in rows]) + "\n"
+
+
+# Training stages of the workflow: where their settings live and how their model is sized.
+STAGES = (("pretrain", ("pretrain",)), ("grow", ("grow", "train")), ("sft", ("sft", "train")))
+H100_BF16_FLOPS = 989e12
+
+
+def merged_config(paths: list[str | os.PathLike], base: str | os.PathLike) -> dict:
+    """The workflow's config as Snakemake sees it: the base file, then each --configfile
+    merged over it key by key, validated against the workflow's schema."""
+    import jsonschema
+    import yaml
+
+    def merge(into: dict, over: dict) -> dict:
+        for key, value in over.items():
+            into[key] = (merge(dict(into[key]), value)
+                         if isinstance(value, dict) and isinstance(into.get(key), dict)
+                         else value)
+        return into
+
+    config = yaml.safe_load(open(base))
+    for path in paths:
+        config = merge(config, yaml.safe_load(open(path)) or {})
+    schema = yaml.safe_load(open(os.path.join(os.path.dirname(base), "..", "workflow",
+                                              "schemas", "config.schema.yaml")))
+    try:
+        jsonschema.validate(config, schema)
+    except jsonschema.ValidationError as err:
+        where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+        raise InputError(f"config {where}: {err.message}") from None
+    return config
+
+
+def workflow_plan(config: dict, mfu: float = 0.4) -> list[dict]:
+    """Per training stage: processes, batch, tokens, FLOPs, memory per device and the time it
+    takes at `mfu` of the devices' peak (H100/H200 bf16 for GPU jobs unless peak_flops)."""
+    from lmforge.train import resolve_batch
+
+    rows = []
+    for stage, keys in STAGES:
+        train_cfg = config
+        for key in keys:
+            train_cfg = train_cfg[key]
+        launch = config["launch"][stage]
+        world = launch["nodes"] * launch["processes_per_node"]
+        cfg = resolve_batch(train_cfg, world)
+        layers = config["model"]["n_layers"] * (config["grow"]["factor"] if stage != "pretrain"
+                                                else 1)
+        model_cfg = ModelConfig(**{**config["model"], "n_layers": layers,
+                                   "vocab_size": config["tokenizer"]["vocab_size"]})
+        plan = estimate(model_cfg, cfg, world)
+        peak = cfg.get("peak_flops") or (H100_BF16_FLOPS if launch["gpus_per_node"] else None)
+        flops = plan["flops_per_step"] * cfg["steps"]
+        hours = flops / (world * peak * mfu) / 3600 if peak else None
+        rows.append({"stage": stage, "nodes": launch["nodes"], "processes": world,
+                     "gpus": launch["nodes"] * launch["gpus_per_node"], "steps": cfg["steps"],
+                     "gpu_memory_gib": launch.get("gpu_memory_gib", 80)
+                     if launch["gpus_per_node"] else None,
+                     "grad_accum": cfg["grad_accum"],
+                     "tokens": plan["tokens_per_step"] * cfg["steps"], "flops": flops,
+                     "hours": hours,
+                     "gpu_hours": hours * launch["nodes"] * launch["gpus_per_node"]
+                     if hours else None, **plan})
+    return rows
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M"
+
+
+def workflow_markdown(rows: list[dict], mfu: float) -> str:
+    def number(value, fmt):
+        return "–" if value is None else format(value, fmt)
+
+    lines = ["| stage | params | nodes × procs | GPUs | steps | accum | tokens | FLOPs | "
+             f"hours at {mfu:.0%} MFU | GPU-hours | GiB per device |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(
+            f"| {r['stage']} | {_count(r['parameters'])} | {r['nodes']} × "
+            f"{r['processes'] // r['nodes']} | {r['gpus']} | {r['steps']:,} | {r['grad_accum']} "
+            f"| {r['tokens']:.3e} | {r['flops']:.3e} | {number(r['hours'], ',.1f')} | "
+            f"{number(r['gpu_hours'], ',.0f')} | {r['total_gib']:.1f} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,129 @@
+"""The workflow through `--profile profiles/slurm` on a real single-node SLURM cluster.
+
+The cluster (slurmctld, slurmd, slurmdbd + MariaDB for sacct, munge) is installed from Debian's
+packages and started by tests/slurm/localhost_cluster.sh, and stopped after the module. It needs
+root, as in CI; elsewhere the module is skipped, unless LMFORGE_REQUIRE_SLURM=1 (set by .ci/run)
+makes that a failure.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from workflow_helpers import ROOT, snakemake
+
+CLUSTER = ROOT / "tests" / "slurm" / "localhost_cluster.sh"
+pytestmark = [pytest.mark.workflow, pytest.mark.slurm]
+
+# Per-shard jobs (extract, tag) and one global one (exact dedup reads every shard).
+DATA_TARGETS = [f"results/attributes/{attribute}/demo/shard-000{i}.jsonl.gz"
+                for attribute in ("lang", "gopher") for i in (0, 1)]
+DATA_TARGETS.append("results/attributes/dedup_exact/demo/shard-0000.jsonl.gz")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if os.geteuid() != 0:
+        if os.environ.get("LMFORGE_REQUIRE_SLURM") == "1":
+            pytest.fail("LMFORGE_REQUIRE_SLURM=1 but a SLURM cluster needs root to start")
+        pytest.skip("starting a SLURM cluster on localhost needs root")
+    state = tmp_path_factory.mktemp("slurm")
+    start = subprocess.run(["timeout", "-k", "5", "300", "bash", str(CLUSTER), "start",
+                            str(state)], capture_output=True, text=True)
+    assert start.returncode == 0, f"cluster did not start:\n{start.stdout}\n{start.stderr}"
+    yield state
+    subprocess.run(["timeout", "-k", "5", "60", "bash", str(CLUSTER), "stop", str(state)],
+                   capture_output=True)
+
+
+def _config(repo: Path, tmp_path: Path, processes: int) -> Path:
+    """The session's shortened config, training on `processes` processes."""
+    config = yaml.safe_load((repo / "fast.yaml").read_text())
+    config["launch"]["pretrain"]["processes_per_node"] = processes
+    # The same global batch (16 instances per step) on any number of processes.
+    config["pretrain"]["micro_batch_size"] = config["pretrain"]["global_batch_size"] // processes
+    path = tmp_path / f"slurm-{processes}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def through_slurm(repo: Path, work: Path, config: Path, *targets: str) -> str:
+    """`snakemake --profile profiles/slurm`, checking job states every 2 s (not 20)."""
+    proc = snakemake(repo, work, *targets, "--configfile", str(config), "--profile",
+                     str(repo / "profiles" / "slurm"), "--jobs", "4",
+                     "--slurm-init-seconds-before-status-checks", "2")
+    return proc.stdout + proc.stderr
+
+
+def _digests(work: Path, targets: list[str]) -> dict[str, str]:
+    return {t: hashlib.sha256((work / t).read_bytes()).hexdigest() for t in targets}
+
+
+def _losses(metrics: Path) -> list[float]:
+    lines = metrics.read_text().splitlines()
+    column = lines[0].split(",").index("loss")
+    return [float(line.split(",")[column]) for line in lines[1:]]
+
+
+def _runs(work: Path) -> list[tuple[str, str, str | None]]:
+    """(run id, job tag, parent run id) of every run in the workflow's MLflow store."""
+    with sqlite3.connect(work / "results" / "mlflow.db") as db:
+        rows = db.execute("SELECT run_uuid FROM runs").fetchall()
+        tags = db.execute("SELECT run_uuid, key, value FROM tags").fetchall()
+    by_run = {run: {} for (run,) in rows}
+    for run, key, value in tags:
+        by_run[run][key] = value
+    return [(run, t.get("lmforge.job", ""), t.get("mlflow.parentRunId")) for run, t in
+            by_run.items()]
+
+
+def test_data_stages_through_slurm_equal_the_local_run(cluster, repo, finished, tmp_path):
+    work = tmp_path / "work"
+    log = through_slurm(repo, work, _config(repo, tmp_path, 1), *DATA_TARGETS)
+    assert "submitted with SLURM jobid" in log
+    assert _digests(work, DATA_TARGETS) == _digests(finished, DATA_TARGETS)
+    # Accounting saw every job finish (the executor's sacct checks depend on it).
+    sacct = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "State", "-S", "now-1hour"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert sacct and set(sacct) <= {"COMPLETED", "FAILED", "CANCELLED"}
+    # MLflow: every job, run on a SLURM node, joined this invocation's parent run.
+    runs = _runs(work)
+    parents = [run for run, job, parent in runs if not job]
+    children = [(job, parent) for run, job, parent in runs if job]
+    assert len(parents) == 1
+    jobs = {job.split("/")[0] for job, _ in children}
+    assert jobs == {"make_tasks", "crawl_demo", "extract", "tag", "dedup"}
+    assert len(children) == 9
+    assert all(parent == parents[0] for _, parent in children)
+
+
+def test_two_process_deepspeed_through_srun_matches_one_process(cluster, repo, finished,
+                                                               tmp_path):
+    """The local run's pretraining again, as 2 gloo processes that srun starts on SLURM."""
+    work = tmp_path / "work"
+    shutil.copytree(finished, work, symlinks=True)  # copy2 keeps the times Snakemake compares
+    one_process = _losses(finished / "results/train/pretrain/metrics.csv")
+    for stale in ("results/checkpoints/pretrain", "results/train/pretrain"):
+        shutil.rmtree(work / stale)
+    log = through_slurm(repo, work, _config(repo, tmp_path, 2), "results/checkpoints/pretrain")
+    # Only the training job ran: the data it reads was already there.
+    assert log.count("submitted with SLURM jobid") == 1
+    train_log = (work / "results/logs/pretrain.log").read_text()
+    assert "srun --kill-on-bad-exit=1" in train_log
+    assert "(rank 0 of 2" in train_log and "(rank 1 of 2" in train_log
+    two_processes = _losses(work / "results/train/pretrain/metrics.csv")
+    assert len(two_processes) == len(one_process) == 8
+    assert two_processes == pytest.approx(one_process, rel=1e-5)
+    state = json.loads((work / "results/checkpoints/pretrain/trainer_state.json").read_text())
+    # The same global batch of 16: 2 processes × 8 instances (1 × 16 before).
+    assert state["world_size"] == 2 and state["config"]["grad_accum"] == 1
+    # One MLflow run for the two ranks.
+    pretrain_runs = [run for run, job, _ in _runs(work) if job == "pretrain"]
+    assert len(pretrain_runs) == 2  # the local one-process run and this one

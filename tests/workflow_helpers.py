@@ -1,0 +1,48 @@
+"""Running the workflow from tests: a copy of the repository, the shortened tiny config."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DISTRIBUTED_ENV = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
+FAST = {"pretrain": {"steps": 80}, "grow": {"train": {"steps": 30}},
+        "sft": {"train": {"steps": 40}}, "evaluate": {"max_ppl_tokens": 6000}}
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = merge(base[key], value) if isinstance(value, dict) else value
+    return out
+
+
+def snakemake(repo: Path, work: Path, *args: str, check: bool = True):
+    """`snakemake` on the copy's Snakefile in `work`; give targets before options that take
+    several values (--configfile)."""
+    # A DeepSpeed test in this process may have described a one-rank world in os.environ;
+    # jobs must pick their own.
+    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
+    env["PATH"] = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "-d", str(work),
+         "--cores", "2", *args], capture_output=True, text=True, env=env, timeout=1500)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n"
+                             f"{proc.stderr[-4000:]}")
+    return proc
+
+
+def copy_repo(destination: Path) -> Path:
+    """The workflow's files and the shortened config (fast.yaml) under `destination`."""
+    shutil.copy(ROOT / "Snakefile", destination)
+    for folder in ("workflow", "config", "src", "envs", "profiles"):
+        shutil.copytree(ROOT / folder, destination / folder,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    fast = merge(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), FAST)
+    (destination / "fast.yaml").write_text(yaml.safe_dump(fast))
+    return destination
