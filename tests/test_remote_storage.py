@@ -1,7 +1,8 @@
 """Remote inputs and outputs through Snakemake's storage plugins, against loopback servers.
 
 A WARC file is served over HTTP (Python's http.server) and read by the workflow as a Common
-Crawl URL would be; results go to an S3 bucket on moto's S3-compatible server. The documents
+Crawl URL would be, another is read from an S3 bucket on moto's S3-compatible server, and the
+results go to that bucket. The documents
 extracted that way must equal those of a local run.
 """
 
@@ -10,7 +11,6 @@ import gzip
 import hashlib
 import http.server
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -96,6 +96,7 @@ def _warc_config(paths: list[str]) -> dict:
 
 
 TARGET = "results/documents/cc/shard-0000.jsonl.gz"
+TARGET_S3 = "results/documents/cc/shard-0001.jsonl.gz"
 REPORT = "results/documents/cc/shard-0000.extract.json"
 
 
@@ -103,24 +104,28 @@ def test_warc_over_http_and_results_on_s3_equal_a_local_run(demo_crawl, warc_sit
                                                             tmp_path):
     endpoint, client = s3_endpoint
     url = f"{warc_site}/shard-0000.warc.gz"
-    log = _snakemake(tmp_path / "remote", _warc_config([url]), TARGET,
+    # A second WARC file from the bucket itself (shards follow the sorted inputs: http, s3).
+    client.upload_file(str(demo_crawl / "crawl" / "shard-0001.warc.gz"), BUCKET,
+                       "crawl/shard-0001.warc.gz")
+    s3_url = f"s3://{BUCKET}/crawl/shard-0001.warc.gz"
+    log = _snakemake(tmp_path / "remote", _warc_config([url, s3_url]), TARGET, TARGET_S3,
                      "--default-storage-provider", "s3",
                      "--default-storage-prefix", f"s3://{BUCKET}/run",
                      "--storage-s3-endpoint-url", endpoint,
                      "--storage-s3-access-key", "test", "--storage-s3-secret-key", "test")
     assert f"Retrieving from storage: {url}" in log
+    assert f"Retrieving from storage: {s3_url}" in log
     stored = client.get_object(Bucket=BUCKET, Key=f"run/{TARGET}")["Body"].read()
+    stored_s3 = client.get_object(Bucket=BUCKET, Key=f"run/{TARGET_S3}")["Body"].read()
     report = client.get_object(Bucket=BUCKET, Key=f"run/{REPORT}")
     assert b'"documents"' in report["Body"].read()
 
-    local_copy = tmp_path / "local-warcs"
-    local_copy.mkdir()
-    shutil.copy(demo_crawl / "crawl" / "shard-0000.warc.gz", local_copy)
-    _snakemake(tmp_path / "local", _warc_config([str(local_copy / "shard-0000.warc.gz")]),
-               TARGET)
-    local = (tmp_path / "local" / TARGET).read_bytes()
-    assert hashlib.sha256(stored).hexdigest() == hashlib.sha256(local).hexdigest()
-    assert len(gzip.decompress(local).splitlines()) > 10
+    _snakemake(tmp_path / "local", _warc_config([str(demo_crawl / "crawl" / "*.warc.gz")]),
+               TARGET, TARGET_S3)
+    for remote, target in ((stored, TARGET), (stored_s3, TARGET_S3)):
+        local = (tmp_path / "local" / target).read_bytes()
+        assert hashlib.sha256(remote).hexdigest() == hashlib.sha256(local).hexdigest()
+        assert len(gzip.decompress(local).splitlines()) > 10
 
 
 def test_a_missing_remote_warc_is_a_clear_error(warc_site, tmp_path):
