@@ -2,7 +2,6 @@ import pytest
 import torch
 
 from lmforge.checkpoint import load_model, save_model
-from lmforge.grow import grow_depth
 from lmforge.model import ModelConfig, Olmo2, causal_lm_loss, cross_entropy_and_z_loss
 
 CFG = ModelConfig(vocab_size=97, d_model=32, n_layers=2, n_heads=4, mlp_hidden=64, max_seq_len=16)
@@ -27,22 +26,6 @@ def test_checkpoint_round_trip(tmp_path):
     ids = torch.randint(0, 97, (1, 10))
     with torch.no_grad():
         assert torch.equal(model(ids), loaded(ids))
-
-
-def test_depth_growth_preserves_the_function_and_then_learns():
-    torch.manual_seed(0)
-    small = Olmo2(CFG).eval()
-    grown = grow_depth(small, 2).eval()
-    assert grown.cfg.n_layers == 4 and len(grown.model.layers) == 4
-    ids = torch.randint(0, 97, (2, 16))
-    with torch.no_grad():
-        assert torch.allclose(small(ids), grown(ids), atol=1e-6)
-    loss = causal_lm_loss(grown(ids[:, :-1]), ids[:, 1:])
-    loss.backward()
-    twin = grown.model.layers[1]
-    assert twin.post_attention_layernorm.weight.grad.abs().sum() > 0  # the copy will move
-    with pytest.raises(ValueError):
-        grow_depth(small, 1)
 
 
 def test_fused_cross_entropy_and_z_loss_match_the_separate_computations():

@@ -357,11 +357,11 @@ def cmd_grow(args) -> None:
     import torch
 
     from lmforge.checkpoint import load_model
-    from lmforge.grow import OPERATORS
+    from lmforge.grow import OPERATORS, TrainingState
     from lmforge.model import causal_lm_loss
 
     small = load_model(args.checkpoint)
-    grown = OPERATORS[args.operator](small, args.factor)
+    grown = OPERATORS[args.operator](TrainingState(small), args.factor).model
     batches = _token_batches(args.tokens_dir, grown, args.cfg, args.seed)
     probe_inputs, probe_labels = batches(0, 0)
     with torch.no_grad():

@@ -1,41 +1,182 @@
-"""Model growth operators for staged training (arXiv 2203.06211).
+"""Growth operators on the whole training state, for staged training (Shen et al. 2022,
+arXiv 2203.06211): model weights, AdamW moments and per-tensor learning-rate scales.
 
-Depth growth: each layer is followed by `factor - 1` copies of itself whose two output norms
-are set to zero. In an OLMo 2 block the norms sit inside the residual branch
-(`h = x + norm(attn(x))`), so a zeroed copy is exactly the identity: the grown model computes
-the same function (loss-preserving), and the copies start learning as soon as their norm
-weights move away from zero.
+Width (×k): hidden size, heads and MLP width grow k-fold; every activation of the small model
+appears k times side by side (heads keep their size, so there are k× as many). A matrix reading
+a duplicated activation holds k×k tiles of W/k, a matrix reading one and writing one that is
+not duplicated (the output head, the MoE router) k tiles of W/k, embeddings and norm weights
+are repeated. RMSNorm of a k-fold repeated vector equals the repeated RMSNorm (the mean square
+is the same), and so does OLMo 2's full-width QK-norm: the grown model computes the same
+function (loss-preserving).
+
+Training dynamics: by symmetry each copy of a duplicated activation gets 1/k of its gradient,
+so a tensor whose output is duplicated has gradients scaled by α = 1/k (the head and the router:
+α = 1). Its AdamW moments are mapped as m·α and v·α² (the paper's m/2, v/4 for k = 2), which
+keeps Adam's normalised step per element. A tensor stored at scale c (1/k for the tiled W/k)
+then needs the learning rate ×c and the weight decay ×1/c for its change to stay the mapped
+change of the small model (μP's 1/fan-in rule for Adam), so one optimizer step on the grown
+model equals the grown image of one step on the small model. Gradient clipping is the one
+part not preserved (the embedding's share of the global norm changes).
+
+Depth (×k): each layer is followed by k−1 copies of itself that are the identity at first. In
+an OLMo 2 block the norms sit on the residual branches (`h = x + norm(attn(x))`), so zeroing a
+copy's two output norms does it; in an OLMoE block (pre-norm) zeroing its attention output
+projection and its experts' down projections does. The copies take their source layer's
+moments (the zeroed tensors keep only its second moment, so their first steps have the source's
+scale). New layers start learning at once, so depth growth preserves the loss but changes the
+first step's function change by the new layers' updates.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from lmforge.model import ModelConfig, Olmo2
+from lmforge.hf import build
+from lmforge.model import Olmo2
+from lmforge.olmoe import Olmoe
+
+Moments = dict[str, dict[str, torch.Tensor]]  # parameter name → {"exp_avg", "exp_avg_sq"}
 
 
-def grow_depth(model: Olmo2, factor: int) -> Olmo2:
-    if factor < 2:
-        raise ValueError(f"growth factor must be at least 2, got {factor}")
-    cfg = ModelConfig(**{**model.cfg.to_dict(), "n_layers": model.cfg.n_layers * factor})
-    grown = Olmo2(cfg)
-    layers = []
-    for layer in model.model.layers:
-        layers.append(copy.deepcopy(layer))
-        for _ in range(factor - 1):
+@dataclass
+class TrainingState:
+    """What a growth operator maps: the model, AdamW's moments by parameter name, the
+    optimizer step they were accumulated over, and learning-rate scales per parameter (weight
+    decay takes the inverse)."""
+
+    model: Olmo2 | Olmoe
+    moments: Moments = field(default_factory=dict)
+    step: int = 0
+    lr_scale: dict[str, float] = field(default_factory=dict)
+
+
+def _width_kind(name: str) -> str:
+    """How a parameter maps under width growth (see the module docstring)."""
+    if name.endswith("norm.weight") or name == "model.embed_tokens.weight":
+        return "repeat"  # output duplicated, not read from a duplicated input
+    if name == "lm_head.weight" or name.endswith("mlp.gate.weight"):
+        return "read"  # reads a duplicated input, writes a non-duplicated output
+    return "tile"  # reads and writes duplicated activations
+
+
+def _widen(tensor: torch.Tensor, kind: str, k: int, scale: float) -> torch.Tensor:
+    if kind == "repeat":
+        return tensor.repeat(k) * scale if tensor.dim() == 1 else tensor.repeat(1, k) * scale
+    if kind == "read":
+        return tensor.repeat(1, k) * scale
+    return tensor.repeat(k, k) * scale
+
+
+def grow_width(state: TrainingState, k: int) -> TrainingState:
+    if k < 2:
+        raise ValueError(f"growth factor must be at least 2, got {k}")
+    cfg = state.model.cfg
+    wide_cfg = type(cfg)(**{**cfg.to_dict(), "d_model": cfg.d_model * k,
+                            "n_heads": cfg.n_heads * k, "mlp_hidden": cfg.mlp_hidden * k})
+    grown = build(wide_cfg)
+    weights, moments, lr_scale = {}, {}, {}
+    for name, param in state.model.state_dict().items():
+        kind = _width_kind(name)
+        stored = 1.0 if kind == "repeat" else 1.0 / k  # c: the scale the grown tensor holds
+        gradient = 1.0 if kind == "read" else 1.0 / k  # α: the scale of its gradients
+        weights[name] = _widen(param, kind, k, stored)
+        lr_scale[name] = state.lr_scale.get(name, 1.0) * stored
+        if name in state.moments:
+            moments[name] = {
+                "exp_avg": _widen(state.moments[name]["exp_avg"], kind, k, gradient),
+                "exp_avg_sq": _widen(state.moments[name]["exp_avg_sq"], kind, k,
+                                     gradient**2)}
+    grown.load_state_dict(weights)
+    return TrainingState(grown, moments, state.step, lr_scale)
+
+
+def _identity_tensors(block: nn.Module) -> list[nn.Parameter]:
+    """The parameters whose zeroing makes a block the identity."""
+    if hasattr(block, "post_feedforward_layernorm"):  # OLMo 2: norms on the residual branches
+        return [block.post_attention_layernorm.weight, block.post_feedforward_layernorm.weight]
+    return [block.self_attn.o_proj.weight] + [expert.down_proj.weight
+                                              for expert in block.mlp.experts]
+
+
+def grow_depth(state: TrainingState, k: int) -> TrainingState:
+    if k < 2:
+        raise ValueError(f"growth factor must be at least 2, got {k}")
+    cfg = state.model.cfg
+    grown = build(type(cfg)(**{**cfg.to_dict(), "n_layers": cfg.n_layers * k}))
+    layers, moments, lr_scale = [], {}, {}
+    for index, layer in enumerate(state.model.model.layers):
+        for copy_index in range(k):
             twin = copy.deepcopy(layer)
-            with torch.no_grad():
-                twin.post_attention_layernorm.weight.zero_()
-                twin.post_feedforward_layernorm.weight.zero_()
+            zeroed = set()
+            if copy_index:
+                with torch.no_grad():
+                    for param in _identity_tensors(twin):
+                        param.zero_()
+                        zeroed.add(id(param))
+            new_index = index * k + copy_index
+            for local, param in twin.named_parameters():
+                old, new = f"model.layers.{index}.{local}", f"model.layers.{new_index}.{local}"
+                lr_scale[new] = state.lr_scale.get(old, 1.0)
+                if old in state.moments:
+                    source = state.moments[old]
+                    moments[new] = {
+                        "exp_avg": torch.zeros_like(source["exp_avg"]) if id(param) in zeroed
+                        else source["exp_avg"].clone(),
+                        "exp_avg_sq": source["exp_avg_sq"].clone()}
             layers.append(twin)
     grown.model.layers = nn.ModuleList(layers)
-    grown.model.embed_tokens.load_state_dict(model.model.embed_tokens.state_dict())
-    grown.model.norm.load_state_dict(model.model.norm.state_dict())
-    grown.lm_head.load_state_dict(model.lm_head.state_dict())
-    return grown
+    for name, module in (("model.embed_tokens", grown.model.embed_tokens),
+                         ("model.norm", grown.model.norm), ("lm_head", grown.lm_head)):
+        source = state.model.get_submodule(name)
+        module.load_state_dict(source.state_dict())
+        key = f"{name}.weight"
+        lr_scale[key] = state.lr_scale.get(key, 1.0)
+        if key in state.moments:
+            moments[key] = {m: t.clone() for m, t in state.moments[key].items()}
+    return TrainingState(grown, moments, state.step, lr_scale)
 
 
-OPERATORS = {"depth": grow_depth}
+OPERATORS = {"depth": grow_depth, "width": grow_width}
+
+
+def optimizer_moments(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Moments, int]:
+    """A torch AdamW's moments by parameter name, and its step."""
+    moments, step = {}, 0
+    for name, param in model.named_parameters():
+        state = optimizer.state.get(param)
+        if state:
+            moments[name] = {"exp_avg": state["exp_avg"].detach().clone(),
+                             "exp_avg_sq": state["exp_avg_sq"].detach().clone()}
+            step = int(state["step"])
+    return moments, step
+
+
+def scaled_param_groups(model: nn.Module, lr: float, weight_decay: float,
+                        lr_scale: dict[str, float], no_decay: set[str]) -> list[dict]:
+    """One AdamW group per distinct scale: lr × scale, weight decay ÷ scale (so their product,
+    the decoupled decay per step, stays the small model's)."""
+    groups: dict[tuple[float, bool], dict] = {}
+    for name, param in model.named_parameters():
+        scale = lr_scale.get(name, 1.0)
+        decays = name not in no_decay
+        group = groups.setdefault((scale, decays), {
+            "params": [], "names": [], "lr": lr * scale,
+            "weight_decay": weight_decay / scale if decays else 0.0})
+        group["params"].append(param)
+        group["names"].append(name)
+    return list(groups.values())
+
+
+def load_moments(model: nn.Module, optimizer: torch.optim.Optimizer, moments: Moments,
+                 step: int) -> None:
+    """Put mapped moments into a torch AdamW before its first step."""
+    for name, param in model.named_parameters():
+        if name in moments:
+            optimizer.state[param] = {
+                "step": torch.tensor(float(step)),
+                "exp_avg": moments[name]["exp_avg"].clone(),
+                "exp_avg_sq": moments[name]["exp_avg_sq"].clone()}
