@@ -268,3 +268,49 @@ def test_resuming_refuses_another_config_or_global_batch(tmp_path):
         _resume_point(tmp_path / "run", cfg, 1)
     with pytest.raises(ValueError, match=r"\(lr differ\)"):
         _resume_point(tmp_path / "run", {**cfg, "lr": 1e-3}, 2)
+
+
+@pytest.mark.parametrize("zero_stage", [0, 1])
+def test_a_grown_training_state_steps_in_the_engine_as_in_torch(tmp_path, one_rank_world,
+                                                                zero_stage):
+    """Moments saved by a run, grown in width, injected into a new engine: its first step
+    equals a torch AdamW's from the same grown state (lr scales and moments included)."""
+    import copy
+
+    import torch
+
+    from lmforge.checkpoint import load_moments
+    from lmforge.grow import TrainingState, grow_width
+    from lmforge.grow import load_moments as put_moments
+    from lmforge.model import causal_lm_loss
+
+    cfg = {**TRAIN, "steps": 3, "grad_accum": 1, "zero_stage": zero_stage, "warmup_steps": 0,
+           "grad_clip": 1e6, "log_every": 1, "save_moments": True}
+    torch.manual_seed(0)
+    model = Olmo2(ModelConfig(vocab_size=17, d_model=16, n_layers=2, n_heads=2, mlp_hidden=24,
+                              max_seq_len=16))
+    tokens = (np.arange(3200) * 7 % 17).astype(np.uint16)
+    train(model, instance_batches(tokens, 16, cfg, seed=1), cfg, 1, tmp_path / "small",
+          tmp_path / "small.csv")
+    moments, step = load_moments(tmp_path / "small")
+    assert step == 3 and set(moments) == {n for n, _ in model.named_parameters()}
+    state = grow_width(TrainingState(load_model(tmp_path / "small"), moments, step), 2)
+
+    one = {**cfg, "steps": 1, "save_moments": False}
+    batch = instance_batches(tokens, 16, one, seed=5)(0, 0)
+    reference = copy.deepcopy(state.model)
+    optimizer = torch.optim.AdamW(param_groups(reference, one["weight_decay"], lr=one["lr"],
+                                               lr_scale=state.lr_scale),
+                                  lr=one["lr"], betas=(0.9, 0.95), eps=1e-8)
+    put_moments(reference, optimizer, state.moments, state.step)
+    causal_lm_loss(reference(batch[0]), batch[1]).backward()
+    optimizer.step()
+    train(state.model, lambda s, m: batch, one, 1, tmp_path / "grown", tmp_path / "grown.csv",
+          start=state)
+    grown = load_model(tmp_path / "grown")
+    moved = max((a - b).abs().max().item() for a, b in
+                zip(reference.parameters(), grow_width(TrainingState(
+                    load_model(tmp_path / "small")), 2).model.parameters()))
+    diff = max((a - b).abs().max().item() for a, b in
+               zip(reference.parameters(), grown.parameters()))
+    assert moved > 1e-4 and diff < 1e-6 * max(1.0, moved)

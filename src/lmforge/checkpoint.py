@@ -26,6 +26,33 @@ def save_model(model: Olmo2 | Olmoe, directory: str | Path) -> None:
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
 
 
+MOMENTS_FILE = "optimizer_moments.safetensors"
+
+
+def save_moments(moments: dict, step: int, directory: str | Path) -> None:
+    """AdamW's moments by parameter name, and the step they were accumulated over, in a file
+    any framework reads (the DeepSpeed state beside it holds them per ZeRO partition)."""
+    tensors = {f"{key}/{name}": value.contiguous() for name, state in moments.items()
+               for key, value in state.items()}
+    save_file(tensors, str(Path(directory) / MOMENTS_FILE), metadata={"step": str(step)})
+
+
+def load_moments(directory: str | Path) -> tuple[dict, int]:
+    from safetensors import safe_open
+
+    path = Path(directory) / MOMENTS_FILE
+    if not path.is_file():
+        raise InputError(f"{directory}: no optimizer moments ({MOMENTS_FILE}); train the stage "
+                         "with save_moments: true to grow from it")
+    moments: dict[str, dict] = {}
+    with safe_open(str(path), "pt") as f:
+        step = int(f.metadata()["step"])
+        for key in f.keys():
+            kind, name = key.split("/", 1)
+            moments.setdefault(name, {})[kind] = f.get_tensor(key)
+    return moments, step
+
+
 def load_model(directory: str | Path) -> Olmo2 | Olmoe:
     from lmforge.hf import build, import_hf
 
@@ -44,9 +71,14 @@ def load_model(directory: str | Path) -> Olmo2 | Olmoe:
     return model
 
 
-def init_model(cfg: dict, vocab_size: int, seed: int, n_layers: int | None = None) -> Olmo2:
+def init_model(cfg: dict, vocab_size: int, seed: int, n_layers: int | None = None,
+               width_factor: int = 1) -> Olmo2:
+    """A fresh model; `n_layers` / `width_factor` size it as a grown model (the from-scratch
+    baseline of staged training)."""
     torch.manual_seed(seed)
-    model_cfg = ModelConfig(vocab_size=vocab_size, **cfg)
+    model_cfg = ModelConfig(vocab_size=vocab_size, **{
+        **cfg, "d_model": cfg["d_model"] * width_factor, "n_heads": cfg["n_heads"] * width_factor,
+        "mlp_hidden": cfg["mlp_hidden"] * width_factor})
     if n_layers is not None:
         model_cfg.n_layers = n_layers
     return Olmo2(model_cfg)

@@ -310,25 +310,28 @@ def cmd_init_model(args) -> None:
 
     vocab = read_json(args.tokens_meta)["vocab_size"]
     layers = args.cfg["n_layers"] * args.layers_factor
-    params = {**args.cfg, "n_layers": layers, "seed": args.seed}
+    params = {**args.cfg, "n_layers": layers, "width_factor": args.width_factor, "seed": args.seed}
     with _job(f"init/{Path(args.out).name}", params) as run:
-        model = init_model(args.cfg, vocab, args.seed, n_layers=layers)
+        model = init_model(args.cfg, vocab, args.seed, n_layers=layers,
+                           width_factor=args.width_factor)
         with atomic_dir(args.out) as tmp:
             save_model(model, tmp)
         run.log_metrics({"params": model.num_params(non_embedding=False),
                          "non_embedding_params": model.num_params()})
 
 
-def _train_job(name: str, model, batches, args, extra_params: dict, extra_metrics: dict):
+def _train_job(name: str, model, batches, args, extra_params: dict, extra_metrics: dict,
+               start=None):
     from lmforge.train import train
 
     if int(os.environ.get("RANK", 0)) != 0:
         # One MLflow run per job: rank 0 logs what the ranks reduce together.
-        train(model, batches, args.cfg, args.seed, args.out, args.metrics)
+        train(model, batches, args.cfg, args.seed, args.out, args.metrics, start=start)
         return
     with _job(name, {**args.cfg, **extra_params, "seed": args.seed}) as run:
         run.log_metrics({"params": model.num_params(non_embedding=False), **extra_metrics})
-        summary = train(model, batches, args.cfg, args.seed, args.out, args.metrics, tracker=run)
+        summary = train(model, batches, args.cfg, args.seed, args.out, args.metrics, tracker=run,
+                        start=start)
         run.log_metrics({f"summary.{k}": v for k, v in summary.items()})
         run.log_artifact(args.metrics)
 
@@ -356,12 +359,14 @@ def cmd_pretrain(args) -> None:
 def cmd_grow(args) -> None:
     import torch
 
-    from lmforge.checkpoint import load_model
+    from lmforge.checkpoint import load_model, load_moments
     from lmforge.grow import OPERATORS, TrainingState
     from lmforge.model import causal_lm_loss
 
     small = load_model(args.checkpoint)
-    grown = OPERATORS[args.operator](TrainingState(small), args.factor).model
+    moments, step = load_moments(args.checkpoint)
+    state = OPERATORS[args.operator](TrainingState(small, moments, step), args.factor)
+    grown = state.model
     batches = _token_batches(args.tokens_dir, grown, args.cfg, args.seed)
     probe_inputs, probe_labels = batches(0, 0)
     with torch.no_grad():
@@ -372,7 +377,7 @@ def cmd_grow(args) -> None:
         raise RuntimeError(f"growth changed the loss: {before:.6f} -> {after:.6f}")
     _train_job("grow", grown, batches, args,
                {"operator": args.operator, "factor": args.factor, "from": args.checkpoint},
-               {"grow.loss_before": before, "grow.loss_after": after})
+               {"grow.loss_before": before, "grow.loss_after": after}, start=state)
 
 
 def cmd_sft_data(args) -> None:
@@ -545,10 +550,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("tokenize", cmd_tokenize, docs, (["--tokenizer"], req), out_dir, seed,
         (["--valid-fraction"], {"type": float, **req}))
     add("init-model", cmd_init_model, cfg, seed, out, (["--tokens-meta"], req),
-        (["--layers-factor"], {"type": int, "default": 1}))
+        (["--layers-factor"], {"type": int, "default": 1}),
+        (["--width-factor"], {"type": int, "default": 1}))
     add("pretrain", cmd_pretrain, (["--init"], req), tokens_dir, cfg, seed, out, metrics)
     add("grow", cmd_grow, (["--checkpoint"], req), tokens_dir, cfg, seed, out, metrics,
-        (["--operator"], req), (["--factor"], {"type": int, **req}))
+        (["--operator"], {"choices": ["depth", "width"], **req}),
+        (["--factor"], {"type": int, **req}))
     add("sft-data", cmd_sft_data, (["--mixes"], {"nargs": "+", **req}), out, cfg,
         (["--tasks-cfg"], {"type": _json, **req}), seed,
         (["--valid-fraction"], {"type": float, **req}))

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmforge.checkpoint import save_model
+from lmforge.checkpoint import save_model, save_moments
 from lmforge.model import Olmo2, cross_entropy_and_z_loss
 from lmforge.olmoe import Olmoe
 from lmforge.storage import atomic_dir, atomic_path, write_json
@@ -58,9 +58,19 @@ def lr_lambda(step: int, cfg: dict) -> float:
 
 
 def param_groups(model: Olmo2 | Olmoe, weight_decay: float, decay_embeddings: bool = False,
-                 decay_norms: bool = True) -> list[dict]:
+                 decay_norms: bool = True, lr: float | None = None,
+                 lr_scale: dict[str, float] | None = None) -> list[dict]:
     """Weight decay on every weight except the embeddings (`decay_embeddings`), norms included
-    (`decay_norms`): OLMo 2's `decay_embeddings: false`, `decay_norm_and_bias: true`."""
+    (`decay_norms`): OLMo 2's `decay_embeddings: false`, `decay_norm_and_bias: true`. A grown
+    model's `lr_scale` (lmforge.grow) splits the groups further: lr × scale, decay ÷ scale."""
+    if lr_scale:
+        from lmforge.grow import scaled_param_groups
+
+        exempt = {name for name, param in model.named_parameters()
+                  if (param.ndim < 2 and not decay_norms)
+                  or ("embed_tokens" in name and not decay_embeddings)}
+        groups = scaled_param_groups(model, lr, weight_decay, lr_scale, exempt)
+        return [{k: v for k, v in g.items() if k != "names"} for g in groups]
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         exempt = ((param.ndim < 2 and not decay_norms)
@@ -68,6 +78,63 @@ def param_groups(model: Olmo2 | Olmoe, weight_decay: float, decay_embeddings: bo
         (no_decay if exempt else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0}]
+
+
+MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+def full_moments(engine) -> dict[str, dict[str, torch.Tensor]]:
+    """Every parameter's whole AdamW moments. Under ZeRO each rank holds a slice and this is
+    collective: every rank must call it."""
+    from deepspeed.utils import safe_get_full_optimizer_state
+
+    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    _link_state_slices(engine.optimizer)
+    moments = {}
+    for name, param in engine.module.named_parameters():
+        if getattr(param, "_hp_mapping", None) is not None:  # ZeRO 1/2, bf16 master weights
+            moments[name] = {k: safe_get_full_optimizer_state(param, k).detach().float().cpu()
+                             for k in MOMENTS}
+        else:  # ZeRO 0 in fp32: the torch optimizer itself
+            moments[name] = {k: inner.state[param][k].detach().float().cpu() for k in MOMENTS}
+    return moments
+
+
+def _link_state_slices(optimizer) -> None:
+    """Point each parameter at its slice of ZeRO's flat optimizer state. DeepSpeed links them
+    once, after the first step, and a group whose state did not exist yet then stays unlinked
+    (seen for the embeddings' group), so link again when reading or writing the state."""
+    if hasattr(optimizer, "_lazy_init_hp_params_optimizer_state"):
+        optimizer._hp_optimizer_states_linked = False
+        optimizer._lazy_init_hp_params_optimizer_state()
+
+
+def start_from_moments(engine, moments: dict, step: int) -> None:
+    """Give a fresh engine's AdamW these moments and step count (a grown training state)."""
+    from deepspeed.utils import safe_set_full_optimizer_state
+
+    optimizer = engine.optimizer
+    inner = getattr(optimizer, "optimizer", optimizer)
+    params = dict(engine.module.named_parameters())
+    if hasattr(optimizer, "_lazy_init_hp_params_optimizer_state"):
+        # ZeRO 1/2 create their flat fp32 state on the first step; create it now (zeros) and
+        # link each parameter's slice of it, as that first step would, then fill the slices.
+        for group in inner.param_groups:
+            for flat in group["params"]:
+                inner.state[flat] = {"step": torch.tensor(float(step)),
+                                     **{k: torch.zeros_like(flat) for k in MOMENTS}}
+        _link_state_slices(optimizer)
+        for name, param in params.items():
+            for key in MOMENTS:
+                safe_set_full_optimizer_state(param, moments[name][key].to(param.device), key)
+    elif isinstance(inner, torch.optim.Optimizer) and inner is optimizer:
+        for name, param in params.items():
+            inner.state[param] = {"step": torch.tensor(float(step)),
+                                  **{k: moments[name][k].to(param.device).clone()
+                                     for k in MOMENTS}}
+    else:
+        raise ValueError("a grown optimizer state needs zero_stage 1 or 2, or zero_stage 0 in "
+                         "fp32")
 
 
 def training_loss(engine, inputs, labels, cfg: dict) -> tuple[torch.Tensor, dict[str, float]]:
@@ -276,12 +343,17 @@ def _universal_checkpoint(latest: Path) -> Path:
 
 
 def train(model: Olmo2, batches: Callable[[int, int], Batch], cfg: dict, seed: int,
-          checkpoint_dir: str | Path, metrics_path: str | Path, tracker=None) -> dict:
+          checkpoint_dir: str | Path, metrics_path: str | Path, tracker=None,
+          start=None) -> dict:
     """Train for cfg['steps'] optimizer steps; write the checkpoint and a metrics CSV atomically.
 
     Every `checkpoint_every` steps the full engine state goes to `<checkpoint_dir>.steps/`
     (the newest `keep_last` are kept); a restarted run resumes from the newest one and, as the
-    data order depends only on the step, continues exactly where the killed one stopped."""
+    data order depends only on the step, continues exactly where the killed one stopped.
+
+    `start` (a lmforge.grow.TrainingState) continues a grown training state: its moments,
+    step count and per-parameter learning-rate scales. With `save_moments` the final
+    checkpoint holds every parameter's moments (optimizer_moments.safetensors) for growth."""
     _ensure_distributed_env()
     if torch.cuda.is_available():  # one device per process on a node
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
@@ -300,7 +372,8 @@ def train(model: Olmo2, batches: Callable[[int, int], Batch], cfg: dict, seed: i
                                verbose=False)
     optimizer = torch.optim.AdamW(
         param_groups(model, cfg["weight_decay"], cfg.get("decay_embeddings", False),
-                     cfg.get("decay_norms", True)),
+                     cfg.get("decay_norms", True), cfg["lr"],
+                     start.lr_scale if start is not None else None),
         lr=cfg["lr"], betas=(0.9, 0.95), eps=1e-8)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, cfg))
     resume = _resume_point(checkpoint_dir, cfg, world_size)
@@ -316,6 +389,8 @@ def train(model: Olmo2, batches: Callable[[int, int], Batch], cfg: dict, seed: i
     rows, started, tokens_seen, first_step = [], time.perf_counter(), 0, 0
     window: dict[str, float] = {}
     window_tokens, window_start = 0, time.perf_counter()
+    if start is not None and resume is None and start.moments:
+        start_from_moments(engine, start.moments, start.step)
     if resume is not None:
         latest, resumed = resume
         engine_dir = _universal_checkpoint(latest) if reshard else latest / "deepspeed"
@@ -364,11 +439,14 @@ def train(model: Olmo2, batches: Callable[[int, int], Batch], cfg: dict, seed: i
                 cfg.get("keep_last", 1))
     summary = {"steps": cfg["steps"], "resumed_from_step": first_step, "tokens_seen": tokens_seen,
                "final_loss": rows[-1]["loss"], "seconds": time.perf_counter() - started}
+    moments = full_moments(engine) if cfg.get("save_moments") else None
     with shared_atomic_dir(checkpoint_dir) as tmp:
         # Full engine state (optimizer moments, scheduler, step) for exact continuation.
         engine.save_checkpoint(str(tmp / "deepspeed"), tag="final")
         if _rank0():
             save_model(engine.module, tmp)
+            if moments is not None:
+                save_moments(moments, (start.step if start else 0) + cfg["steps"], tmp)
             write_json(tmp / "trainer_state.json", {**summary, "seed": seed, "config": cfg,
                                                     "world_size": world_size})
     if _rank0():

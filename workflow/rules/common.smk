@@ -77,6 +77,14 @@ def launch_resources(stage):
     return job_resources(**config["launch"][stage])
 
 
+def grown_factor(init, operator):
+    """How much `init-grown` (the from-scratch baseline of the grown size) is scaled."""
+    grow = config["grow"]
+    return (
+        grow["factor"] if init == "init-grown" and grow["operator"] == operator else 1
+    )
+
+
 def checkpoint_path(name):
     return f"{R}/checkpoints/{name}"
 

@@ -17,10 +17,12 @@ rule init_model:
     params:
         cfg=cfg_json("model"),
         seed=SEED,
-        factor=lambda w: config["grow"]["factor"] if w.init == "init-grown" else 1,
+        layers=lambda w: grown_factor(w.init, "depth"),
+        width=lambda w: grown_factor(w.init, "width"),
     shell:
         "lmforge init-model --cfg {params.cfg:q} --seed {params.seed} --out {output} "
-        "--tokens-meta {input.meta} --layers-factor {params.factor} > {log} 2>&1"
+        "--tokens-meta {input.meta} --layers-factor {params.layers} "
+        "--width-factor {params.width} > {log} 2>&1"
 
 
 rule pretrain:
