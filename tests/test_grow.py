@@ -123,3 +123,25 @@ def test_depth_copies_start_as_identity_with_their_source_moments_and_then_learn
     assert dict(grown.model.named_parameters())[zeroed].grad.abs().sum() > 0  # it will move
     with pytest.raises(ValueError):
         grow_depth(state, 1)
+
+
+def test_stage_schedule_switches_where_the_grown_size_becomes_more_efficient():
+    from lmforge.grow import KAPLAN, _efficiency, kaplan_loss, stage_schedule
+
+    batch = 2**19
+    one = stage_schedule([3.5e8], batch, 3.0)
+    assert one["saving"] == pytest.approx(0.0, abs=1e-12)
+    assert kaplan_loss(3.5e8, one["stages"][0]["end_step"]) == pytest.approx(3.0)
+
+    two = stage_schedule([1.2e8, 3.5e8], batch, 3.0)
+    first, second = two["stages"]
+    switch = first["loss"]
+    assert 3.0 < switch < kaplan_loss(1.2e8, 100)
+    assert _efficiency(switch, 1.2e8, batch, KAPLAN) == pytest.approx(
+        _efficiency(switch, 3.5e8, batch, KAPLAN), rel=1e-6)
+    # The grown model continues from the step where the larger size has the same loss.
+    assert kaplan_loss(3.5e8, second["start_step"]) == pytest.approx(switch)
+    assert second["start_step"] < first["end_step"]
+    assert 0.1 < two["saving"] < 0.4  # 24%: the paper reports savings of up to 22%
+    with pytest.raises(ValueError, match="below what"):
+        stage_schedule([1e6, 4e6], batch, 1.0)

@@ -95,3 +95,14 @@ def test_dry_run_on_the_slurm_profile_plans_the_whole_dag(name, repo, crawl_mirr
         assert resource in resources, resources
     assert f"lmforge launch --nodes {nodes} --processes {nodes * 8} -- lmforge pretrain" in \
         pretrain
+
+
+def test_plan_prints_the_staged_training_schedule():
+    proc = subprocess.run([str(Path(sys.executable).parent / "lmforge"), "plan", "--configfile",
+                           str(ROOT / "config" / "olmo2-1b.yaml"), "--target-loss", "2.6"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    staged = proc.stdout[proc.stdout.index("Staged training"):]
+    assert "| 1 | 1.07 B |" in staged and "| 2 | 2.15 B |" in staged  # 16 → 32 layers
+    saved = float(staged.split("% saved")[0].rsplit(" ", 1)[1])
+    assert 5 < saved < 40

@@ -250,6 +250,10 @@ def _plan_workflow(args) -> None:
     config = merged_config(args.configfile, base)
     rows = workflow_plan(config, args.mfu)
     print(workflow_markdown(rows, args.mfu), end="")
+    if args.target_loss:
+        from lmforge.plan import staged_plan
+
+        print("\n" + staged_plan(config, args.target_loss), end="")
     for row in rows:
         memory = args.device_memory_gib or row["gpu_memory_gib"]
         if memory is None:  # a CPU job: the trainer checks the machine it runs on
@@ -538,6 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("plan", cmd_plan, (["--preset"], {}), (["--checkpoint"], {}),
         (["--cfg"], {"type": _json}), (["--configfile"], {"nargs": "+"}),
         (["--mfu"], {"type": float, "default": 0.4}),
+        (["--target-loss"], {"type": float}),
         (["--world-size"], {"type": int, "default": 1}),
         (["--device-memory-gib"], {"type": float}))
     add("overlap", cmd_overlap, docs, (["--b"], {"nargs": "+", **req}), out_dir, cfg)

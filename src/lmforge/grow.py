@@ -180,3 +180,68 @@ def load_moments(model: nn.Module, optimizer: torch.optim.Optimizer, moments: Mo
                 "step": torch.tensor(float(step)),
                 "exp_avg": moments[name]["exp_avg"].clone(),
                 "exp_avg_sq": moments[name]["exp_avg_sq"].clone()}
+
+
+# Kaplan et al. 2020, L(N, S_min) (eq. 5.6 and table 5): loss in nats against non-embedding
+# parameters N and optimizer steps S at the critical batch size.
+KAPLAN = {"alpha_n": 0.076, "n_c": 8.8e13, "alpha_s": 0.76, "s_c": 2.1e3}
+
+
+def kaplan_loss(n_params: float, steps: float, law: dict = KAPLAN) -> float:
+    return (law["n_c"] / n_params) ** law["alpha_n"] + (law["s_c"] / steps) ** law["alpha_s"]
+
+
+def _steps_to(loss: float, n_params: float, law: dict) -> float:
+    """Steps at which a model of n_params reaches `loss` (inf if it never does)."""
+    excess = loss - (law["n_c"] / n_params) ** law["alpha_n"]
+    return law["s_c"] * excess ** (-1 / law["alpha_s"]) if excess > 0 else float("inf")
+
+
+def _efficiency(loss: float, n_params: float, batch_tokens: float, law: dict) -> float:
+    """−dL/dC at `loss`: loss decrease per training FLOP (C = 6·N·B·S)."""
+    steps = _steps_to(loss, n_params, law)
+    slope = law["alpha_s"] * law["s_c"] ** law["alpha_s"] * steps ** (-law["alpha_s"] - 1)
+    return slope / (6 * n_params * batch_tokens)
+
+
+def stage_schedule(n_params: list[float], batch_tokens: float, target_loss: float,
+                   law: dict = KAPLAN) -> dict:
+    """The paper's compute-optimal staged schedule: train each stage until its loss decrease
+    per FLOP falls to that of the next (grown, loss- and dynamics-preserving) size at the same
+    loss, continue from the equivalent step of the larger model, and train the last size to
+    `target_loss`. Returns the stages and the compute against the last size from scratch."""
+    floor = (law["n_c"] / n_params[-1]) ** law["alpha_n"]
+    if target_loss <= floor:
+        raise ValueError(f"target loss {target_loss} is below what {n_params[-1]:.3g} "
+                         f"parameters reach ({floor:.4f})")
+    stages, loss = [], None
+    for index, n in enumerate(n_params):
+        start = 0.0 if loss is None else _steps_to(loss, n, law)
+        if index + 1 < len(n_params):
+            bigger = n_params[index + 1]
+            low = max((law["n_c"] / n) ** law["alpha_n"], target_loss) * (1 + 1e-9)
+            high = kaplan_loss(n, max(start, 1.0), law)
+            gap = lambda x: (_efficiency(x, n, batch_tokens, law)  # noqa: E731
+                             - _efficiency(x, bigger, batch_tokens, law))
+            if gap(high) <= 0:  # the larger size is already more efficient: skip this one
+                continue
+            if gap(low) > 0:  # this size stays more efficient all the way to the target
+                switch = target_loss
+            else:
+                for _ in range(200):  # bisection: below the crossing the larger size wins
+                    middle = (low + high) / 2
+                    low, high = (middle, high) if gap(middle) <= 0 else (low, middle)
+                switch = (low + high) / 2
+        else:
+            switch = target_loss
+        end = _steps_to(switch, n, law)
+        stages.append({"parameters": n, "start_step": start, "end_step": end,
+                       "steps": end - start, "loss": switch,
+                       "flops": 6 * n * batch_tokens * (end - start)})
+        loss = switch
+        if switch <= target_loss:
+            break
+    baseline = 6 * n_params[-1] * batch_tokens * _steps_to(target_loss, n_params[-1], law)
+    staged = sum(stage["flops"] for stage in stages)
+    return {"stages": stages, "staged_flops": staged, "baseline_flops": baseline,
+            "saving": 1 - staged / baseline}

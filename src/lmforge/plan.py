@@ -199,3 +199,41 @@ def workflow_markdown(rows: list[dict], mfu: float) -> str:
             f"| {r['tokens']:.3e} | {r['flops']:.3e} | {number(r['hours'], ',.1f')} | "
             f"{number(r['gpu_hours'], ',.0f')} | {r['total_gib']:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def staged_plan(config: dict, target_loss: float) -> str:
+    """The staged-training schedule the scaling law gives for the config's pretrain → grow
+    sizes (Kaplan's non-embedding parameters, the pretraining batch), as markdown."""
+    from lmforge.grow import stage_schedule
+    from lmforge.hf import build
+
+    sizes = []
+    grow = config["grow"]
+    for factor_layers, factor_width in ((1, 1), (grow["factor"], 1) if grow["operator"] == "depth"
+                                        else (1, grow["factor"])):
+        model = config["model"]
+        cfg = ModelConfig(**{**model, "n_layers": model["n_layers"] * factor_layers,
+                             "d_model": model["d_model"] * factor_width,
+                             "n_heads": model["n_heads"] * factor_width,
+                             "mlp_hidden": model["mlp_hidden"] * factor_width,
+                             "vocab_size": config["tokenizer"]["vocab_size"]})
+        with torch.device("meta"):
+            sizes.append(sum(p.numel() for p in build(cfg).model.layers.parameters()))
+    pretrain = config["pretrain"]
+    batch = pretrain.get("global_batch_size") or pretrain["micro_batch_size"] * pretrain[
+        "grad_accum"]
+    schedule = stage_schedule(sizes, batch * config["model"]["max_seq_len"], target_loss)
+    lines = [f"Staged training to loss {target_loss} (Kaplan et al. L(N, S), batch "
+             f"{batch} × {config['model']['max_seq_len']} tokens):", "",
+             "| stage | non-embedding params | from step | to step | loss there | FLOPs |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for index, stage in enumerate(schedule["stages"]):
+        lines.append(f"| {index + 1} | {_count(int(stage['parameters']))} | "
+                     f"{stage['start_step']:,.0f} | {stage['end_step']:,.0f} | "
+                     f"{stage['loss']:.3f} | {stage['flops']:.3e} |")
+    lines += ["", f"staged {schedule['staged_flops']:.3e} FLOPs vs {schedule['baseline_flops']:.3e}"
+              f" for the last size from scratch: {schedule['saving']:.1%} saved"]
+    if len(schedule["stages"]) < len(sizes):
+        lines.append("the target is reached before growing pays off: the larger size is not "
+                     "needed for this loss")
+    return "\n".join(lines) + "\n"
