@@ -44,3 +44,24 @@ def test_fused_cross_entropy_and_z_loss_match_the_separate_computations():
     assert z.item() == pytest.approx(reference_z.item(), rel=1e-6)
     assert torch.allclose(fused_grad, logits.grad, atol=1e-6)
     assert fused_grad[0, :4].abs().max() == 0  # masked positions get no gradient
+
+
+def test_a_soup_averages_weights_and_refuses_other_architectures(tmp_path):
+    from lmforge.checkpoint import save_model, soup
+    from lmforge.storage import InputError
+
+    models = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        models.append(Olmo2(CFG))
+        save_model(models[-1], tmp_path / f"m{seed}")
+    averaged = soup([tmp_path / "m1", tmp_path / "m2"])
+    for (name, value), a, b in zip(averaged.named_parameters(), models[0].parameters(),
+                                   models[1].parameters()):
+        assert torch.allclose(value, (a + b) / 2), name
+    torch.manual_seed(3)
+    save_model(Olmo2(ModelConfig(**{**CFG.to_dict(), "n_layers": 3})), tmp_path / "deeper")
+    with pytest.raises(InputError, match="cannot average"):
+        soup([tmp_path / "m1", tmp_path / "deeper"])
+    with pytest.raises(InputError, match="at least two"):
+        soup([tmp_path / "m1"])

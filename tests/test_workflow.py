@@ -13,7 +13,7 @@ from workflow_helpers import ROOT, snakemake
 pytestmark = pytest.mark.workflow
 STAGES = ["make_tasks", "crawl_demo", "extract", "tag", "dedup", "mix", "funnel", "stats",
           "train_tokenizer", "tokenize", "init_model", "pretrain", "grow", "sft_data", "sft",
-          "heldout_docs", "evaluate", "eval_summary", "loss_plot"]
+          "heldout_docs", "evaluate", "eval_summary", "loss_plot", "anneal", "soup"]
 
 
 def test_wrong_config_key_or_type_fails_before_any_job(repo, tmp_path):
@@ -48,7 +48,10 @@ def test_tiny_dag_trains_models_that_beat_untrained_ones(finished):
     assert ppl["pretrain"] < ppl["init"] / 5
     assert ppl["grow"] < ppl["init-grown"] / 5
     assert ppl["grow"] < ppl["pretrain"] * 1.05
-    assert {r["model"] for r in rows} == {"init", "pretrain", "init-grown", "grow", "sft"}
+    midtrain = {"anneal-midtrain-s1", "anneal-midtrain-s2", "soup-midtrain", "anneal-web-s1"}
+    assert {r["model"] for r in rows} == {"init", "pretrain", "init-grown", "grow", "sft"} | \
+        midtrain
+    assert {m for m in ppl if m in midtrain} == midtrain
     bits = {r["model"]: r["value"] for r in rows if r["task"] == "heldout_domains"}
     assert bits["pretrain"] < bits["init"] * 0.8  # bits per byte on held-out documents
     cloze = json.loads((finished / "results/eval/sft/cloze_mc.json").read_text())
@@ -183,3 +186,21 @@ def test_real_warc_files_feed_the_same_dag(repo, tmp_path):
     assert funnel["documents_in"] == 37  # the wget captures' HTML responses
     assert 0 < funnel["documents_out"] <= 37
     assert not (tmp_path / "results/crawl").exists()  # no demo crawl was made
+
+
+def test_mid_training_runs_differ_by_data_order_and_the_soup_is_their_average(finished):
+    import torch
+
+    from lmforge.checkpoint import load_model
+
+    runs = [load_model(finished / f"results/checkpoints/anneal-midtrain-s{s}") for s in (1, 2)]
+    soup = load_model(finished / "results/checkpoints/soup-midtrain")
+    weights = [dict(r.named_parameters()) for r in runs]
+    name = "model.layers.0.mlp.up_proj.weight"
+    assert not torch.equal(weights[0][name], weights[1][name])  # other data orders
+    for key, value in soup.named_parameters():
+        assert torch.allclose(value, (weights[0][key] + weights[1][key]) / 2, atol=1e-7), key
+    metrics = (finished / "results/train/anneal-midtrain-s1/metrics.csv").read_text()
+    lr = [float(line.split(",")[6]) for line in metrics.splitlines()[1:]]
+    assert lr[-1] < lr[0] / 10  # the learning rate anneals towards 0
+

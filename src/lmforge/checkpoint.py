@@ -82,3 +82,21 @@ def init_model(cfg: dict, vocab_size: int, seed: int, n_layers: int | None = Non
     if n_layers is not None:
         model_cfg.n_layers = n_layers
     return Olmo2(model_cfg)
+
+
+def soup(directories: list[str | Path]) -> Olmo2 | Olmoe:
+    """The uniform average of the weights of models with one architecture (a model soup,
+    Wortsman et al. 2022, as OLMo 2 averages its mid-training runs); no optimizer state."""
+    if len(directories) < 2:
+        raise InputError("a soup needs at least two checkpoints")
+    models = [load_model(d) for d in directories]
+    for directory, model in zip(directories[1:], models[1:]):
+        if model.cfg != models[0].cfg or type(model) is not type(models[0]):
+            raise InputError(f"{directory}: another architecture than {directories[0]} "
+                             f"({model.cfg} vs {models[0].cfg}): cannot average")
+    states = [m.state_dict() for m in models]
+    averaged = {name: torch.stack([s[name].float() for s in states]).mean(0).to(tensor.dtype)
+                for name, tensor in states[0].items()}
+    models[0].load_state_dict(averaged)
+    return models[0]
+

@@ -357,7 +357,7 @@ def cmd_pretrain(args) -> None:
 
     model = load_model(args.init)
     batches = _token_batches(args.tokens_dir, model, args.cfg, args.seed)
-    _train_job("pretrain", model, batches, args, {"init": args.init}, {})
+    _train_job(args.job_name, model, batches, args, {"init": args.init}, {})
 
 
 def cmd_grow(args) -> None:
@@ -382,6 +382,18 @@ def cmd_grow(args) -> None:
     _train_job("grow", grown, batches, args,
                {"operator": args.operator, "factor": args.factor, "from": args.checkpoint},
                {"grow.loss_before": before, "grow.loss_after": after}, start=state)
+
+
+def cmd_soup(args) -> None:
+    """Average checkpoints' weights uniformly (a model soup of mid-training runs)."""
+    from lmforge.checkpoint import save_model, soup
+    from lmforge.storage import atomic_dir
+
+    with _job(f"soup/{Path(args.out).name}", {"ingredients": args.checkpoints}) as run:
+        model = soup(args.checkpoints)
+        with atomic_dir(args.out) as tmp:
+            save_model(model, tmp)
+        run.log_metrics({"ingredients": len(args.checkpoints)})
 
 
 def cmd_sft_data(args) -> None:
@@ -557,10 +569,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("init-model", cmd_init_model, cfg, seed, out, (["--tokens-meta"], req),
         (["--layers-factor"], {"type": int, "default": 1}),
         (["--width-factor"], {"type": int, "default": 1}))
-    add("pretrain", cmd_pretrain, (["--init"], req), tokens_dir, cfg, seed, out, metrics)
+    add("pretrain", cmd_pretrain, (["--init"], req), tokens_dir, cfg, seed, out, metrics,
+        (["--job-name"], {"default": "pretrain"}))
     add("grow", cmd_grow, (["--checkpoint"], req), tokens_dir, cfg, seed, out, metrics,
         (["--operator"], {"choices": ["depth", "width"], **req}),
         (["--factor"], {"type": int, **req}))
+    add("soup", cmd_soup, (["--checkpoints"], {"nargs": "+", **req}), out)
     add("sft-data", cmd_sft_data, (["--mixes"], {"nargs": "+", **req}), out, cfg,
         (["--tasks-cfg"], {"type": _json, **req}), seed,
         (["--valid-fraction"], {"type": float, **req}))

@@ -118,7 +118,8 @@ def markdown(plan: dict) -> str:
 
 
 # Training stages of the workflow: where their settings live and how their model is sized.
-STAGES = (("pretrain", ("pretrain",)), ("grow", ("grow", "train")), ("sft", ("sft", "train")))
+STAGES = (("pretrain", ("pretrain",)), ("grow", ("grow", "train")), ("sft", ("sft", "train")),
+          ("anneal", ("midtrain", "train")))
 H100_BF16_FLOPS = 989e12
 
 
@@ -161,8 +162,8 @@ def workflow_plan(config: dict, mfu: float = 0.4) -> list[dict]:
         launch = config["launch"][stage]
         world = launch["nodes"] * launch["processes_per_node"]
         cfg = resolve_batch(train_cfg, world)
-        layers = config["model"]["n_layers"] * (config["grow"]["factor"] if stage != "pretrain"
-                                                else 1)
+        grown = stage in ("grow", "sft")
+        layers = config["model"]["n_layers"] * (config["grow"]["factor"] if grown else 1)
         model_cfg = ModelConfig(**{**config["model"], "n_layers": layers,
                                    "vocab_size": config["tokenizer"]["vocab_size"]})
         plan = estimate(model_cfg, cfg, world)

@@ -89,6 +89,10 @@ def checkpoint_path(name):
     return f"{R}/checkpoints/{name}"
 
 
+MIDTRAIN = config["midtrain"]
+ANNEALS = [f"anneal-{MIDTRAIN['mix']}-s{seed}" for seed in MIDTRAIN["seeds"]]
+CONTROL = f"anneal-{MIDTRAIN['control_mix']}-s{MIDTRAIN['seeds'][0]}"
+MIDTRAIN_MODELS = ANNEALS + [f"soup-{MIDTRAIN['mix']}", CONTROL]
 EVAL = config["evaluate"]
 TASK_SPECS = workflow_task_specs(
     EVAL,

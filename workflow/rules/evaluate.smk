@@ -28,7 +28,9 @@ rule evaluate:
     log:
         f"{R}/logs/evaluate/{{model}}/{{task}}.log",
     wildcard_constraints:
-        model="|".join(["init", "pretrain", "init-grown", "grow", "sft"]),
+        model="|".join(
+            ["init", "pretrain", "init-grown", "grow", "sft"] + MIDTRAIN_MODELS
+        ),
         task="|".join(TASK_SPECS),
     conda:
         "../../envs/eval.yaml"
@@ -45,6 +47,11 @@ rule eval_summary:
         code("evaluate"),
         results=[
             f"{R}/eval/{m}/{t}.json" for m in EVAL["models"] for t in EVAL["tasks"]
+        ]
+        + [
+            f"{R}/eval/{m}/{t}.json"
+            for m in MIDTRAIN_MODELS
+            for t in MIDTRAIN["tasks"]
         ],
         contamination=f"{R}/stats/mix-{MIX}/contamination.parquet",
     output:

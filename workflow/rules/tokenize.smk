@@ -21,7 +21,8 @@ rule tokenize:
     input:
         code("tokenize"),
         docs=mixed("{mix}"),
-        tokenizer=f"{R}/tokenizer/{{mix}}/tokenizer.json",
+        # One tokenizer (trained on tokenizer.mix) for every mix a model reads.
+        tokenizer=f"{R}/tokenizer/{MIX}/tokenizer.json",
     output:
         train=f"{R}/tokens/{{mix}}/train.npy",
         valid=f"{R}/tokens/{{mix}}/valid.npy",

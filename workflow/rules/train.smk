@@ -86,6 +86,49 @@ rule grow:
         "--seed {params.seed} --out {output.checkpoint} --metrics {output.metrics} > {log} 2>&1"
 
 
+rule anneal:
+    input:
+        TRAIN_CODE,
+        init=checkpoint_path("pretrain"),
+        tokens=f"{R}/tokens/{{mix}}/train.npy",
+        meta=f"{R}/tokens/{{mix}}/meta.json",
+    output:
+        checkpoint=directory(checkpoint_path("anneal-{mix}-s{seed}")),
+        metrics=f"{R}/train/anneal-{{mix}}-s{{seed}}/metrics.csv",
+    log:
+        f"{R}/logs/anneal/{{mix}}-s{{seed}}.log",
+    wildcard_constraints:
+        seed=r"\d+",
+    conda:
+        "../../envs/train.yaml"
+    threads: 2
+    resources:
+        **launch_resources("anneal"),
+    params:
+        cfg=cfg_json("midtrain", "train"),
+        tokens_dir=lambda w, input: os.path.dirname(input.meta),
+    shell:
+        "lmforge launch --nodes {resources.nodes} --processes {resources.processes} -- "
+        "lmforge pretrain --job-name anneal-{wildcards.mix}-s{wildcards.seed} "
+        "--init {input.init} --tokens-dir {params.tokens_dir} --cfg {params.cfg:q} "
+        "--seed {wildcards.seed} --out {output.checkpoint} --metrics {output.metrics} "
+        "> {log} 2>&1"
+
+
+rule soup:
+    input:
+        code("checkpoint", "model", "olmoe", "hf"),
+        ingredients=[checkpoint_path(name) for name in ANNEALS],
+    output:
+        directory(checkpoint_path("soup-{mix}")),
+    log:
+        f"{R}/logs/soup/{{mix}}.log",
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "lmforge soup --checkpoints {input.ingredients} --out {output} > {log} 2>&1"
+
+
 rule sft_data:
     input:
         code("sft", "tasks", "sources"),
@@ -144,12 +187,17 @@ rule loss_plot:
         pretrain=f"{R}/train/pretrain/metrics.csv",
         grow=f"{R}/train/grow/metrics.csv",
         sft=f"{R}/train/sft/metrics.csv",
+        anneals=[f"{R}/train/{name}/metrics.csv" for name in ANNEALS + [CONTROL]],
     output:
         report(f"{R}/train/loss.png", caption="../report/loss.rst", category="Training"),
     log:
         f"{R}/logs/loss_plot.log",
     conda:
         "../../envs/train.yaml"
+    params:
+        anneals=lambda w, input: " ".join(
+            f"{name}={path}" for name, path in zip(ANNEALS + [CONTROL], input.anneals)
+        ),
     shell:
         "lmforge plot-loss --metrics pretrain={input.pretrain} grow={input.grow} "
-        "sft={input.sft} --out {output} > {log} 2>&1"
+        "sft={input.sft} {params.anneals} --out {output} > {log} 2>&1"
