@@ -92,7 +92,9 @@ def full_moments(engine) -> dict[str, dict[str, torch.Tensor]]:
     _link_state_slices(engine.optimizer)
     moments = {}
     for name, param in engine.module.named_parameters():
-        if getattr(param, "_hp_mapping", None) is not None:  # ZeRO 1/2, bf16 master weights
+        # ZeRO 1/2 and bf16 master weights: every rank takes part for every parameter, also
+        # where it holds no slice of it (its _hp_mapping is None then).
+        if hasattr(param, "_hp_mapping"):
             moments[name] = {k: safe_get_full_optimizer_state(param, k).detach().float().cpu()
                              for k in MOMENTS}
         else:  # ZeRO 0 in fp32: the torch optimizer itself
