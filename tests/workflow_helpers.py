@@ -8,19 +8,14 @@ from pathlib import Path
 
 import yaml
 
+from lmforge.plan import merge_config
+
 ROOT = Path(__file__).resolve().parents[1]
 DISTRIBUTED_ENV = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
 FAST = {"pretrain": {"steps": 80}, "grow": {"train": {"steps": 30}},
         "sft": {"train": {"steps": 40}},
         "evaluate": {"max_ppl_tokens": 6000, "max_heldout_documents": 60},
         "midtrain": {"seeds": [1, 2], "tasks": ["heldout_ppl"], "train": {"steps": 20}}}
-
-
-def merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = merge(base[key], value) if isinstance(value, dict) else value
-    return out
 
 
 def snakemake(repo: Path, work: Path, *args: str, check: bool = True):
@@ -45,6 +40,6 @@ def copy_repo(destination: Path) -> Path:
     for folder in ("workflow", "config", "src", "envs", "profiles"):
         shutil.copytree(ROOT / folder, destination / folder,
                         ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    fast = merge(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), FAST)
+    fast = merge_config(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), FAST)
     (destination / "fast.yaml").write_text(yaml.safe_dump(fast))
     return destination

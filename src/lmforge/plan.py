@@ -123,22 +123,36 @@ STAGES = (("pretrain", ("pretrain",)), ("grow", ("grow", "train")), ("sft", ("sf
 H100_BF16_FLOPS = 989e12
 
 
+def merge_config(base: dict, over: dict) -> dict:
+    """`over` merged into a copy of `base` key by key, as Snakemake merges --configfile."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = (merge_config(out[key], value)
+                    if isinstance(value, dict) and isinstance(out.get(key), dict) else value)
+    return out
+
+
+def stage_model_config(config: dict, grown: bool) -> ModelConfig:
+    """The model a workflow stage trains: config["model"], or its size after `grow`."""
+    model, grow = config["model"], config["grow"]
+    layers = grow["factor"] if grown and grow["operator"] == "depth" else 1
+    width = grow["factor"] if grown and grow["operator"] == "width" else 1
+    return ModelConfig(**{**model, "n_layers": model["n_layers"] * layers,
+                          "d_model": model["d_model"] * width,
+                          "n_heads": model["n_heads"] * width,
+                          "mlp_hidden": model["mlp_hidden"] * width,
+                          "vocab_size": config["tokenizer"]["vocab_size"]})
+
+
 def merged_config(paths: list[str | os.PathLike], base: str | os.PathLike) -> dict:
     """The workflow's config as Snakemake sees it: the base file, then each --configfile
     merged over it key by key, validated against the workflow's schema."""
     import jsonschema
     import yaml
 
-    def merge(into: dict, over: dict) -> dict:
-        for key, value in over.items():
-            into[key] = (merge(dict(into[key]), value)
-                         if isinstance(value, dict) and isinstance(into.get(key), dict)
-                         else value)
-        return into
-
     config = yaml.safe_load(open(base))
     for path in paths:
-        config = merge(config, yaml.safe_load(open(path)) or {})
+        config = merge_config(config, yaml.safe_load(open(path)) or {})
     schema = yaml.safe_load(open(os.path.join(os.path.dirname(base), "..", "workflow",
                                               "schemas", "config.schema.yaml")))
     try:
@@ -162,11 +176,7 @@ def workflow_plan(config: dict, mfu: float = 0.4) -> list[dict]:
         launch = config["launch"][stage]
         world = launch["nodes"] * launch["processes_per_node"]
         cfg = resolve_batch(train_cfg, world)
-        grown = stage in ("grow", "sft")
-        layers = config["model"]["n_layers"] * (config["grow"]["factor"] if grown else 1)
-        model_cfg = ModelConfig(**{**config["model"], "n_layers": layers,
-                                   "vocab_size": config["tokenizer"]["vocab_size"]})
-        plan = estimate(model_cfg, cfg, world)
+        plan = estimate(stage_model_config(config, stage in ("grow", "sft")), cfg, world)
         peak = cfg.get("peak_flops") or (H100_BF16_FLOPS if launch["gpus_per_node"] else None)
         flops = plan["flops_per_step"] * cfg["steps"]
         hours = flops / (world * peak * mfu) / 3600 if peak else None
@@ -209,17 +219,10 @@ def staged_plan(config: dict, target_loss: float) -> str:
     from lmforge.hf import build
 
     sizes = []
-    grow = config["grow"]
-    for factor_layers, factor_width in ((1, 1), (grow["factor"], 1) if grow["operator"] == "depth"
-                                        else (1, grow["factor"])):
-        model = config["model"]
-        cfg = ModelConfig(**{**model, "n_layers": model["n_layers"] * factor_layers,
-                             "d_model": model["d_model"] * factor_width,
-                             "n_heads": model["n_heads"] * factor_width,
-                             "mlp_hidden": model["mlp_hidden"] * factor_width,
-                             "vocab_size": config["tokenizer"]["vocab_size"]})
+    for grown in (False, True):
         with torch.device("meta"):
-            sizes.append(sum(p.numel() for p in build(cfg).model.layers.parameters()))
+            model = build(stage_model_config(config, grown))
+        sizes.append(sum(p.numel() for p in model.model.layers.parameters()))
     pretrain = config["pretrain"]
     batch = pretrain.get("global_batch_size") or pretrain["micro_batch_size"] * pretrain[
         "grad_accum"]
