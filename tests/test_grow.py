@@ -1,6 +1,8 @@
 """Growth operators on the training state: loss preservation and training-dynamics preservation,
 for OLMo 2 (post-norm, QK-norm) and OLMoE (experts)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -15,6 +17,9 @@ from lmforge.grow import (
 )
 from lmforge.model import ModelConfig, Olmo2, causal_lm_loss
 from lmforge.olmoe import MoEConfig, Olmoe
+from lmforge.storage import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 LR, WEIGHT_DECAY = 3e-3, 0.1
 NO_DECAY = {"model.embed_tokens.weight"}
@@ -145,3 +150,51 @@ def test_stage_schedule_switches_where_the_grown_size_becomes_more_efficient():
     assert 0.1 < two["saving"] < 0.4  # 24%: the paper reports savings of up to 22%
     with pytest.raises(ValueError, match="below what"):
         stage_schedule([1e6, 4e6], batch, 1.0)
+
+
+def _write_metrics(path, rows):
+    from lmforge.train import write_metrics
+
+    write_metrics(path, [{"step": s, "loss": loss, "valid_loss": loss, "tokens": t, "flops": f}
+                         for s, loss, t, f in rows])
+    return path
+
+
+def test_growth_report_interpolates_the_compute_to_equal_loss(tmp_path):
+    from lmforge.growth_report import compare, flops_to_reach, markdown
+
+    assert flops_to_reach([(1.0, 5.0), (3.0, 3.0)], 4.0) == 2.0
+    assert flops_to_reach([(1.0, 5.0), (3.0, 3.0)], 2.0) is None
+    small = _write_metrics(tmp_path / "small.csv", [(10, 5.0, 100, 1.0), (20, 4.0, 200, 2.0)])
+    grown = _write_metrics(tmp_path / "grown.csv", [(10, 3.5, 100, 2.0), (20, 3.0, 200, 4.0)])
+    baseline = _write_metrics(tmp_path / "baseline.csv",
+                              [(10, 4.5, 100, 2.0), (20, 3.8, 200, 4.0), (30, 3.4, 300, 6.0),
+                               (40, 3.25, 400, 8.0)])
+    result = compare(small, grown, baseline)
+    # The staged curve: (1, 5), (2, 4), (4, 3.5), (6, 3.0); 3.25 is reached half-way to 6.
+    assert result["staged_flops_to_target"] == pytest.approx(5.0)
+    assert result["flops_ratio"] == pytest.approx(5.0 / 8.0)
+    assert result["flops_ratio_at_staged_final"] is None  # the baseline never gets to 3.0
+    assert "37.5% saved" in markdown(result)
+    worse = _write_metrics(tmp_path / "worse.csv", [(10, 3.9, 100, 2.0), (20, 3.6, 200, 4.0)])
+    result = compare(small, worse, baseline)
+    assert result["flops_ratio"] is None
+    assert result["baseline_flops_to_staged_final"] == pytest.approx(5.0)
+    assert "does not reach" in markdown(result)
+    short = _write_metrics(tmp_path / "short.csv", [(10, 3.0, 100, 2.0)])
+    with pytest.raises(InputError, match="not comparable"):
+        compare(small, short, baseline)
+
+
+def test_baseline_trains_pretraining_settings_for_the_staged_instances():
+    from lmforge.plan import baseline_train_config, merged_config
+
+    config = merged_config([], ROOT / "config" / "config.yaml")
+    cfg = baseline_train_config(config)
+    assert cfg["steps"] == config["pretrain"]["steps"] + config["grow"]["train"]["steps"]
+    assert cfg["lr"] == config["pretrain"]["lr"] and "save_moments" not in cfg
+    config["grow"]["train"]["global_batch_size"] = 24
+    config["grow"]["train"]["micro_batch_size"] = 8
+    config["grow"]["train"]["steps"] = 3
+    with pytest.raises(InputError, match="not a multiple"):
+        baseline_train_config(config)

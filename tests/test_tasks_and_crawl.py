@@ -20,6 +20,20 @@ def test_cloze_items_never_occur_in_the_crawl_text():
         assert tasks.item_text("cloze_mc", item) not in pool
 
 
+def test_reference_documents_are_held_out_from_the_crawl_and_the_quality_positives():
+    from lmforge.quality import reference_documents
+
+    docs = tasks.reference_documents()
+    crawl_text = "\n".join(p for _, p in sources.crawl_paragraphs())
+    assert len(docs) >= 10
+    for doc in docs:
+        for sentence in sources.sentences(doc["text"]):
+            assert len(sentence.split()) < 6 or sentence not in crawl_text
+    positives = "\n".join(reference_documents("pydoc"))
+    reference = [para for doc in docs for para in doc["text"].split("\n\n")]
+    assert not any(para in positives for para in reference)
+
+
 def test_demo_crawl_is_byte_identical_and_labelled(demo_crawl, config, tmp_path):
     democrawl.write_demo_crawl(tmp_path, config["crawl"]["demo"], demo_crawl / "tasks",
                                config["seed"])

@@ -47,6 +47,28 @@ def test_instance_batches_follow_a_seeded_permutation():
     assert np.array_equal(again(0, 0)[0], inputs)
 
 
+def test_a_later_stage_continues_the_data_order_and_heldout_loss_is_a_fixed_set():
+    import torch
+
+    from lmforge.model import causal_lm_loss
+    from lmforge.train import heldout_loss_fn
+
+    tokens = np.arange(10 * 8, dtype=np.uint16)
+    cfg = {**TRAIN, "grad_accum": 1, "micro_batch_size": 3}
+    whole = instance_batches(tokens, 8, cfg, 3)
+    continued = instance_batches(tokens, 8, cfg, 3, first_instance=2 * 3)
+    for step in range(5):  # across the epoch boundary too
+        assert np.array_equal(continued(step, 0)[0], whole(step + 2, 0)[0])
+    model = Olmo2(ModelConfig(vocab_size=80, d_model=16, n_layers=1, n_heads=2, mlp_hidden=32,
+                              max_seq_len=8))
+    model.train()
+    loss = heldout_loss_fn(tokens, 8, instances=4, batch_size=3)(model, "cpu")
+    rows = torch.from_numpy(tokens[:32].astype(np.int64).reshape(4, 8))
+    with torch.no_grad():
+        expected = causal_lm_loss(model(rows[:, :-1]), rows[:, 1:]).item()
+    assert loss == pytest.approx(expected, rel=1e-6) and model.training
+
+
 def _run(tmp_path, name):
     import torch
 

@@ -1,5 +1,6 @@
 """The Snakemake workflow itself, on the tiny config (shortened training), in a temp copy."""
 
+import csv
 import hashlib
 import json
 import sqlite3
@@ -13,7 +14,9 @@ from workflow_helpers import ROOT, snakemake
 pytestmark = pytest.mark.workflow
 STAGES = ["make_tasks", "crawl_demo", "extract", "tag", "dedup", "mix", "funnel", "stats",
           "train_tokenizer", "tokenize", "init_model", "pretrain", "grow", "sft_data", "sft",
-          "heldout_docs", "evaluate", "eval_summary", "loss_plot", "anneal", "soup"]
+          "heldout_docs", "evaluate", "eval_summary", "loss_plot", "anneal", "soup", "baseline",
+          "midtrain_report",
+          "growth_report"]
 
 
 def test_wrong_config_key_or_type_fails_before_any_job(repo, tmp_path):
@@ -46,10 +49,10 @@ def test_tiny_dag_trains_models_that_beat_untrained_ones(finished):
     rows = json.loads((finished / "results/eval/summary.json").read_text())
     ppl = {r["model"]: r["perplexity"] for r in rows if r["task"] == "heldout_ppl"}
     assert ppl["pretrain"] < ppl["init"] / 5
-    assert ppl["grow"] < ppl["init-grown"] / 5
+    assert ppl["baseline"] < ppl["init"] / 5
     assert ppl["grow"] < ppl["pretrain"] * 1.05
     midtrain = {"anneal-midtrain-s1", "anneal-midtrain-s2", "soup-midtrain", "anneal-web-s1"}
-    assert {r["model"] for r in rows} == {"init", "pretrain", "init-grown", "grow", "sft"} | \
+    assert {r["model"] for r in rows} == {"init", "pretrain", "grow", "baseline", "sft"} | \
         midtrain
     assert {m for m in ppl if m in midtrain} == midtrain
     bits = {r["model"]: r["value"] for r in rows if r["task"] == "heldout_domains"}
@@ -200,7 +203,30 @@ def test_mid_training_runs_differ_by_data_order_and_the_soup_is_their_average(fi
     assert not torch.equal(weights[0][name], weights[1][name])  # other data orders
     for key, value in soup.named_parameters():
         assert torch.allclose(value, (weights[0][key] + weights[1][key]) / 2, atol=1e-7), key
-    metrics = (finished / "results/train/anneal-midtrain-s1/metrics.csv").read_text()
-    lr = [float(line.split(",")[6]) for line in metrics.splitlines()[1:]]
+    lr = [float(row["lr"]) for row in _metrics(finished, "anneal-midtrain-s1")]
     assert lr[-1] < lr[0] / 10  # the learning rate anneals towards 0
+    report = (finished / "results/eval/midtrain.md").read_text()
+    assert "| heldout_ppl (perplexity, lower is better" in report and "anneal-web-s1" in report
+
+
+def _metrics(finished, stage):
+    with open(finished / f"results/train/{stage}/metrics.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_the_baseline_trains_the_grown_size_on_the_staged_runs_instances(finished):
+    """Same tokens as pretrain + grow and the same held-out set, scored per FLOP by the
+    DAG's growth report."""
+    small, grown, baseline = (_metrics(finished, s) for s in ("pretrain", "grow", "baseline"))
+    assert int(baseline[-1]["tokens"]) == int(small[-1]["tokens"]) + int(grown[-1]["tokens"])
+    flops_per_token = {name: float(rows[-1]["flops"]) / int(rows[-1]["tokens"])
+                       for name, rows in (("small", small), ("grown", grown),
+                                          ("baseline", baseline))}
+    assert flops_per_token["grown"] == flops_per_token["baseline"] > flops_per_token["small"]
+    assert all(row["valid_loss"] for row in (small[-1], grown[-1], baseline[-1]))
+    report = json.loads((finished / "results/train/growth.json").read_text())
+    assert report["target_loss"] == pytest.approx(float(baseline[-1]["valid_loss"]))
+    assert report["runs"]["staged"]["flops"] < report["runs"]["baseline"]["flops"]
+    assert "| staged run (both) |" in (finished / "results/train/growth.md").read_text()
+    assert (finished / "results/train/growth.png").stat().st_size > 0
 

@@ -325,27 +325,40 @@ def cmd_init_model(args) -> None:
 
 
 def _train_job(name: str, model, batches, args, extra_params: dict, extra_metrics: dict,
-               start=None):
+               **train_args):
     from lmforge.train import train
 
     if int(os.environ.get("RANK", 0)) != 0:
         # One MLflow run per job: rank 0 logs what the ranks reduce together.
-        train(model, batches, args.cfg, args.seed, args.out, args.metrics, start=start)
+        train(model, batches, args.cfg, args.seed, args.out, args.metrics, **train_args)
         return
     with _job(name, {**args.cfg, **extra_params, "seed": args.seed}) as run:
         run.log_metrics({"params": model.num_params(non_embedding=False), **extra_metrics})
         summary = train(model, batches, args.cfg, args.seed, args.out, args.metrics, tracker=run,
-                        start=start)
+                        **train_args)
         run.log_metrics({f"summary.{k}": v for k, v in summary.items()})
         run.log_artifact(args.metrics)
 
 
-def _token_batches(tokens_dir: str, model, cfg: dict, seed: int):
+def _token_batches(tokens_dir: str, model, cfg: dict, seed: int, first_instance: int = 0):
     from lmforge.tokenize import open_tokens
     from lmforge.train import instance_batches
 
     tokens = open_tokens(Path(tokens_dir) / "train.npy", Path(tokens_dir) / "meta.json")
-    return instance_batches(tokens, model.cfg.max_seq_len, cfg, seed, *_rank_and_world())
+    return instance_batches(tokens, model.cfg.max_seq_len, cfg, seed, *_rank_and_world(),
+                            first_instance=first_instance)
+
+
+def _heldout(tokens_dir: str, model, cfg: dict):
+    """The in-loop held-out loss over the mix's valid split, when `eval_every` asks for it."""
+    from lmforge.tokenize import open_tokens
+    from lmforge.train import heldout_loss_fn
+
+    if not cfg.get("eval_every"):
+        return None
+    tokens = open_tokens(Path(tokens_dir) / "valid.npy", Path(tokens_dir) / "meta.json")
+    return heldout_loss_fn(tokens, model.cfg.max_seq_len, cfg.get("eval_instances", 64),
+                           cfg["micro_batch_size"])
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -357,7 +370,8 @@ def cmd_pretrain(args) -> None:
 
     model = load_model(args.init)
     batches = _token_batches(args.tokens_dir, model, args.cfg, args.seed)
-    _train_job(args.job_name, model, batches, args, {"init": args.init}, {})
+    _train_job(args.job_name, model, batches, args, {"init": args.init}, {},
+               heldout=_heldout(args.tokens_dir, model, args.cfg))
 
 
 def cmd_grow(args) -> None:
@@ -366,22 +380,32 @@ def cmd_grow(args) -> None:
     from lmforge.checkpoint import load_model, load_moments
     from lmforge.grow import OPERATORS, TrainingState
     from lmforge.model import causal_lm_loss
+    from lmforge.storage import read_json
 
     small = load_model(args.checkpoint)
     moments, step = load_moments(args.checkpoint)
     state = OPERATORS[args.operator](TrainingState(small, moments, step), args.factor)
     grown = state.model
-    batches = _token_batches(args.tokens_dir, grown, args.cfg, args.seed)
+    # The grown model continues the small one's data order where it stopped.
+    small_state = read_json(Path(args.checkpoint) / "trainer_state.json")
+    if "next_instance" not in small_state:
+        raise InputError(f"{args.checkpoint} does not record where its data order stopped; "
+                         "train it again with this version of lmforge")
+    first_instance = small_state["next_instance"]
+    batches = _token_batches(args.tokens_dir, grown, args.cfg, small_state["seed"],
+                             first_instance)
     probe_inputs, probe_labels = batches(0, 0)
     with torch.no_grad():
-        before = causal_lm_loss(small(probe_inputs), probe_labels).item()
-        after = causal_lm_loss(grown(probe_inputs), probe_labels).item()
-    log.info("growth %s x%d: loss %.6f -> %.6f", args.operator, args.factor, before, after)
-    if abs(before - after) > 1e-4 * max(1.0, abs(before)):
-        raise RuntimeError(f"growth changed the loss: {before:.6f} -> {after:.6f}")
+        loss_before = causal_lm_loss(small(probe_inputs), probe_labels).item()
+        loss_after = causal_lm_loss(grown(probe_inputs), probe_labels).item()
+    log.info("growth %s x%d: loss %.6f -> %.6f", args.operator, args.factor, loss_before,
+             loss_after)
+    if abs(loss_before - loss_after) > 1e-4 * max(1.0, abs(loss_before)):
+        raise RuntimeError(f"growth changed the loss: {loss_before:.6f} -> {loss_after:.6f}")
     _train_job("grow", grown, batches, args,
                {"operator": args.operator, "factor": args.factor, "from": args.checkpoint},
-               {"grow.loss_before": before, "grow.loss_after": after}, start=state)
+               {"grow.loss_before": loss_before, "grow.loss_after": loss_after}, start=state,
+               heldout=_heldout(args.tokens_dir, grown, args.cfg), first_instance=first_instance)
 
 
 def cmd_soup(args) -> None:
@@ -507,6 +531,27 @@ def cmd_plot_loss(args) -> None:
     plot_loss(dict(item.split("=", 1) for item in args.metrics), args.out)
 
 
+def cmd_growth_report(args) -> None:
+    from lmforge.growth_report import write_report
+
+    with _job("growth_report", {}) as run:
+        result = write_report(args.small, args.grown, args.baseline, args.out_md, args.out_json,
+                              args.out_png)
+        run.log_metrics({k: result[k] for k in ("target_loss", "flops_ratio",
+                                                "flops_ratio_at_staged_final")
+                         if result[k] is not None})
+
+
+def cmd_midtrain_report(args) -> None:
+    from lmforge.midtrain_report import write_report
+
+    with _job("midtrain_report", {"anneals": args.anneals, "control": args.control}) as run:
+        rows = write_report(args.inputs, args.start, args.anneals, args.soup, args.control,
+                            args.out_md, args.out_json)
+        run.log_metrics({f"{row['task']}.anneal_mean_minus_control":
+                         row["anneal_mean_minus_control"] for row in rows})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmforge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -592,6 +637,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("heldout-docs", cmd_heldout_docs, docs, seed,
         (["--valid-fraction"], {"type": float, **req}), (["--limit"], {"type": int, **req}), out)
     add("plot-loss", cmd_plot_loss, (["--metrics"], {"nargs": "+", **req}), out)
+    add("midtrain-report", cmd_midtrain_report, (["--inputs"], {"nargs": "+", **req}),
+        (["--start"], req), (["--anneals"], {"nargs": "+", **req}), (["--soup"], req),
+        (["--control"], req), (["--out-md"], req), (["--out-json"], req))
+    add("growth-report", cmd_growth_report, (["--small"], req), (["--grown"], req),
+        (["--baseline"], req), (["--out-md"], req), (["--out-json"], req), (["--out-png"], req))
     return parser
 
 

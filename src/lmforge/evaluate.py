@@ -15,7 +15,7 @@ from lmforge.evaltasks import TaskSpec, run_task
 from lmforge.lm import LanguageModel
 from lmforge.storage import InputError, atomic_path, read_json, write_json, write_text
 
-WORKFLOW_TASKS = ("heldout_ppl", "heldout_domains", "cloze_mc", "arith_gen")
+WORKFLOW_TASKS = ("heldout_ppl", "heldout_domains", "reference_bpb", "cloze_mc", "arith_gen")
 
 
 def workflow_task_specs(eval_cfg: dict, tasks_dir: str, tokens_dir: str, heldout_docs: str
@@ -27,6 +27,8 @@ def workflow_task_specs(eval_cfg: dict, tasks_dir: str, tokens_dir: str, heldout
                         "limit": eval_cfg["max_ppl_tokens"]},
         "heldout_domains": {"kind": "perplexity", "format": "documents", "path": heldout_docs,
                             "domain_field": "url_host"},
+        "reference_bpb": {"kind": "perplexity", "format": "documents",
+                          "path": f"{tasks_dir}/reference_docs.jsonl.gz", "domain_field": "source"},
         "cloze_mc": {"kind": "choice", "format": "lmforge_cloze",
                      "path": f"{tasks_dir}/cloze_mc.jsonl.gz"},
         "arith_gen": {"kind": "generate", "format": "lmforge_arith",

@@ -118,8 +118,11 @@ def markdown(plan: dict) -> str:
 
 
 # Training stages of the workflow: where their settings live and how their model is sized.
-STAGES = (("pretrain", ("pretrain",)), ("grow", ("grow", "train")), ("sft", ("sft", "train")),
-          ("anneal", ("midtrain", "train")))
+# Training stages: their config section and the launch layout they use.
+STAGES = {"pretrain": (("pretrain",), "pretrain"), "grow": (("grow", "train"), "grow"),
+          "baseline": (None, "grow"), "sft": (("sft", "train"), "sft"),
+          "anneal": (("midtrain", "train"), "anneal")}
+GROWN_STAGES = ("grow", "baseline", "sft")
 H100_BF16_FLOPS = 989e12
 
 
@@ -142,6 +145,41 @@ def stage_model_config(config: dict, grown: bool) -> ModelConfig:
                           "n_heads": model["n_heads"] * width,
                           "mlp_hidden": model["mlp_hidden"] * width,
                           "vocab_size": config["tokenizer"]["vocab_size"]})
+
+
+def _world_size(config: dict, stage: str) -> int:
+    launch = config["launch"][STAGES[stage][1]]
+    return launch["nodes"] * launch["processes_per_node"]
+
+
+def baseline_train_config(config: dict) -> dict:
+    """Training config of the from-scratch baseline of the grown size: pretraining's
+    hyperparameters, for as many instances as pretrain + grow together (with the same seed the
+    same instances, as the grown stage continues the small one's data order)."""
+    from lmforge.train import resolve_batch
+
+    pretrain = resolve_batch(config["pretrain"], _world_size(config, "pretrain"))
+    grow = resolve_batch(config["grow"]["train"], _world_size(config, "grow"))
+    batch = pretrain["micro_batch_size"] * pretrain["grad_accum"] * _world_size(
+        config, "pretrain")
+    instances = batch * pretrain["steps"] + (
+        grow["micro_batch_size"] * grow["grad_accum"] * _world_size(config, "grow")
+        * grow["steps"])
+    steps, rest = divmod(instances, batch)
+    if rest:
+        raise InputError(f"pretrain + grow train {instances} instances, not a multiple of "
+                         f"pretraining's global batch {batch}: the baseline cannot match them")
+    cfg = {k: v for k, v in config["pretrain"].items() if k not in ("grad_accum", "save_moments")}
+    return {**cfg, "steps": steps, "global_batch_size": batch}
+
+
+def stage_train_config(config: dict, stage: str) -> dict:
+    if stage == "baseline":
+        return baseline_train_config(config)
+    section = config
+    for key in STAGES[stage][0]:
+        section = section[key]
+    return section
 
 
 def merged_config(paths: list[str | os.PathLike], base: str | os.PathLike) -> dict:
@@ -169,14 +207,11 @@ def workflow_plan(config: dict, mfu: float = 0.4) -> list[dict]:
     from lmforge.train import resolve_batch
 
     rows = []
-    for stage, keys in STAGES:
-        train_cfg = config
-        for key in keys:
-            train_cfg = train_cfg[key]
-        launch = config["launch"][stage]
-        world = launch["nodes"] * launch["processes_per_node"]
-        cfg = resolve_batch(train_cfg, world)
-        plan = estimate(stage_model_config(config, stage in ("grow", "sft")), cfg, world)
+    for stage, (_, layout) in STAGES.items():
+        launch = config["launch"][layout]
+        world = _world_size(config, stage)
+        cfg = resolve_batch(stage_train_config(config, stage), world)
+        plan = estimate(stage_model_config(config, stage in GROWN_STAGES), cfg, world)
         peak = cfg.get("peak_flops") or (H100_BF16_FLOPS if launch["gpus_per_node"] else None)
         flops = plan["flops_per_step"] * cfg["steps"]
         hours = flops / (world * peak * mfu) / 3600 if peak else None

@@ -24,12 +24,15 @@ def _vectorizer(n_features: int):
 
 
 def reference_documents(reference: str, words_per_doc: int = 150) -> list[str]:
-    """`pydoc`: Python's language reference cut into page-sized chunks; else a JSONL path."""
+    """`pydoc`: Python's language reference cut into page-sized chunks (without the topics
+    held out for evaluation); else a JSONL path."""
     if reference != "pydoc":
         return [doc["text"] for doc in read_jsonl(reference)]
     docs, chunk = [], []
-    for paragraphs in sources.topic_paragraphs().values():
-        for paragraph in paragraphs:
+    _, crawl_topics = sources.split_task_and_crawl_topics()
+    by_topic = sources.topic_paragraphs()
+    for topic in crawl_topics:
+        for paragraph in by_topic[topic]:
             chunk.append(paragraph)
             if sum(len(p.split()) for p in chunk) >= words_per_doc:
                 docs.append("\n\n".join(chunk))

@@ -3,6 +3,8 @@
 - cloze_mc: multiple choice; a sentence opening and four endings, one of them the real one
   (scored by log-likelihood, OLMES "rc" style).
 - arith_gen: "What is a + b?" answered by greedy generation, scored by exact match.
+- reference_docs: the held-out topics' prose as documents, for bits per byte on the language
+  reference (the domain the quality classifier, and so the mid-training mix, favours).
 
 Items come from pydoc topics that the demo crawl never uses, so the only contamination in the
 corpus is the one the crawl injects on purpose (and labels).
@@ -19,11 +21,33 @@ from lmforge.storage import read_jsonl, write_jsonl_gz
 TASK_NAMES = ("cloze_mc", "arith_gen")
 
 
+def _crawl_text() -> str:
+    return "\n".join(p for _, p in sources.crawl_paragraphs())
+
+
+def reference_documents() -> list[dict]:
+    """One document per held-out topic: its paragraphs that share no sentence with the crawl or
+    the other topics (some pydoc topics repeat each other's text; the quality classifier
+    learns from the others)."""
+    held, others = sources.split_task_and_crawl_topics()
+    paragraphs = sources.topic_paragraphs()
+    seen = "\n".join([_crawl_text()] + [p for topic in others for p in paragraphs[topic]])
+    docs = []
+    for topic in held:
+        kept = [para for para in paragraphs[topic]
+                if not any(len(sent.split()) >= 6 and sent in seen
+                           for sent in sources.sentences(para))]
+        if kept:
+            docs.append({"id": f"reference-{topic}", "text": "\n\n".join(kept),
+                         "source": "python-reference"})
+    return docs
+
+
 def cloze_items(n_items: int, n_choices: int, seed: int) -> list[dict]:
     held, _ = sources.split_task_and_crawl_topics()
     paragraphs = sources.topic_paragraphs()
     # Some pydoc topics repeat each other's text: keep only sentences the crawl never shows.
-    crawl_text = "\n".join(p for _, p in sources.crawl_paragraphs())
+    crawl_text = _crawl_text()
     candidates, seen = [], set()
     for topic in held:
         for para in paragraphs[topic]:
@@ -86,6 +110,8 @@ def make_tasks(out_dir: str | Path, cfg: dict) -> dict[str, int]:
     counts["cloze_mc"] = write_jsonl_gz(out_dir / "cloze_mc.jsonl.gz", cloze)
     arith = arith_items(cfg["arith_gen"]["items"], cfg["arith_gen"]["max_operand"], cfg["seed"])
     counts["arith_gen"] = write_jsonl_gz(out_dir / "arith_gen.jsonl.gz", arith)
+    counts["reference_docs"] = write_jsonl_gz(out_dir / "reference_docs.jsonl.gz",
+                                              reference_documents())
     return counts
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from lmforge.checkpoint import save_model, save_moments
-from lmforge.model import Olmo2, cross_entropy_and_z_loss
+from lmforge.model import Olmo2, causal_lm_loss, cross_entropy_and_z_loss
 from lmforge.olmoe import Olmoe
 from lmforge.storage import atomic_dir, atomic_path, write_json
 
@@ -191,9 +191,11 @@ def deepspeed_config(cfg: dict, world_size: int) -> dict:
 
 
 def instance_batches(tokens: np.ndarray, seq_len: int, cfg: dict, seed: int, rank: int = 0,
-                     world_size: int = 1) -> Callable[[int, int], Batch]:
+                     world_size: int = 1, first_instance: int = 0) -> Callable[[int, int], Batch]:
     """OLMo's data order: the token array cut into `seq_len` instances, shuffled per epoch by a
-    seeded permutation; each optimizer step takes the next global batch, split across ranks."""
+    seeded permutation; each optimizer step takes the next global batch, split across ranks.
+    `first_instance` continues an order another stage began (a grown model after its small
+    one), so a staged run and a from-scratch run see the same instances."""
     n_instances = len(tokens) // seq_len
     if n_instances == 0:
         raise ValueError(f"{len(tokens)} tokens make no instance of {seq_len} tokens")
@@ -207,7 +209,7 @@ def instance_batches(tokens: np.ndarray, seq_len: int, cfg: dict, seed: int, ran
         return orders[epoch]
 
     def batch(step: int, micro_step: int) -> Batch:
-        start = step * per_step + (micro_step * world_size + rank) * micro
+        start = first_instance + step * per_step + (micro_step * world_size + rank) * micro
         rows = []
         for position in range(start, start + micro):
             epoch, offset = divmod(position, n_instances)
@@ -217,6 +219,30 @@ def instance_batches(tokens: np.ndarray, seq_len: int, cfg: dict, seed: int, ran
         return data[:, :-1], data[:, 1:]
 
     return batch
+
+
+def heldout_loss_fn(tokens: np.ndarray, seq_len: int, instances: int, batch_size: int
+                    ) -> Callable[[torch.nn.Module, torch.device], float]:
+    """OLMo's in-loop evaluation: the mean next-token loss on the first `instances` held-out
+    instances (a fixed set, so points of one curve and of different runs compare)."""
+    n = min(instances, len(tokens) // seq_len)
+    if n == 0:
+        raise ValueError(f"{len(tokens)} held-out tokens make no instance of {seq_len} tokens")
+    data = torch.from_numpy(np.asarray(tokens[: n * seq_len], dtype=np.int64).reshape(n, seq_len))
+
+    @torch.no_grad()
+    def heldout_loss(model: torch.nn.Module, device) -> float:
+        was_training = model.training
+        model.eval()
+        total = 0.0
+        for rows in data.split(batch_size):
+            rows = rows.to(device)
+            logits = model(rows[:, :-1])
+            total += causal_lm_loss(logits, rows[:, 1:]).item() * len(rows)
+        model.train(was_training)
+        return total / n
+
+    return heldout_loss
 
 
 # Dense bf16 peak FLOP/s per device, from the vendors' data sheets (no sparsity).
@@ -346,7 +372,8 @@ def _universal_checkpoint(latest: Path) -> Path:
 
 def train(model: Olmo2, batches: Callable[[int, int], Batch], cfg: dict, seed: int,
           checkpoint_dir: str | Path, metrics_path: str | Path, tracker=None,
-          start=None) -> dict:
+          start=None, heldout: Callable[[torch.nn.Module, torch.device], float] | None = None,
+          first_instance: int = 0) -> dict:
     """Train for cfg['steps'] optimizer steps; write the checkpoint and a metrics CSV atomically.
 
     Every `checkpoint_every` steps the full engine state goes to `<checkpoint_dir>.steps/`
@@ -355,7 +382,10 @@ def train(model: Olmo2, batches: Callable[[int, int], Batch], cfg: dict, seed: i
 
     `start` (a lmforge.grow.TrainingState) continues a grown training state: its moments,
     step count and per-parameter learning-rate scales. With `save_moments` the final
-    checkpoint holds every parameter's moments (optimizer_moments.safetensors) for growth."""
+    checkpoint holds every parameter's moments (optimizer_moments.safetensors) for growth.
+    `heldout` (see heldout_loss_fn) is evaluated every `eval_every` steps (a multiple of
+    `log_every`) and at the end, as the metrics' valid_loss. The trainer state records where
+    the data order stops (`next_instance`), for a stage that continues it."""
     _ensure_distributed_env()
     if torch.cuda.is_available():  # one device per process on a node
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
@@ -364,6 +394,12 @@ def train(model: Olmo2, batches: Callable[[int, int], Batch], cfg: dict, seed: i
     from lmforge.plan import check_fits, device_memory_bytes, estimate, markdown
 
     world_size = int(os.environ.get("WORLD_SIZE", 1))
+    eval_every = cfg.get("eval_every", 0)
+    if eval_every and heldout is None:
+        raise ValueError("eval_every is set but this stage has no held-out tokens to evaluate")
+    if eval_every % cfg["log_every"]:
+        raise ValueError(f"eval_every {eval_every} is not a multiple of log_every "
+                         f"{cfg['log_every']}")
     plan = estimate(model.cfg, cfg, world_size)
     log.info("plan:\n%s", markdown(plan))
     check_fits(plan, device_memory_bytes("cuda" if torch.cuda.is_available() else "cpu"))
@@ -425,8 +461,11 @@ def train(model: Olmo2, batches: Callable[[int, int], Batch], cfg: dict, seed: i
             row = {"step": step + 1, **{k: v / n for k, v in window.items()},
                    "lr": scheduler.get_last_lr()[0], "tokens": tokens_seen,
                    "tokens_per_s": tokens_per_s,
+                   "flops": tokens_seen * engine.module.flops_per_token(),
                    "mfu": engine.module.flops_per_token() * tokens_per_s / world_size / peak
                    if peak else None}
+            if eval_every and ((step + 1) % eval_every == 0 or step + 1 == cfg["steps"]):
+                row["valid_loss"] = heldout(engine.module, engine.device)
             rows.append(row)
             log.info("step %(step)d loss %(loss).4f lr %(lr).2e tok/s %(tokens_per_s).0f", row)
             if tracker is not None and _rank0():
@@ -441,6 +480,8 @@ def train(model: Olmo2, batches: Callable[[int, int], Batch], cfg: dict, seed: i
                 cfg.get("keep_last", 1))
     summary = {"steps": cfg["steps"], "resumed_from_step": first_step, "tokens_seen": tokens_seen,
                "final_loss": rows[-1]["loss"], "seconds": time.perf_counter() - started}
+    if "valid_loss" in rows[-1]:
+        summary["final_valid_loss"] = rows[-1]["valid_loss"]
     moments = full_moments(engine) if cfg.get("save_moments") else None
     with shared_atomic_dir(checkpoint_dir) as tmp:
         # Full engine state (optimizer moments, scheduler, step) for exact continuation.
@@ -449,7 +490,9 @@ def train(model: Olmo2, batches: Callable[[int, int], Batch], cfg: dict, seed: i
             save_model(engine.module, tmp)
             if moments is not None:
                 save_moments(moments, (start.step if start else 0) + cfg["steps"], tmp)
+            next_instance = first_instance + cfg["steps"] * _global_batch(cfg, world_size)
             write_json(tmp / "trainer_state.json", {**summary, "seed": seed, "config": cfg,
+                                                    "next_instance": next_instance,
                                                     "world_size": world_size})
     if _rank0():
         write_metrics(metrics_path, rows)
@@ -457,8 +500,8 @@ def train(model: Olmo2, batches: Callable[[int, int], Batch], cfg: dict, seed: i
     return summary
 
 
-METRIC_COLUMNS = ("step", "loss", "z_loss", "load_balancing", "router_z", "grad_norm", "lr",
-                  "tokens", "tokens_per_s", "mfu")
+METRIC_COLUMNS = ("step", "loss", "valid_loss", "z_loss", "load_balancing", "router_z",
+                  "grad_norm", "lr", "tokens", "flops", "tokens_per_s", "mfu")
 
 
 def write_metrics(path: str | Path, rows: list[dict]) -> None:

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from lmforge import tracking
 from lmforge.launch import job_resources
+from lmforge.plan import baseline_train_config
 from lmforge.warc_inputs import is_remote, warc_inputs
 from lmforge.evaluate import workflow_task_specs
 from lmforge.stats import ANALYSES as STATS_ANALYSES, PLOTS as STATS_PLOTS
@@ -133,6 +134,8 @@ def final_targets():
     targets = [
         f"{R}/eval/summary.md",
         f"{R}/train/loss.png",
+        f"{R}/train/growth.md",
+        f"{R}/eval/midtrain.md",
         f"{R}/stats/documents-{SOURCE}/summary.md",
     ]
     targets += [f"{R}/mixes/{m}/funnel.md" for m in config["mixes"]]

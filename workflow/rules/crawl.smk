@@ -4,6 +4,7 @@ rule make_tasks:
     output:
         cloze=f"{R}/tasks/cloze_mc.jsonl.gz",
         arith=f"{R}/tasks/arith_gen.jsonl.gz",
+        reference=f"{R}/tasks/reference_docs.jsonl.gz",
     log:
         f"{R}/logs/make_tasks.log",
     conda:

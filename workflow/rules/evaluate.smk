@@ -29,7 +29,8 @@ rule evaluate:
         f"{R}/logs/evaluate/{{model}}/{{task}}.log",
     wildcard_constraints:
         model="|".join(
-            ["init", "pretrain", "init-grown", "grow", "sft"] + MIDTRAIN_MODELS
+            ["init", "pretrain", "init-grown", "grow", "baseline", "sft"]
+            + MIDTRAIN_MODELS
         ),
         task="|".join(TASK_SPECS),
     conda:
@@ -68,3 +69,32 @@ rule eval_summary:
         "lmforge eval-summary --inputs {input.results} "
         "--contamination {input.contamination} --out-md {output.md} "
         "--out-parquet {output.parquet} --out-json {output.json} > {log} 2>&1"
+
+
+rule midtrain_report:
+    input:
+        code("midtrain_report"),
+        results=[
+            f"{R}/eval/{m}/{t}.json"
+            for m in ["pretrain"] + MIDTRAIN_MODELS
+            for t in MIDTRAIN["tasks"]
+        ],
+    output:
+        md=report(
+            f"{R}/eval/midtrain.md",
+            caption="../report/midtrain.rst",
+            category="Evaluation",
+        ),
+        json=f"{R}/eval/midtrain.json",
+    log:
+        f"{R}/logs/midtrain_report.log",
+    conda:
+        "../../envs/eval.yaml"
+    params:
+        anneals=" ".join(ANNEALS),
+        soup=f"soup-{MIDTRAIN['mix']}",
+        control=CONTROL,
+    shell:
+        "lmforge midtrain-report --inputs {input.results} --start pretrain "
+        "--anneals {params.anneals} --soup {params.soup} --control {params.control} "
+        "--out-md {output.md} --out-json {output.json} > {log} 2>&1"

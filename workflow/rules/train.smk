@@ -86,6 +86,61 @@ rule grow:
         "--seed {params.seed} --out {output.checkpoint} --metrics {output.metrics} > {log} 2>&1"
 
 
+rule baseline:
+    input:
+        TRAIN_CODE,
+        init=checkpoint_path("init-grown"),
+        tokens=f"{TOKENS}/train.npy",
+        meta=f"{TOKENS}/meta.json",
+    output:
+        checkpoint=directory(checkpoint_path("baseline")),
+        metrics=f"{R}/train/baseline/metrics.csv",
+    log:
+        f"{R}/logs/baseline.log",
+    benchmark:
+        f"{R}/benchmarks/baseline.tsv"
+    conda:
+        "../../envs/train.yaml"
+    threads: 2
+    resources:
+        **launch_resources("grow"),
+    params:
+        cfg=json.dumps(baseline_train_config(config), sort_keys=True),
+        seed=SEED,
+        tokens_dir=lambda w, input: os.path.dirname(input.meta),
+    shell:
+        "lmforge launch --nodes {resources.nodes} --processes {resources.processes} -- "
+        "lmforge pretrain --job-name baseline --init {input.init} "
+        "--tokens-dir {params.tokens_dir} --cfg {params.cfg:q} --seed {params.seed} "
+        "--out {output.checkpoint} --metrics {output.metrics} > {log} 2>&1"
+
+
+rule growth_report:
+    input:
+        code("growth_report"),
+        small=f"{R}/train/pretrain/metrics.csv",
+        grown=f"{R}/train/grow/metrics.csv",
+        baseline=f"{R}/train/baseline/metrics.csv",
+    output:
+        md=report(
+            f"{R}/train/growth.md", caption="../report/growth.rst", category="Training"
+        ),
+        json=f"{R}/train/growth.json",
+        png=report(
+            f"{R}/train/growth.png",
+            caption="../report/growth.rst",
+            category="Training",
+        ),
+    log:
+        f"{R}/logs/growth_report.log",
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "lmforge growth-report --small {input.small} --grown {input.grown} "
+        "--baseline {input.baseline} --out-md {output.md} --out-json {output.json} "
+        "--out-png {output.png} > {log} 2>&1"
+
+
 rule anneal:
     input:
         TRAIN_CODE,
