@@ -15,8 +15,7 @@ pytestmark = pytest.mark.workflow
 STAGES = ["make_tasks", "crawl_demo", "extract", "tag", "dedup", "mix", "funnel", "stats",
           "train_tokenizer", "tokenize", "init_model", "pretrain", "grow", "sft_data", "sft",
           "heldout_docs", "evaluate", "eval_summary", "loss_plot", "anneal", "soup", "baseline",
-          "midtrain_report",
-          "growth_report"]
+          "growth_report", "midtrain_report"]
 
 
 def test_wrong_config_key_or_type_fails_before_any_job(repo, tmp_path):

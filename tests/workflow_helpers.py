@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DISTRIBUTED_ENV = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
 FAST = {"pretrain": {"steps": 80}, "grow": {"train": {"steps": 30}},
         "sft": {"train": {"steps": 40}},
-        "evaluate": {"max_ppl_tokens": 6000, "max_heldout_documents": 60},
+        # arith_gen and reference_bpb run in `make demo`; here their pairs would only add jobs.
+        "evaluate": {"max_ppl_tokens": 6000, "max_heldout_documents": 60,
+                     "tasks": ["heldout_ppl", "heldout_domains", "cloze_mc"]},
         "midtrain": {"seeds": [1, 2], "tasks": ["heldout_ppl"], "train": {"steps": 20}}}
 
 

@@ -123,6 +123,7 @@ STAGES = {"pretrain": (("pretrain",), "pretrain"), "grow": (("grow", "train"), "
           "baseline": (None, "grow"), "sft": (("sft", "train"), "sft"),
           "anneal": (("midtrain", "train"), "anneal")}
 GROWN_STAGES = ("grow", "baseline", "sft")
+GROWN_LAYOUT = ("micro_batch_size", "zero_stage", "compile", "peak_flops")
 H100_BF16_FLOPS = 989e12
 
 
@@ -154,8 +155,9 @@ def _world_size(config: dict, stage: str) -> int:
 
 def baseline_train_config(config: dict) -> dict:
     """Training config of the from-scratch baseline of the grown size: pretraining's
-    hyperparameters, for as many instances as pretrain + grow together (with the same seed the
-    same instances, as the grown stage continues the small one's data order)."""
+    hyperparameters and global batch, the grow stage's per-device layout, for as many
+    instances as pretrain + grow together (with the same seed the same instances, as the grown
+    stage continues the small one's data order)."""
     from lmforge.train import resolve_batch
 
     pretrain = resolve_batch(config["pretrain"], _world_size(config, "pretrain"))
@@ -170,7 +172,9 @@ def baseline_train_config(config: dict) -> dict:
         raise InputError(f"pretrain + grow train {instances} instances, not a multiple of "
                          f"pretraining's global batch {batch}: the baseline cannot match them")
     cfg = {k: v for k, v in config["pretrain"].items() if k not in ("grad_accum", "save_moments")}
-    return {**cfg, "steps": steps, "global_batch_size": batch}
+    # How the grown size is laid out on its devices comes from the grow stage.
+    layout = {k: v for k, v in config["grow"]["train"].items() if k in GROWN_LAYOUT}
+    return {**cfg, **layout, "steps": steps, "global_batch_size": batch}
 
 
 def stage_train_config(config: dict, stage: str) -> dict:

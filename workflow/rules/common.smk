@@ -95,6 +95,10 @@ ANNEALS = [f"anneal-{MIDTRAIN['mix']}-s{seed}" for seed in MIDTRAIN["seeds"]]
 CONTROL = f"anneal-{MIDTRAIN['control_mix']}-s{MIDTRAIN['seeds'][0]}"
 MIDTRAIN_MODELS = ANNEALS + [f"soup-{MIDTRAIN['mix']}", CONTROL]
 EVAL = config["evaluate"]
+# The baseline is evaluated only where it is compared (it costs a pretraining run).
+EVAL_MODELS = [
+    m for m in EVAL["models"] if m != "baseline" or config["grow"]["compare_baseline"]
+]
 TASK_SPECS = workflow_task_specs(
     EVAL,
     tasks_dir=f"{R}/tasks",
@@ -134,10 +138,11 @@ def final_targets():
     targets = [
         f"{R}/eval/summary.md",
         f"{R}/train/loss.png",
-        f"{R}/train/growth.md",
         f"{R}/eval/midtrain.md",
         f"{R}/stats/documents-{SOURCE}/summary.md",
     ]
+    if config["grow"]["compare_baseline"]:
+        targets.append(f"{R}/train/growth.md")
     targets += [f"{R}/mixes/{m}/funnel.md" for m in config["mixes"]]
     targets += [f"{R}/stats/mix-{m}/summary.md" for m in config["mixes"]]
     for pair in config["stats"]["overlap"]:

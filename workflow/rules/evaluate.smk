@@ -47,7 +47,7 @@ rule eval_summary:
     input:
         code("evaluate"),
         results=[
-            f"{R}/eval/{m}/{t}.json" for m in EVAL["models"] for t in EVAL["tasks"]
+            f"{R}/eval/{m}/{t}.json" for m in EVAL_MODELS for t in EVAL["tasks"]
         ]
         + [
             f"{R}/eval/{m}/{t}.json"
