@@ -6,10 +6,10 @@ from lmforge.checkpoint import save_model
 from lmforge.evaltasks import TaskSpec, run_task, token_perplexity
 from lmforge.evaluate import write_summary
 from lmforge.lm import load
-from lmforge.model import ModelConfig, Olmo2
-from lmforge.sft import encode_example, make_sft_data, sft_batches
+from lmforge.model import ModelConfig, Olmo2, causal_lm_loss
+from lmforge.sft import encode_example, make_sft_data, pack, sft_batches
 from lmforge.storage import read_jsonl, write_json, write_jsonl_gz
-from lmforge.tokenize import ASSISTANT, load_tokenizer, train_tokenizer
+from lmforge.tokenize import ASSISTANT, EOS, PAD, load_tokenizer, train_tokenizer
 
 from conftest import make_docs
 
@@ -40,16 +40,61 @@ def test_loss_only_on_assistant_tokens(tmp_path):
     tok = _tokenizer(tmp_path)
     example = {"messages": [{"role": "user", "content": "What is 2 + 3?"},
                             {"role": "assistant", "content": "5"}]}
-    ids, labels = encode_example(tok, example, 64)
+    ids, trained = encode_example(tok, example, 64)
     start = ids.index(tok.token_to_id(ASSISTANT))
-    assert all(label == -100 for label in labels[: start + 2])
-    assert tok.decode([label for label in labels if label != -100]).startswith("5")
+    assert not any(trained[: start + 2])  # the prompt and "<|assistant|>\n"
+    assert tok.decode([i for i, t in zip(ids, trained) if t], skip_special_tokens=False) == \
+        "5" + EOS
     write_jsonl_gz(tmp_path / "sft.jsonl.gz", [example] * 3)
     batches, info = sft_batches(tok, tmp_path / "sft.jsonl.gz", 32,
                                 {"micro_batch_size": 2, "grad_accum": 1}, seed=0)
-    inputs, targets = batches(0, 0)
-    assert inputs.shape == targets.shape == (2, 31) and info["examples"] == 3
-    assert (targets != -100).sum() == 2 * sum(label != -100 for label in labels)
+    inputs, targets, docs = batches(0, 0)
+    assert inputs.shape == targets.shape == docs.shape == (2, 31) and info["examples"] == 3
+    per_row = 32 // len(ids)
+    assert info["rows_per_epoch"] == -(-3 // per_row)
+    assert (targets[0] != -100).sum() == per_row * sum(trained)
+
+
+def test_non_assistant_tokens_contribute_no_gradient(tmp_path):
+    """The loss's gradient reaches the logits only where the next token is an assistant
+    token of the same packed example."""
+    tok = _tokenizer(tmp_path)
+    conversations = [[{"role": "system", "content": "Be brief."},
+                      {"role": "user", "content": "What is 2 + 3?"},
+                      {"role": "assistant", "content": "5"},
+                      {"role": "user", "content": "And 4 + 4?"},
+                      {"role": "assistant", "content": "8"}],
+                     [{"role": "user", "content": "Complete: the cat"},
+                      {"role": "assistant", "content": "sat on the mat"}]]
+    encoded = [encode_example(tok, {"messages": m}, 256) for m in conversations]
+    (inputs, labels, docs), = pack(encoded, 256, tok.token_to_id(PAD))  # one row
+    model = Olmo2(ModelConfig(vocab_size=tok.get_vocab_size(), d_model=16, n_layers=1,
+                              n_heads=2, mlp_hidden=32, max_seq_len=256))
+    logits = model(inputs[None], doc_ids=docs[None])
+    logits.retain_grad()
+    causal_lm_loss(logits, labels[None]).backward()
+    touched = logits.grad[0].abs().sum(-1) > 0
+    trained = torch.tensor([t for _, flags in encoded for t in flags] + [False] * 256)[:256]
+    assert torch.equal(touched, trained[1:])  # exactly the positions predicting trained tokens
+    assert touched.sum() == sum(sum(flags) for _, flags in encoded) > 0
+
+
+def test_packed_examples_compute_what_they_compute_alone(tmp_path):
+    tok = _tokenizer(tmp_path)
+    examples = [encode_example(tok, {"messages": [
+        {"role": "user", "content": f"What is {a} + {b}?"},
+        {"role": "assistant", "content": str(a + b)}]}, 64) for a, b in ((1, 2), (10, 7), (3, 3))]
+    inputs, _, docs = pack(examples, 64, tok.token_to_id(PAD))[0]
+    model = Olmo2(ModelConfig(vocab_size=tok.get_vocab_size(), d_model=16, n_layers=2,
+                              n_heads=2, mlp_hidden=32, max_seq_len=64))
+    with torch.no_grad():
+        packed = model(inputs[None], doc_ids=docs[None])[0]
+        cursor = 0
+        for ids, _ in examples:
+            alone = model(torch.tensor([ids]))[0]
+            assert torch.allclose(packed[cursor:cursor + len(ids)][: len(ids) - 1],
+                                  alone[: len(ids) - 1], atol=1e-5)
+            cursor += len(ids)
 
 
 def _uniform_lm(tok_path, vocab):

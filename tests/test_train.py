@@ -336,3 +336,30 @@ def test_a_grown_training_state_steps_in_the_engine_as_in_torch(tmp_path, one_ra
     diff = max((a - b).abs().max().item() for a, b in
                zip(reference.parameters(), grown.parameters()))
     assert moved > 1e-4 and diff < 1e-6 * max(1.0, moved)
+
+
+def test_sum_reduction_adds_the_labelled_tokens_losses():
+    import torch
+    import torch.nn.functional as F
+
+    from lmforge.train import training_loss
+
+    torch.manual_seed(0)
+    model = Olmo2(ModelConfig(vocab_size=50, d_model=16, n_layers=1, n_heads=2, mlp_hidden=32,
+                              max_seq_len=16))
+
+    class Engine:  # what training_loss needs of a DeepSpeed engine
+        module = model
+
+        def __call__(self, *args, **kwargs):
+            return model(*args, **kwargs)
+
+    inputs = torch.randint(0, 50, (2, 8))
+    labels = torch.randint(0, 50, (2, 8))
+    labels[0, :5] = -100
+    mean, parts = training_loss(Engine(), inputs, labels, {})
+    total, _ = training_loss(Engine(), inputs, labels, {"loss_reduction": "sum"})
+    by_hand = F.cross_entropy(model(inputs).view(-1, 50), labels.view(-1), ignore_index=-100,
+                              reduction="sum")
+    assert total.item() == pytest.approx(by_hand.item(), rel=1e-5)
+    assert mean.item() == pytest.approx(by_hand.item() / 11, rel=1e-5) == parts["loss"]

@@ -79,8 +79,9 @@ def encode(tokenizer, messages: list[dict], eos: str, add_generation_prompt: boo
     return ids, trained
 
 
-def tokenizer_config(eos: str, pad: str, max_length: int) -> dict:
-    """`tokenizer_config.json` for `transformers`: the fast tokenizer, its special tokens and
-    the chat template."""
-    return {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eos, "pad_token": pad,
-            "model_max_length": max_length, "chat_template": CHAT_TEMPLATE}
+def tokenizer_config(eos: str, pad: str, max_length: int | None = None) -> dict:
+    """`tokenizer_config.json` for `transformers`: the fast tokenizer, its special tokens, the
+    chat template and (for a model's directory) the model's context length."""
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eos, "pad_token": pad,
+              "chat_template": CHAT_TEMPLATE}
+    return {**config, "model_max_length": max_length} if max_length else config

@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from lmforge.storage import InputError, atomic_path, write_json, write_text
+from lmforge.storage import InputError, save_figure, write_json, write_text
 
 Curve = list[tuple[float, float]]
 
@@ -122,10 +122,7 @@ def plot(result: dict, out_path: str | Path) -> None:
     ax.set_xlabel("training FLOPs")
     ax.set_ylabel("held-out loss")
     ax.legend()
-    fig.tight_layout()
-    with atomic_path(out_path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
-    plt.close(fig)
+    save_figure(fig, out_path)
 
 
 def write_report(small_csv, grown_csv, baseline_csv, out_md, out_json, out_png) -> dict:

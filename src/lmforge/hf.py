@@ -70,7 +70,8 @@ def export_hf(model: Olmo2 | Olmoe, directory: str | Path,
     """Write `config.json` and `model.safetensors` (atomically, as one directory); with a
     `tokenizer.json`, also the files `AutoTokenizer` loads, so the directory is complete for
     `transformers`, lm-evaluation-harness or vLLM."""
-    from lmforge.tokenize import EOS
+    from lmforge.chat import tokenizer_config
+    from lmforge.tokenize import EOS, PAD
 
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_dir(directory) as tmp:
@@ -78,9 +79,8 @@ def export_hf(model: Olmo2 | Olmoe, directory: str | Path,
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if tokenizer is not None:
             shutil.copyfile(tokenizer, tmp / "tokenizer.json")
-            (tmp / "tokenizer_config.json").write_text(json.dumps({
-                "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": EOS,
-                "model_max_length": model.cfg.max_seq_len}, indent=2) + "\n")
+            (tmp / "tokenizer_config.json").write_text(json.dumps(
+                tokenizer_config(EOS, PAD, model.cfg.max_seq_len), indent=2) + "\n")
 
 
 def _read_state(directory: Path) -> dict[str, torch.Tensor]:

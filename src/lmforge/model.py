@@ -51,6 +51,14 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
+def document_positions(doc_ids: torch.Tensor) -> torch.Tensor:
+    """Each token's position within its document, for rows of contiguous packed documents."""
+    index = torch.arange(doc_ids.shape[1], device=doc_ids.device).expand_as(doc_ids)
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    return index - torch.where(starts, index, 0).cummax(dim=1).values
+
+
 def rope_cache(seq_len: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
     angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
@@ -76,7 +84,7 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin):
+    def forward(self, x, cos, sin, mask=None):
         batch, seq, _ = x.shape
         q = self.q_norm(self.q_proj(x))
         k = self.k_norm(self.k_proj(x))
@@ -84,7 +92,8 @@ class Attention(nn.Module):
         q, k, v = (t.view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
                    for t in (q, k, v))
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        out = (F.scaled_dot_product_attention(q, k, v, is_causal=True) if mask is None
+               else F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
 
 
@@ -107,8 +116,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
         self.post_feedforward_layernorm = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin):
-        h = x + self.post_attention_layernorm(self.self_attn(x, cos, sin))
+    def forward(self, x, cos, sin, mask=None):
+        h = x + self.post_attention_layernorm(self.self_attn(x, cos, sin, mask))
         return h + self.post_feedforward_layernorm(self.mlp(h))
 
 
@@ -143,13 +152,23 @@ class Decoder(nn.Module):
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
 
-    def embed(self, input_ids: torch.Tensor):
-        """Token embeddings and the RoPE tables for this length."""
+    def embed(self, input_ids: torch.Tensor, doc_ids: torch.Tensor | None = None):
+        """Token embeddings, the RoPE tables for this length and the attention mask (None:
+        causal). `doc_ids` (batch × seq) marks packed documents: each attends only to itself
+        and counts positions from its own start, so a packed row computes what its documents
+        would alone."""
         seq = input_ids.shape[1]
         if seq > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {seq} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
         x = self.model.embed_tokens(input_ids)
-        return x, self.rope_cos[:seq].to(x.dtype), self.rope_sin[:seq].to(x.dtype)
+        if doc_ids is None:
+            return x, self.rope_cos[:seq].to(x.dtype), self.rope_sin[:seq].to(x.dtype), None
+        positions = document_positions(doc_ids)
+        cos = self.rope_cos[positions].unsqueeze(1).to(x.dtype)
+        sin = self.rope_sin[positions].unsqueeze(1).to(x.dtype)
+        causal = torch.ones(seq, seq, dtype=torch.bool, device=x.device).tril()
+        mask = (doc_ids[:, :, None] == doc_ids[:, None, :]) & causal
+        return x, cos, sin, mask.unsqueeze(1)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.model.norm(x))
@@ -159,14 +178,16 @@ class Olmo2(Decoder):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg, Backbone(cfg))
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.head(self.hidden_states(input_ids))
+    def forward(self, input_ids: torch.Tensor, doc_ids: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        return self.head(self.hidden_states(input_ids, doc_ids))
 
-    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def hidden_states(self, input_ids: torch.Tensor, doc_ids: torch.Tensor | None = None
+                      ) -> torch.Tensor:
         """The last block's output; `head` turns any subset of its positions into logits."""
-        x, cos, sin = self.embed(input_ids)
+        x, cos, sin, mask = self.embed(input_ids, doc_ids)
         for layer in self.model.layers:
-            x = layer(x, cos, sin)
+            x = layer(x, cos, sin, mask)
         return x
 
     def num_params(self, non_embedding: bool = True) -> int:

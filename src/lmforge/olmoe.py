@@ -84,8 +84,8 @@ class MoEBlock(nn.Module):
         self.input_layernorm = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin):
-        h = x + self.self_attn(self.input_layernorm(x), cos, sin)
+    def forward(self, x, cos, sin, mask=None):
+        h = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
         moe_out, router_logits = self.mlp(self.post_attention_layernorm(h))
         return h + moe_out, router_logits
 
@@ -102,9 +102,10 @@ class Olmoe(Decoder):
     def __init__(self, cfg: MoEConfig):
         super().__init__(cfg, MoEBackbone(cfg))
 
-    def forward(self, input_ids: torch.Tensor, return_aux: bool = False):
+    def forward(self, input_ids: torch.Tensor, return_aux: bool = False,
+                doc_ids: torch.Tensor | None = None):
         """Logits; with `return_aux`, also the weighted auxiliary losses by name."""
-        x, router_logits = self._blocks(input_ids)
+        x, router_logits = self._blocks(input_ids, doc_ids)
         logits = self.head(x)
         if not return_aux:
             return logits
@@ -114,15 +115,17 @@ class Olmoe(Decoder):
             "router_z": self.cfg.router_z_loss_weight * router_z_loss(router_logits),
         }
 
-    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def hidden_states(self, input_ids: torch.Tensor, doc_ids: torch.Tensor | None = None
+                      ) -> torch.Tensor:
         """The last block's output; `head` turns any subset of its positions into logits."""
-        return self._blocks(input_ids)[0]
+        return self._blocks(input_ids, doc_ids)[0]
 
-    def _blocks(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        x, cos, sin = self.embed(input_ids)
+    def _blocks(self, input_ids: torch.Tensor, doc_ids: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        x, cos, sin, mask = self.embed(input_ids, doc_ids)
         router_logits = []
         for layer in self.model.layers:
-            x, layer_logits = layer(x, cos, sin)
+            x, layer_logits = layer(x, cos, sin, mask)
             router_logits.append(layer_logits)
         return x, router_logits
 

@@ -1,12 +1,14 @@
 """Instruction data made by the workflow, and supervised fine-tuning batches.
 
 Two skills: two-number addition (operand pairs held out for evaluation are excluded) and
-sentence completion from the training mix. Examples use a chat template with role tokens; the
-loss is on the assistant's tokens (and the closing EOS) only, as in Tulu / open-instruct.
+sentence completion from the training mix. Examples use the Tulu chat format (lmforge.chat);
+the loss is on the assistant's tokens (and the closing EOS) only, as in Tulu / open-instruct,
+and examples are packed into full rows without attending across each other.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -14,13 +16,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmforge import sources, tasks
-from lmforge.storage import read_jsonl, write_jsonl_gz
-from lmforge.tokenize import ASSISTANT, EOS, PAD, USER, is_valid_doc
+from lmforge import chat, sources, tasks
+from lmforge.storage import InputError, read_jsonl, write_jsonl_gz
+from lmforge.tokenize import EOS, PAD, is_valid_doc
+
+log = logging.getLogger(__name__)
 
 
 def prompt_text(user: str) -> str:
-    return f"{USER}\n{user}\n{ASSISTANT}\n"
+    """A one-turn prompt in the chat format, ending in the generation prompt."""
+    return chat.render([{"role": "user", "content": user}], EOS, add_generation_prompt=True)
 
 
 def make_sft_data(mix_paths: list[str], out_path: str | Path, cfg: dict, tasks_cfg: dict,
@@ -58,31 +63,53 @@ def make_sft_data(mix_paths: list[str], out_path: str | Path, cfg: dict, tasks_c
             "completion": min(cfg["cloze_examples"], len(completions))}
 
 
-def encode_example(tokenizer, example: dict, max_len: int) -> tuple[list[int], list[int]] | None:
-    """Token ids and labels (-100 outside assistant turns); None if it does not fit."""
-    ids: list[int] = []
-    labels: list[int] = []
-    for message in example["messages"]:
-        if message["role"] == "user":
-            part = tokenizer.encode(prompt_text(message["content"]), add_special_tokens=False).ids
-            ids += part
-            labels += [-100] * len(part)
-        elif message["role"] == "assistant":
-            part = tokenizer.encode(message["content"], add_special_tokens=False).ids
-            part += [tokenizer.token_to_id(EOS)]
-            ids += part
-            labels += part
-        else:
-            raise ValueError(f"unknown role {message['role']!r}")
-    # Shifted pairs: input ids[:-1] predicts labels[1:].
-    if len(ids) > max_len:
-        return None
-    return ids, labels
+def encode_example(tokenizer, example: dict, max_len: int) -> tuple[list[int], list[bool]] | None:
+    """Token ids of the conversation in the chat format and, per token, whether it is trained
+    on (assistant turns and their end-of-text only); None if it does not fit."""
+    try:
+        ids, trained = chat.encode(tokenizer, example.get("messages"), EOS)
+    except InputError as err:
+        raise InputError(f"SFT example {example.get('id', '')!r}: {err}") from None
+    return (ids, trained) if len(ids) <= max_len else None
+
+
+def pack(examples: list[tuple[list[int], list[bool]]], max_len: int, pad: int
+         ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Examples packed in order into rows of `max_len` tokens (a row closes when the next
+    example does not fit), as (inputs, labels, doc_ids) of max_len − 1 positions. doc_ids
+    keep attention and positions within each example (padding is its own document, -1);
+    a label is kept where the next token is trained on and in the same example."""
+    rows, current = [], []
+    for example in examples:
+        if current and sum(len(ids) for ids, _ in current) + len(example[0]) > max_len:
+            rows.append(current)
+            current = []
+        current.append(example)
+    if current:
+        rows.append(current)
+    out = []
+    for row in rows:
+        ids = torch.full((max_len,), pad, dtype=torch.long)
+        trained = torch.zeros(max_len, dtype=torch.bool)
+        docs = torch.full((max_len,), -1, dtype=torch.long)
+        cursor = 0
+        for number, (example_ids, example_trained) in enumerate(row):
+            end = cursor + len(example_ids)
+            ids[cursor:end] = torch.tensor(example_ids)
+            trained[cursor:end] = torch.tensor(example_trained)
+            docs[cursor:end] = number
+            cursor = end
+        same_doc = (docs[1:] == docs[:-1]) & (docs[1:] >= 0)
+        labels = torch.where(trained[1:] & same_doc, ids[1:], -100)
+        out.append((ids[:-1], labels, docs[:-1]))
+    return out
 
 
 def sft_batches(tokenizer, data_path: str | Path, max_len: int, cfg: dict, seed: int,
-                rank: int = 0, world_size: int = 1
-                ) -> tuple[Callable[[int, int], tuple[torch.Tensor, torch.Tensor]], dict]:
+                rank: int = 0, world_size: int = 1) -> tuple[Callable[[int, int], tuple], dict]:
+    """Micro-batches of packed rows (inputs, labels, doc_ids): each epoch shuffles the examples
+    with the seed and packs them; each step's global batch is split across ranks as in
+    pretraining. Without `packing` every example is a row of its own."""
     pad = tokenizer.token_to_id(PAD)
     encoded, too_long = [], 0
     for example in read_jsonl(data_path):
@@ -93,24 +120,30 @@ def sft_batches(tokenizer, data_path: str | Path, max_len: int, cfg: dict, seed:
             encoded.append(item)
     if not encoded:
         raise ValueError(f"{data_path}: no SFT example fits in {max_len} tokens")
+    if too_long:
+        log.warning("%s: %d examples longer than %d tokens skipped", data_path, too_long, max_len)
     micro = cfg["micro_batch_size"]
-    orders: dict[int, np.ndarray] = {}
+    epochs: list[list] = []
 
-    def order(epoch: int) -> np.ndarray:
-        if epoch not in orders:
-            orders[epoch] = np.random.default_rng([seed, epoch]).permutation(len(encoded))
-        return orders[epoch]
+    def rows_of(epoch: int) -> list:
+        while len(epochs) <= epoch:
+            order = np.random.default_rng([seed, len(epochs)]).permutation(len(encoded))
+            shuffled = [encoded[int(i)] for i in order]
+            epochs.append(pack(shuffled, max_len, pad) if cfg.get("packing", True)
+                          else [pack([e], max_len, pad)[0] for e in shuffled])
+        return epochs[epoch]
+
+    def row(index: int):
+        epoch = 0
+        while index >= len(rows_of(epoch)):
+            index -= len(rows_of(epoch))
+            epoch += 1
+        return rows_of(epoch)[index]
 
     def batch(step: int, micro_step: int):
-        # Each step's global batch is split across ranks as in pretraining.
         start = (step * cfg["grad_accum"] * world_size + micro_step * world_size + rank) * micro
-        inputs = torch.full((micro, max_len - 1), pad, dtype=torch.long)
-        labels = torch.full((micro, max_len - 1), -100, dtype=torch.long)
-        for row in range(micro):
-            epoch, offset = divmod(start + row, len(encoded))
-            ids, labs = encoded[int(order(epoch)[offset])]
-            inputs[row, : len(ids) - 1] = torch.tensor(ids[:-1])
-            labels[row, : len(labs) - 1] = torch.tensor(labs[1:])
-        return inputs, labels
+        return tuple(torch.stack(parts) for parts in zip(*(row(start + i) for i in range(micro))))
 
-    return batch, {"examples": len(encoded), "skipped_too_long": too_long}
+    rows = len(rows_of(0))
+    return batch, {"examples": len(encoded), "skipped_too_long": too_long, "rows_per_epoch": rows,
+                   "examples_per_row": len(encoded) / rows}

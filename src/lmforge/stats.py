@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lmforge import pii
-from lmforge.storage import atomic_dir, atomic_path, read_jsonl, write_json, write_text
+from lmforge.storage import atomic_dir, atomic_path, read_jsonl, save_figure, write_json, write_text
 
 PII_KINDS = tuple(pii.PATTERNS)
 ANALYSES = (
@@ -353,15 +353,6 @@ def key_numbers(frames: dict) -> dict:
     return summary
 
 
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
-    plt.close(fig)
-
-
 def _barh(ax, labels, values, title: str, xlabel: str) -> None:
     ax.barh([str(x) for x in labels][::-1], list(values)[::-1])
     ax.set_title(title)
@@ -379,12 +370,12 @@ def _plots(frames: dict, out_dir: Path, top_k: int) -> None:
     ax.bar([f"2^{b}" for b in hist["log2_chars_bucket"]], hist["documents"])
     ax.set(xlabel="document length (characters)", ylabel="documents",
            title="Document length distribution")
-    _save(fig, out_dir / "length_histogram.png")
+    save_figure(fig, out_dir / "length_histogram.png")
 
     domains = frames["domains"].head(top_k)
     fig, ax = plt.subplots(figsize=(6, 0.3 * len(domains) + 1.2))
     _barh(ax, domains["domain"], domains["documents"], f"Top {len(domains)} domains", "documents")
-    _save(fig, out_dir / "domains.png")
+    save_figure(fig, out_dir / "domains.png")
 
     grams = frames["ngrams"]
     most = grams[grams["rank_kind"] == "most"]
@@ -393,19 +384,19 @@ def _plots(frames: dict, out_dir: Path, top_k: int) -> None:
     for ax, n in zip(axes[0], ns):
         part = most[most["n"] == n].head(top_k)
         _barh(ax, part["ngram"], part["count"].fillna(0), f"Most common {n}-grams", "count")
-    _save(fig, out_dir / "ngrams.png")
+    save_figure(fig, out_dir / "ngrams.png")
 
     langs = frames["languages"].head(top_k)
     fig, ax = plt.subplots(figsize=(6, 0.3 * len(langs) + 1.2))
     _barh(ax, langs["language"], langs["documents"], "Languages (lang tagger)", "documents")
-    _save(fig, out_dir / "languages.png")
+    save_figure(fig, out_dir / "languages.png")
 
     dates = frames["dates"]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.bar([str(d) for d in dates["created_day"]], dates["documents"])
     ax.set(xlabel="crawl date", ylabel="documents", title="Crawl date distribution")
     ax.tick_params(axis="x", rotation=45)
-    _save(fig, out_dir / "dates.png")
+    save_figure(fig, out_dir / "dates.png")
 
 
 def _table(frame, limit: int | None = None) -> list[str]:

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from lmforge.chat import ASSISTANT, SYSTEM, USER, tokenizer_config
 from lmforge.storage import atomic_path, read_json, read_jsonl, stable_fraction, write_json
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
-USER = "<|user|>"
-ASSISTANT = "<|assistant|>"
-SPECIAL_TOKENS = [EOS, PAD, USER, ASSISTANT]
+# Chat-format role markers are single tokens; their order keeps the older ids.
+SPECIAL_TOKENS = [EOS, PAD, USER, ASSISTANT, SYSTEM]
 
 
 def is_valid_doc(doc_id: str, seed: int, fraction: float) -> bool:
@@ -49,6 +49,8 @@ def train_tokenizer(paths: list[str], out_path: str | Path, vocab_size: int, see
     tokenizer.train_from_iterator(_texts(paths, seed, valid_fraction, want_valid=False), trainer)
     with atomic_path(out_path) as tmp:
         tokenizer.save(str(tmp), pretty=False)
+    # transformers' files beside it: special tokens and the Tulu chat template.
+    write_json(Path(out_path).parent / "tokenizer_config.json", tokenizer_config(EOS, PAD))
     return {"vocab_size": tokenizer.get_vocab_size()}
 
 

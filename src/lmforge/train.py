@@ -27,7 +27,7 @@ import torch
 from lmforge.checkpoint import save_model, save_moments
 from lmforge.model import Olmo2, causal_lm_loss, cross_entropy_and_z_loss
 from lmforge.olmoe import Olmoe
-from lmforge.storage import atomic_dir, atomic_path, write_json
+from lmforge.storage import atomic_dir, atomic_path, save_figure, write_json
 
 log = logging.getLogger(__name__)
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -139,16 +139,21 @@ def start_from_moments(engine, moments: dict, step: int) -> None:
                          "fp32")
 
 
-def training_loss(engine, inputs, labels, cfg: dict) -> tuple[torch.Tensor, dict[str, float]]:
+def training_loss(engine, inputs, labels, cfg: dict, doc_ids=None
+                  ) -> tuple[torch.Tensor, dict[str, float]]:
     """Cross-entropy plus OLMo's z-loss on the output logits (weight `z_loss`, 1e-5 in OLMo 2)
-    and, for OLMoE, the router's load-balancing and z-losses; the parts for logging."""
+    and, for OLMoE, the router's load-balancing and z-losses; the parts for logging (the
+    cross-entropy per token). `loss_reduction: sum` sums over the labelled tokens instead of
+    averaging (open-instruct's option for SFT: every token weighs the same across
+    micro-batches with different numbers of labels). `doc_ids` marks packed documents."""
     if isinstance(engine.module, Olmoe):
-        logits, aux = engine(inputs, return_aux=True)
+        logits, aux = engine(inputs, return_aux=True, doc_ids=doc_ids)
     else:
-        logits, aux = engine(inputs), {}
+        logits, aux = engine(inputs, doc_ids=doc_ids), {}
     ce, log_partition_sq = cross_entropy_and_z_loss(logits, labels)
     z_loss = cfg.get("z_loss", 0.0) * log_partition_sq
-    total = ce + z_loss + sum(aux.values())
+    scale = int((labels != -100).sum()) if cfg.get("loss_reduction", "mean") == "sum" else 1
+    total = (ce + z_loss) * scale + sum(aux.values())
     return total, {"loss": ce.item(), "z_loss": z_loss.item(),
                    **{k: v.item() for k, v in aux.items()}}
 
@@ -442,9 +447,9 @@ def train(model: Olmo2, batches: Callable[[int, int], Batch], cfg: dict, seed: i
     peak = peak_flops(engine.device, cfg)
     for step in range(first_step, cfg["steps"]):
         for micro_step in range(cfg["grad_accum"]):
-            inputs, labels = batches(step, micro_step)
-            inputs, labels = inputs.to(engine.device), labels.to(engine.device)
-            loss, parts = training_loss(engine, inputs, labels, cfg)
+            # (inputs, labels) or, for packed documents, (inputs, labels, doc_ids).
+            inputs, labels, *doc_ids = (t.to(engine.device) for t in batches(step, micro_step))
+            loss, parts = training_loss(engine, inputs, labels, cfg, *doc_ids)
             engine.backward(loss)
             engine.step()
             for name, value in parts.items():
@@ -526,7 +531,4 @@ def plot_loss(metrics_paths: dict[str, str | Path], out_path: str | Path) -> Non
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
     ax.legend()
-    fig.tight_layout()
-    with atomic_path(out_path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
-    plt.close(fig)
+    save_figure(fig, out_path)

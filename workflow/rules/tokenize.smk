@@ -1,9 +1,11 @@
 rule train_tokenizer:
     input:
-        code("tokenize"),
+        code("tokenize", "chat"),
         docs=mixed("{mix}"),
     output:
-        f"{R}/tokenizer/{{mix}}/tokenizer.json",
+        tokenizer=f"{R}/tokenizer/{{mix}}/tokenizer.json",
+        # transformers' tokenizer_config.json: special tokens and the Tulu chat template.
+        config=f"{R}/tokenizer/{{mix}}/tokenizer_config.json",
     log:
         f"{R}/logs/train_tokenizer/{{mix}}.log",
     conda:
@@ -13,7 +15,8 @@ rule train_tokenizer:
         vocab=config["tokenizer"]["vocab_size"],
         valid=config["tokenizer"]["valid_fraction"],
     shell:
-        "lmforge train-tokenizer --docs {input.docs} --out {output} --seed {params.seed} "
+        "lmforge train-tokenizer --docs {input.docs} --out {output.tokenizer} "
+        "--seed {params.seed} "
         "--vocab-size {params.vocab} --valid-fraction {params.valid} > {log} 2>&1"
 
 
