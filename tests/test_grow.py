@@ -198,3 +198,20 @@ def test_baseline_trains_pretraining_settings_for_the_staged_instances():
     config["grow"]["train"]["steps"] = 3
     with pytest.raises(InputError, match="not a multiple"):
         baseline_train_config(config)
+
+
+def test_continuing_the_schedule_refuses_contradicting_settings():
+    from lmforge.plan import grow_train_config, merged_config, pretrain_train_config
+
+    config = merged_config([], ROOT / "config" / "config.yaml")
+    total = config["pretrain"]["steps"] + config["grow"]["train"]["steps"]
+    assert pretrain_train_config(config)["schedule_steps"] == total
+    grow = grow_train_config(config)
+    assert grow["schedule_offset"] == config["pretrain"]["steps"]
+    assert grow["rewarm_steps"] == config["grow"]["train"]["warmup_steps"]
+    config["grow"]["train"]["lr"] = 1e-3
+    with pytest.raises(InputError, match="lr differ"):
+        grow_train_config(config)
+    config["grow"]["continue_schedule"] = False
+    assert grow_train_config(config) == config["grow"]["train"]
+    assert "schedule_steps" not in pretrain_train_config(config)

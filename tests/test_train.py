@@ -363,3 +363,14 @@ def test_sum_reduction_adds_the_labelled_tokens_losses():
                               reduction="sum")
     assert total.item() == pytest.approx(by_hand.item(), rel=1e-5)
     assert mean.item() == pytest.approx(by_hand.item() / 11, rel=1e-5) == parts["loss"]
+
+
+def test_a_continuing_stage_runs_the_earlier_schedule_on_after_a_re_warm_up():
+    whole = {**TRAIN, "steps": 20, "warmup_steps": 4}
+    first = {**whole, "steps": 12, "schedule_steps": 20}
+    rest = {**whole, "steps": 8, "schedule_steps": 20, "schedule_offset": 12}
+    assert [lr_lambda(s, first) for s in range(12)] == [lr_lambda(s, whole) for s in range(12)]
+    assert [lr_lambda(s, rest) for s in range(8)] == [lr_lambda(s, whole) for s in range(12, 20)]
+    rewarmed = [lr_lambda(s, {**rest, "rewarm_steps": 4}) for s in range(8)]
+    assert rewarmed[0] == pytest.approx(lr_lambda(12, whole) / 4)
+    assert rewarmed[4:] == [lr_lambda(s, whole) for s in range(16, 20)]

@@ -153,20 +153,61 @@ def _world_size(config: dict, stage: str) -> int:
     return launch["nodes"] * launch["processes_per_node"]
 
 
+SCHEDULE_KEYS = ("lr", "min_lr_ratio", "schedule")
+
+
+def _continues(config: dict) -> bool:
+    """Whether the grow stage continues pretraining's learning-rate schedule."""
+    return config["grow"].get("continue_schedule", False)
+
+
+def pretrain_train_config(config: dict) -> dict:
+    """Pretraining's config; when growth continues its schedule, the schedule spans both
+    stages (the small model stops part-way, as in staged training)."""
+    pretrain = config["pretrain"]
+    if not _continues(config):
+        return pretrain
+    return {**pretrain, "schedule_steps": pretrain["steps"] + config["grow"]["train"]["steps"]}
+
+
+def grow_train_config(config: dict) -> dict:
+    """The grow stage's config. With `grow.continue_schedule` it runs pretraining's schedule
+    on from where pretraining stopped (its own warmup_steps re-warm), as Shen et al. do;
+    schedule settings that contradict pretraining's are an error, not silently replaced."""
+    grow, pretrain = config["grow"]["train"], config["pretrain"]
+    if not _continues(config):
+        return grow
+    differ = [k for k in SCHEDULE_KEYS
+              if grow.get(k, "cosine" if k == "schedule" else None)
+              != pretrain.get(k, "cosine" if k == "schedule" else None)]
+    if differ:
+        raise InputError(f"grow.continue_schedule: grow.train {', '.join(differ)} differ from "
+                         "pretrain's; the continued schedule is pretraining's")
+    if _global_batch_of(config, "grow") != _global_batch_of(config, "pretrain"):
+        raise InputError("grow.continue_schedule needs the grow stage's global batch to equal "
+                         "pretraining's (the schedule counts steps)")
+    return {**grow, "warmup_steps": pretrain["warmup_steps"],
+            "schedule_steps": pretrain["steps"] + grow["steps"],
+            "schedule_offset": pretrain["steps"], "rewarm_steps": grow["warmup_steps"]}
+
+
+def _global_batch_of(config: dict, stage: str) -> int:
+    from lmforge.train import resolve_batch
+
+    world = _world_size(config, stage)
+    cfg = resolve_batch(config["pretrain"] if stage == "pretrain" else config["grow"]["train"],
+                        world)
+    return cfg["micro_batch_size"] * cfg["grad_accum"] * world
+
+
 def baseline_train_config(config: dict) -> dict:
     """Training config of the from-scratch baseline of the grown size: pretraining's
     hyperparameters and global batch, the grow stage's per-device layout, for as many
     instances as pretrain + grow together (with the same seed the same instances, as the grown
     stage continues the small one's data order)."""
-    from lmforge.train import resolve_batch
-
-    pretrain = resolve_batch(config["pretrain"], _world_size(config, "pretrain"))
-    grow = resolve_batch(config["grow"]["train"], _world_size(config, "grow"))
-    batch = pretrain["micro_batch_size"] * pretrain["grad_accum"] * _world_size(
-        config, "pretrain")
-    instances = batch * pretrain["steps"] + (
-        grow["micro_batch_size"] * grow["grad_accum"] * _world_size(config, "grow")
-        * grow["steps"])
+    batch = _global_batch_of(config, "pretrain")
+    instances = batch * config["pretrain"]["steps"] + (
+        _global_batch_of(config, "grow") * config["grow"]["train"]["steps"])
     steps, rest = divmod(instances, batch)
     if rest:
         raise InputError(f"pretrain + grow train {instances} instances, not a multiple of "
@@ -178,8 +219,10 @@ def baseline_train_config(config: dict) -> dict:
 
 
 def stage_train_config(config: dict, stage: str) -> dict:
-    if stage == "baseline":
-        return baseline_train_config(config)
+    special = {"pretrain": pretrain_train_config, "grow": grow_train_config,
+               "baseline": baseline_train_config}
+    if stage in special:
+        return special[stage](config)
     section = config
     for key in STAGES[stage][0]:
         section = section[key]

@@ -46,15 +46,20 @@ def _ensure_distributed_env() -> None:
 
 def lr_lambda(step: int, cfg: dict) -> float:
     """Linear warm-up, then cosine (OLMo 2 pretraining) or linear (OLMo 2 mid-training anneal)
-    decay to min_lr_ratio × lr. With a fixed global batch, steps measure tokens."""
-    warmup, total = cfg["warmup_steps"], cfg["steps"]
+    decay to min_lr_ratio × lr over `schedule_steps` (default: this stage's steps). A stage
+    that continues an earlier one's schedule (a grown model) starts at `schedule_offset` and
+    may re-warm linearly over `rewarm_steps`. With a fixed global batch, steps measure tokens."""
+    rewarm = cfg.get("rewarm_steps", 0)
+    factor = min(1.0, (step + 1) / rewarm) if rewarm else 1.0
+    step += cfg.get("schedule_offset", 0)
+    warmup, total = cfg["warmup_steps"], cfg.get("schedule_steps", cfg["steps"])
     if step < warmup:
-        return (step + 1) / warmup
+        return factor * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     floor = cfg["min_lr_ratio"]
     if cfg.get("schedule", "cosine") == "linear":
-        return floor + (1 - floor) * (1 - progress)
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        return factor * (floor + (1 - floor) * (1 - progress))
+    return factor * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def param_groups(model: Olmo2 | Olmoe, weight_decay: float, decay_embeddings: bool = False,

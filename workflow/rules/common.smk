@@ -4,7 +4,11 @@ from pathlib import Path
 
 from lmforge import tracking
 from lmforge.launch import job_resources
-from lmforge.plan import baseline_train_config
+from lmforge.plan import (
+    baseline_train_config,
+    grow_train_config,
+    pretrain_train_config,
+)
 from lmforge.warc_inputs import is_remote, warc_inputs
 from lmforge.evaluate import workflow_task_specs
 from lmforge.stats import ANALYSES as STATS_ANALYSES, PLOTS as STATS_PLOTS

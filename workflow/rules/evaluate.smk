@@ -46,9 +46,7 @@ rule evaluate:
 rule eval_summary:
     input:
         code("evaluate"),
-        results=[
-            f"{R}/eval/{m}/{t}.json" for m in EVAL_MODELS for t in EVAL["tasks"]
-        ]
+        results=[f"{R}/eval/{m}/{t}.json" for m in EVAL_MODELS for t in EVAL["tasks"]]
         + [
             f"{R}/eval/{m}/{t}.json"
             for m in MIDTRAIN_MODELS

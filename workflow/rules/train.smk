@@ -44,7 +44,7 @@ rule pretrain:
     resources:
         **launch_resources("pretrain"),
     params:
-        cfg=cfg_json("pretrain"),
+        cfg=json.dumps(pretrain_train_config(config), sort_keys=True),
         seed=SEED,
         tokens_dir=lambda w, input: os.path.dirname(input.meta),
     shell:
@@ -74,7 +74,7 @@ rule grow:
     resources:
         **launch_resources("grow"),
     params:
-        cfg=cfg_json("grow", "train"),
+        cfg=json.dumps(grow_train_config(config), sort_keys=True),
         seed=SEED + 1,
         operator=config["grow"]["operator"],
         factor=config["grow"]["factor"],
