@@ -79,12 +79,13 @@ def pack(examples: list[tuple[list[int], list[bool]]], max_len: int, pad: int
     example does not fit), as (inputs, labels, doc_ids) of max_len − 1 positions. doc_ids
     keep attention and positions within each example (padding is its own document, -1);
     a label is kept where the next token is trained on and in the same example."""
-    rows, current = [], []
+    rows, current, length = [], [], 0
     for example in examples:
-        if current and sum(len(ids) for ids, _ in current) + len(example[0]) > max_len:
+        if current and length + len(example[0]) > max_len:
             rows.append(current)
-            current = []
+            current, length = [], 0
         current.append(example)
+        length += len(example[0])
     if current:
         rows.append(current)
     out = []
