@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import torch
 
@@ -5,6 +7,7 @@ from lmforge import tasks
 from lmforge.checkpoint import save_model
 from lmforge.evaltasks import TaskSpec, run_task, token_perplexity
 from lmforge.evaluate import write_summary
+from lmforge.instruct import CONSTRAINT_TEMPLATES, verify_constraint
 from lmforge.lm import load
 from lmforge.model import ModelConfig, Olmo2, causal_lm_loss
 from lmforge.sft import encode_example, make_sft_data, pack, sft_batches
@@ -25,15 +28,24 @@ def _tokenizer(tmp_path):
 
 def test_sft_data_avoids_eval_items(tmp_path, config):
     _tokenizer(tmp_path)
-    cfg = {"arithmetic_examples": 400, "cloze_examples": 50}
+    cfg = {"arithmetic_examples": 400, "completion_examples": 50, "constraint_examples": 30}
     counts = make_sft_data([str(tmp_path / "docs.jsonl.gz")], tmp_path / "sft.jsonl.gz", cfg,
                            config["tasks"], seed=1, valid_fraction=0.1)
-    assert counts["examples"] == 450
+    assert counts["examples"] == 480
     held = {i["question"] for i in tasks.arith_items(config["tasks"]["arith_gen"]["items"],
                                                      config["tasks"]["arith_gen"]["max_operand"],
                                                      config["tasks"]["seed"])}
-    questions = {ex["messages"][0]["content"] for ex in read_jsonl(tmp_path / "sft.jsonl.gz")}
+    examples = list(read_jsonl(tmp_path / "sft.jsonl.gz"))
+    questions = {ex["messages"][0]["content"] for ex in examples}
     assert not held & questions
+    # Every constrained answer meets its constraint (the verifiers RLVR rewards with).
+    constrained = [ex for ex in examples if ex["skill"] == "constraint"]
+    assert len(constrained) == 30
+    for ex in constrained:
+        instruction = ex["messages"][0]["content"].split("\n")[-1]
+        name = next(n for n, t in CONSTRAINT_TEMPLATES.items() if t[0] == instruction)
+        truth = json.dumps({"func_name": name, **CONSTRAINT_TEMPLATES[name][1]})
+        assert verify_constraint(ex["messages"][1]["content"], truth)
 
 
 def test_loss_only_on_assistant_tokens(tmp_path):

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.workflow
 STAGES = ["make_tasks", "crawl_demo", "extract", "tag", "dedup", "mix", "funnel", "stats",
           "train_tokenizer", "tokenize", "init_model", "pretrain", "grow", "sft_data", "sft",
           "heldout_docs", "evaluate", "eval_summary", "loss_plot", "anneal", "soup", "baseline",
-          "growth_report", "midtrain_report"]
+          "growth_report", "midtrain_report", "instruct_data", "dpo", "rlvr", "posttrain_report"]
 
 
 def test_wrong_config_key_or_type_fails_before_any_job(repo, tmp_path):
@@ -229,3 +229,22 @@ def test_the_baseline_trains_the_grown_size_on_the_staged_runs_instances(finishe
     assert "| staged run (both) |" in (finished / "results/train/growth.md").read_text()
     assert (finished / "results/train/growth.png").stat().st_size > 0
 
+
+
+def test_post_training_chain_sft_dpo_rlvr(finished):
+    """Each stage starts from the one before; DPO logs rewards and held-out pair accuracy,
+    RLVR its verifiable rewards, and the report compares the three on held-out prompts."""
+    dpo, rlvr = _metrics(finished, "dpo"), _metrics(finished, "rlvr")
+    assert {"reward_accuracy", "reward_margin", "valid_reward_accuracy"} <= set(dpo[-1])
+    assert float(dpo[-1]["valid_reward_accuracy"]) > 0.5
+    assert {"reward", "accuracy", "kl", "unterminated", "valid_accuracy"} <= set(rlvr[-1])
+    states = {stage: json.loads((finished / f"results/checkpoints/{stage}/trainer_state.json")
+                                .read_text()) for stage in ("dpo", "rlvr")}
+    assert states["dpo"]["config"]["loss_type"] == "dpo_norm"
+    report = json.loads((finished / "results/eval/posttrain.json").read_text())
+    assert set(report["accuracy"]) == {"all", "arithmetic", "ifeval"}
+    assert set(report["accuracy"]["all"]) == {"sft", "dpo", "rlvr"}
+    assert report["accuracy"]["all"]["sft"]["n"] == 40
+    assert report["preference"]["dpo"]["reward_accuracy"] == pytest.approx(
+        float(dpo[-1]["valid_reward_accuracy"]), abs=1e-6)
+    assert "vs sft" in (finished / "results/eval/posttrain.md").read_text()

@@ -14,8 +14,16 @@ ROOT = Path(__file__).resolve().parents[1]
 DISTRIBUTED_ENV = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
 FAST = {"pretrain": {"steps": 80}, "grow": {"train": {"steps": 30}},
         "sft": {"train": {"steps": 40}},
+        "instruct_data": {"preference_pairs": {"arithmetic": 200, "constraint": 60},
+                          "rlvr_prompts": {"arithmetic": 100, "constraint": 40},
+                          "heldout": {"arithmetic": 20, "constraint": 20}},
+        "dpo": {"train": {"steps": 20}},
+        "rlvr": {"train": {"steps": 10, "samples_per_prompt": 4, "max_new_tokens": 8,
+                           "eval_every": 10}},
         # arith_gen and reference_bpb run in `make demo`; here their pairs would only add jobs.
-        "evaluate": {"max_ppl_tokens": 6000, "max_heldout_documents": 60,
+        # dpo and rlvr are compared in results/eval/posttrain.md here.
+        "evaluate": {"models": ["init", "pretrain", "grow", "baseline", "sft"],
+                     "max_ppl_tokens": 6000, "max_heldout_documents": 60,
                      "tasks": ["heldout_ppl", "heldout_domains", "cloze_mc"]},
         "midtrain": {"seeds": [1, 2], "tasks": ["heldout_ppl"], "train": {"steps": 20}}}
 

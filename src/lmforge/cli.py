@@ -14,7 +14,7 @@ from lmforge.launch import LaunchError
 from lmforge.storage import InputError, document_files, write_json, write_text
 
 log = logging.getLogger("lmforge")
-TRAINING_COMMANDS = ("pretrain", "grow", "sft")
+TRAINING_COMMANDS = ("pretrain", "grow", "sft", "dpo", "rlvr")
 
 
 def _json(text: str) -> dict:
@@ -441,6 +441,85 @@ def cmd_sft(args) -> None:
                {f"data.{k}": v for k, v in info.items()})
 
 
+def cmd_instruct_data(args) -> None:
+    """Preference pairs and RLVR prompts for training and held out (lmforge.instruct)."""
+    from lmforge.instruct import make_posttrain_data
+
+    with _job("instruct_data", args.cfg) as run:
+        run.log_metrics(make_posttrain_data(args.mixes, args.out_dir, args.cfg, args.tasks_cfg,
+                                            args.seed, args.valid_fraction))
+
+
+def cmd_dpo(args) -> None:
+    """DPO from a checkpoint (the frozen reference is the same checkpoint)."""
+    from lmforge import dpo
+    from lmforge.checkpoint import load_model
+    from lmforge.instruct import read_records
+    from lmforge.tokenize import PAD, load_tokenizer
+
+    model = load_model(args.checkpoint)
+    tokenizer = load_tokenizer(args.tokenizer)
+    pad, average = tokenizer.token_to_id(PAD), dpo.check_loss_type(args.cfg)
+    max_len = model.cfg.max_seq_len + 1  # inputs drop the last token
+    train_pairs, too_long = dpo.encode_pairs(tokenizer, read_records(args.train, "preference"),
+                                             max_len)
+    valid_pairs, _ = dpo.encode_pairs(tokenizer, read_records(args.valid, "preference"), max_len)
+    log.info("reference log-probabilities of %d + %d pairs", len(train_pairs), len(valid_pairs))
+    reference = dpo.reference_logps(model, train_pairs, pad, average)
+    valid_reference = dpo.reference_logps(model, valid_pairs, pad, average)
+    batches = dpo.preference_batches(train_pairs, reference, pad, args.cfg, args.seed,
+                                     *_rank_and_world())
+    _train_job("dpo", model, batches, args, {"from": args.checkpoint},
+               {"data.pairs": len(train_pairs), "data.skipped_too_long": too_long,
+                "data.valid_pairs": len(valid_pairs)},
+               objective=dpo.objective,
+               heldout=dpo.heldout_fn(valid_pairs, valid_reference, pad, args.cfg))
+
+
+def cmd_rlvr(args) -> None:
+    """RLVR with GRPO from a checkpoint (also the frozen KL reference)."""
+    from lmforge import rlvr
+    from lmforge.checkpoint import load_model
+    from lmforge.instruct import read_records
+    from lmforge.tokenize import EOS, PAD, load_tokenizer
+
+    model, reference = load_model(args.checkpoint), load_model(args.checkpoint)
+    tokenizer = load_tokenizer(args.tokenizer)
+    eos, pad = tokenizer.token_to_id(EOS), tokenizer.token_to_id(PAD)
+    records, valid = read_records(args.train, "rlvr"), read_records(args.valid, "rlvr")
+    _train_job("rlvr", model, rlvr.prompt_batches(records, args.cfg, args.seed,
+                                                  *_rank_and_world()),
+               args, {"from": args.checkpoint}, {"data.prompts": len(records)},
+               objective=rlvr.grpo_objective(reference, tokenizer, eos, pad),
+               heldout=rlvr.heldout_fn(tokenizer, valid, eos, pad, args.cfg["max_new_tokens"]))
+
+
+def cmd_posttrain_report(args) -> None:
+    """Held-out verifiable accuracy and preference statistics of the post-training chain."""
+    from lmforge import dpo, posttrain_report
+    from lmforge.checkpoint import load_model
+    from lmforge.instruct import read_records
+    from lmforge.tokenize import EOS, PAD, load_tokenizer
+
+    models = {}
+    for item in args.models:
+        name, _, path = item.partition("=")
+        models[name] = load_model(path)
+    tokenizer = load_tokenizer(args.tokenizer)
+    max_len = next(iter(models.values())).cfg.max_seq_len + 1
+    pairs, _ = dpo.encode_pairs(tokenizer, read_records(args.preference_valid, "preference"),
+                                max_len)
+    with _job("posttrain_report", args.cfg) as run:
+        report = posttrain_report.evaluate(
+            models, tokenizer, read_records(args.rlvr_valid, "rlvr"), pairs,
+            tokenizer.token_to_id(EOS), tokenizer.token_to_id(PAD), args.cfg["max_new_tokens"],
+            args.cfg["beta"], args.baseline)
+        posttrain_report.write_report(report, args.out_md, args.out_json)
+        run.log_metrics({f"{dataset}.{model}": row["accuracy"]
+                         for dataset, rows in report["accuracy"].items()
+                         for model, row in rows.items()})
+
+
 def cmd_evaluate(args) -> None:
     """Evaluate one model on one task: metrics and every instance's prediction as JSON."""
     import torch
@@ -625,6 +704,15 @@ def build_parser() -> argparse.ArgumentParser:
         (["--valid-fraction"], {"type": float, **req}))
     add("sft", cmd_sft, (["--checkpoint"], req), (["--data"], req), (["--tokenizer"], req), cfg,
         seed, out, metrics)
+    add("instruct-data", cmd_instruct_data, (["--mixes"], {"nargs": "+", **req}), out_dir, cfg,
+        (["--tasks-cfg"], {"type": _json, **req}), seed,
+        (["--valid-fraction"], {"type": float, **req}))
+    for name, func in (("dpo", cmd_dpo), ("rlvr", cmd_rlvr)):
+        add(name, func, (["--checkpoint"], req), (["--train"], req), (["--valid"], req),
+            (["--tokenizer"], req), cfg, seed, out, metrics)
+    add("posttrain-report", cmd_posttrain_report, (["--models"], {"nargs": "+", **req}),
+        (["--baseline"], req), (["--tokenizer"], req), (["--rlvr-valid"], req),
+        (["--preference-valid"], req), cfg, (["--out-md"], req), (["--out-json"], req))
     batch_size = (["--batch-size"], {"type": int, "default": 16})
     add("evaluate", cmd_evaluate, (["--model"], req), (["--model-name"], req),
         (["--tokenizer"], {}), (["--task"], req), (["--spec"], {"type": _json, **req}),

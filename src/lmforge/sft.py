@@ -1,7 +1,8 @@
 """Instruction data made by the workflow, and supervised fine-tuning batches.
 
-Two skills: two-number addition (operand pairs held out for evaluation are excluded) and
-sentence completion from the training mix. Examples use the Tulu chat format (lmforge.chat);
+Skills (lmforge.instruct): two-number addition (operand pairs held out for evaluation are
+excluded), sentence completion from the training mix, and completion under a checkable
+constraint. Examples use the Tulu chat format (lmforge.chat);
 the loss is on the assistant's tokens (and the closing EOS) only, as in Tulu / open-instruct,
 and examples are packed into full rows without attending across each other.
 """
@@ -16,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmforge import chat, sources, tasks
+from lmforge import chat, instruct
 from lmforge.storage import InputError, read_jsonl, write_jsonl_gz
-from lmforge.tokenize import EOS, PAD, is_valid_doc
+from lmforge.tokenize import EOS, PAD
 
 log = logging.getLogger(__name__)
 
@@ -30,37 +31,30 @@ def prompt_text(user: str) -> str:
 
 def make_sft_data(mix_paths: list[str], out_path: str | Path, cfg: dict, tasks_cfg: dict,
                   seed: int, valid_fraction: float) -> dict:
+    """Conversations in open-instruct's `messages` format: sums (bare and as word problems),
+    sentence completions, and completions under a checkable constraint (lmforge.instruct)."""
     rng = random.Random(seed)
-    arith = tasks_cfg["arith_gen"]
-    held = set(tasks.eval_arith_pairs(arith["items"], arith["max_operand"], tasks_cfg["seed"]))
-    pairs = [(a, b) for a in range(arith["max_operand"] + 1)
-             for b in range(arith["max_operand"] + 1) if (a, b) not in held]
-    examples = []
-    for _ in range(cfg["arithmetic_examples"]):
-        a, b = rng.choice(pairs)
-        examples.append({"messages": [{"role": "user", "content": tasks.arith_question(a, b)},
-                                      {"role": "assistant", "content": str(a + b)}],
-                         "skill": "arithmetic"})
-    completions = []
-    for path in mix_paths:
-        for doc in read_jsonl(path):
-            if is_valid_doc(doc["id"], seed, valid_fraction):
-                continue  # held-out documents stay unseen
-            for para in doc["text"].split("\n"):
-                for sent in sources.sentences(para):
-                    words = sent.split()
-                    if 8 <= len(words) <= 24:
-                        completions.append(words)
-    rng.shuffle(completions)
-    for words in completions[: cfg["cloze_examples"]]:
-        half = len(words) // 2
-        examples.append({"messages": [
-            {"role": "user", "content": "Complete the sentence: " + " ".join(words[:half])},
-            {"role": "assistant", "content": " ".join(words[half:])}], "skill": "completion"})
+    pairs, _ = instruct.training_pairs(tasks_cfg)
+    sentences, _ = instruct.corpus_sentences(mix_paths, seed, valid_fraction)
+    if not sentences:
+        raise InputError("the mix has no sentences of 8-24 words for completion examples")
+
+    def example(user: str, answer: str, skill: str) -> dict:
+        return {"messages": [{"role": "user", "content": user},
+                             {"role": "assistant", "content": answer}], "skill": skill}
+
+    examples = [example(instruct.arithmetic_question(a, b, rng), str(a + b), "arithmetic")
+                for a, b in instruct.draw(pairs, cfg["arithmetic_examples"], rng)]
+    examples += [example(*instruct.completion_prompt(words), "completion")
+                 for words in instruct.draw(sentences, cfg["completion_examples"], rng)]
+    for words in instruct.draw(sentences, cfg["constraint_examples"], rng):
+        name = rng.choice(sorted(instruct.CONSTRAINT_TEMPLATES))
+        prompt, _, answer = instruct.constrained_example(words, name)
+        examples.append(example(prompt, answer, "constraint"))
     rng.shuffle(examples)
     write_jsonl_gz(out_path, examples)
     return {"examples": len(examples), "arithmetic": cfg["arithmetic_examples"],
-            "completion": min(cfg["cloze_examples"], len(completions))}
+            "completion": cfg["completion_examples"], "constraint": cfg["constraint_examples"]}
 
 
 def encode_example(tokenizer, example: dict, max_len: int) -> tuple[list[int], list[bool]] | None:

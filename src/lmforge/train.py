@@ -1,4 +1,5 @@
-"""The training loop: a DeepSpeed engine over an OLMo 2 model, shared by pretrain, grow and SFT.
+"""The training loop: a DeepSpeed engine over an OLMo 2 model, shared by pretrain, grow, SFT,
+DPO and RLVR (each stage brings its objective: lmforge.dpo, lmforge.rlvr).
 
 On a machine without GPUs DeepSpeed picks its CPU accelerator and the gloo backend; the same
 code runs under the `deepspeed` launcher on a GPU cluster, where ZeRO stage and bf16 come from
@@ -30,7 +31,10 @@ from lmforge.olmoe import Olmoe
 from lmforge.storage import atomic_dir, atomic_path, save_figure, write_json
 
 log = logging.getLogger(__name__)
-Batch = tuple[torch.Tensor, torch.Tensor]
+Batch = tuple[torch.Tensor, ...]
+# What a training step's objective returns: the loss to back-propagate, the numbers to log
+# (averaged over the log window) and the tokens it trained on (for throughput and FLOPs).
+Objective = Callable[[object, object, dict], tuple[torch.Tensor, dict[str, float], int]]
 
 
 def _ensure_distributed_env() -> None:
@@ -161,6 +165,15 @@ def training_loss(engine, inputs, labels, cfg: dict, doc_ids=None
     total = (ce + z_loss) * scale + sum(aux.values())
     return total, {"loss": ce.item(), "z_loss": z_loss.item(),
                    **{k: v.item() for k, v in aux.items()}}
+
+
+def language_modeling(engine, batch: Batch, cfg: dict
+                      ) -> tuple[torch.Tensor, dict[str, float], int]:
+    """The default objective: (inputs, labels) or, for packed documents, (inputs, labels,
+    doc_ids) under training_loss."""
+    inputs, labels, *doc_ids = (t.to(engine.device) for t in batch)
+    loss, parts = training_loss(engine, inputs, labels, cfg, *doc_ids)
+    return loss, parts, int((labels != -100).sum())
 
 
 def compile_blocks(model: Olmo2 | Olmoe) -> None:
@@ -380,10 +393,11 @@ def _universal_checkpoint(latest: Path) -> Path:
     return target
 
 
-def train(model: Olmo2, batches: Callable[[int, int], Batch], cfg: dict, seed: int,
+def train(model: Olmo2, batches: Callable[[int, int], object], cfg: dict, seed: int,
           checkpoint_dir: str | Path, metrics_path: str | Path, tracker=None,
-          start=None, heldout: Callable[[torch.nn.Module, torch.device], float] | None = None,
-          first_instance: int = 0) -> dict:
+          start=None,
+          heldout: Callable[[torch.nn.Module, torch.device], float | dict] | None = None,
+          first_instance: int = 0, objective: Objective = language_modeling) -> dict:
     """Train for cfg['steps'] optimizer steps; write the checkpoint and a metrics CSV atomically.
 
     Every `checkpoint_every` steps the full engine state goes to `<checkpoint_dir>.steps/`
@@ -394,8 +408,10 @@ def train(model: Olmo2, batches: Callable[[int, int], Batch], cfg: dict, seed: i
     step count and per-parameter learning-rate scales. With `save_moments` the final
     checkpoint holds every parameter's moments (optimizer_moments.safetensors) for growth.
     `heldout` (see heldout_loss_fn) is evaluated every `eval_every` steps (a multiple of
-    `log_every`) and at the end, as the metrics' valid_loss. The trainer state records where
-    the data order stops (`next_instance`), for a stage that continues it."""
+    `log_every`) and at the end, as the metrics' valid_loss (or, returning a dict, as its
+    columns). `objective` turns a micro-batch into the loss (default: language modeling).
+    The trainer state records where the data order stops (`next_instance`), for a stage that
+    continues it."""
     _ensure_distributed_env()
     if torch.cuda.is_available():  # one device per process on a node
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
@@ -452,14 +468,12 @@ def train(model: Olmo2, batches: Callable[[int, int], Batch], cfg: dict, seed: i
     peak = peak_flops(engine.device, cfg)
     for step in range(first_step, cfg["steps"]):
         for micro_step in range(cfg["grad_accum"]):
-            # (inputs, labels) or, for packed documents, (inputs, labels, doc_ids).
-            inputs, labels, *doc_ids = (t.to(engine.device) for t in batches(step, micro_step))
-            loss, parts = training_loss(engine, inputs, labels, cfg, *doc_ids)
+            loss, parts, trained_tokens = objective(engine, batches(step, micro_step), cfg)
             engine.backward(loss)
             engine.step()
             for name, value in parts.items():
                 window[name] = window.get(name, 0.0) + value / cfg["grad_accum"]
-            window_tokens += int((labels != -100).sum())
+            window_tokens += trained_tokens
         grad_norm = engine.get_global_grad_norm()  # before clipping
         window["grad_norm"] = window.get("grad_norm", 0.0) + (
             float(grad_norm) if grad_norm is not None else math.nan)
@@ -475,7 +489,8 @@ def train(model: Olmo2, batches: Callable[[int, int], Batch], cfg: dict, seed: i
                    "mfu": engine.module.flops_per_token() * tokens_per_s / world_size / peak
                    if peak else None}
             if eval_every and ((step + 1) % eval_every == 0 or step + 1 == cfg["steps"]):
-                row["valid_loss"] = heldout(engine.module, engine.device)
+                scores = heldout(engine.module, engine.device)
+                row.update(scores if isinstance(scores, dict) else {"valid_loss": scores})
             rows.append(row)
             log.info("step %(step)d loss %(loss).4f lr %(lr).2e tok/s %(tokens_per_s).0f", row)
             if tracker is not None and _rank0():
@@ -490,8 +505,7 @@ def train(model: Olmo2, batches: Callable[[int, int], Batch], cfg: dict, seed: i
                 cfg.get("keep_last", 1))
     summary = {"steps": cfg["steps"], "resumed_from_step": first_step, "tokens_seen": tokens_seen,
                "final_loss": rows[-1]["loss"], "seconds": time.perf_counter() - started}
-    if "valid_loss" in rows[-1]:
-        summary["final_valid_loss"] = rows[-1]["valid_loss"]
+    summary.update({f"final_{k}": v for k, v in rows[-1].items() if k.startswith("valid_")})
     moments = full_moments(engine) if cfg.get("save_moments") else None
     with shared_atomic_dir(checkpoint_dir) as tmp:
         # Full engine state (optimizer moments, scheduler, step) for exact continuation.
@@ -515,8 +529,10 @@ METRIC_COLUMNS = ("step", "loss", "valid_loss", "z_loss", "load_balancing", "rou
 
 
 def write_metrics(path: str | Path, rows: list[dict]) -> None:
+    """The common columns, then any a stage's objective adds (DPO's rewards, RLVR's...)."""
+    extra = dict.fromkeys(k for row in rows for k in row if k not in METRIC_COLUMNS)
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS, restval="")
+        writer = csv.DictWriter(handle, fieldnames=[*METRIC_COLUMNS, *extra], restval="")
         writer.writeheader()
         writer.writerows(rows)
 

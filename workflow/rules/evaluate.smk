@@ -96,3 +96,37 @@ rule midtrain_report:
         "lmforge midtrain-report --inputs {input.results} --start pretrain "
         "--anneals {params.anneals} --soup {params.soup} --control {params.control} "
         "--out-md {output.md} --out-json {output.json} > {log} 2>&1"
+
+
+rule posttrain_report:
+    input:
+        code("posttrain_report", "rlvr", "dpo", "instruct", "chat"),
+        sft=checkpoint_path("sft"),
+        dpo=checkpoint_path("dpo"),
+        rlvr=checkpoint_path("rlvr"),
+        tokenizer=f"{R}/tokenizer/{MIX}/tokenizer.json",
+        rlvr_valid=instruct_file("rlvr", "valid"),
+        preference_valid=instruct_file("dpo", "valid"),
+    output:
+        md=report(
+            f"{R}/eval/posttrain.md",
+            caption="../report/posttrain.rst",
+            category="Evaluation",
+        ),
+        json=f"{R}/eval/posttrain.json",
+    log:
+        f"{R}/logs/posttrain_report.log",
+    conda:
+        "../../envs/eval.yaml"
+    params:
+        cfg=lambda w: json.dumps(
+            {
+                "max_new_tokens": config["rlvr"]["train"]["max_new_tokens"],
+                "beta": config["dpo"]["train"]["beta"],
+            }
+        ),
+    shell:
+        "lmforge posttrain-report --models sft={input.sft} dpo={input.dpo} "
+        "rlvr={input.rlvr} --baseline sft --tokenizer {input.tokenizer} "
+        "--rlvr-valid {input.rlvr_valid} --preference-valid {input.preference_valid} "
+        "--cfg {params.cfg:q} --out-md {output.md} --out-json {output.json} > {log} 2>&1"

@@ -236,6 +236,90 @@ rule sft:
         "--out {output.checkpoint} --metrics {output.metrics} > {log} 2>&1"
 
 
+rule instruct_data:
+    input:
+        code("instruct", "tasks", "sources"),
+        mixes=mixed(),
+    output:
+        **{name: f"{R}/instruct/{name}.jsonl.gz" for name in INSTRUCT_FILES},
+    log:
+        f"{R}/logs/instruct_data.log",
+    conda:
+        "../../envs/train.yaml"
+    params:
+        cfg=cfg_json("instruct_data"),
+        tasks_cfg=cfg_json("tasks"),
+        seed=SEED,
+        valid=config["tokenizer"]["valid_fraction"],
+        out_dir=lambda w, output: os.path.dirname(output[0]),
+    shell:
+        "lmforge instruct-data --mixes {input.mixes} --out-dir {params.out_dir} "
+        "--cfg {params.cfg:q} --tasks-cfg {params.tasks_cfg:q} --seed {params.seed} "
+        "--valid-fraction {params.valid} > {log} 2>&1"
+
+
+rule dpo:
+    input:
+        TRAIN_CODE,
+        code("dpo", "instruct", "chat"),
+        checkpoint=checkpoint_path("sft"),
+        train=instruct_file("dpo", "train"),
+        valid=instruct_file("dpo", "valid"),
+        tokenizer=f"{R}/tokenizer/{MIX}/tokenizer.json",
+    output:
+        checkpoint=directory(checkpoint_path("dpo")),
+        metrics=f"{R}/train/dpo/metrics.csv",
+    log:
+        f"{R}/logs/dpo.log",
+    benchmark:
+        f"{R}/benchmarks/dpo.tsv"
+    conda:
+        "../../envs/train.yaml"
+    threads: 2
+    resources:
+        **launch_resources("dpo"),
+    params:
+        cfg=cfg_json("dpo", "train"),
+        seed=SEED + 3,
+    shell:
+        "lmforge launch --nodes {resources.nodes} --processes {resources.processes} -- "
+        "lmforge dpo --checkpoint {input.checkpoint} --train {input.train} "
+        "--valid {input.valid} --tokenizer {input.tokenizer} --cfg {params.cfg:q} "
+        "--seed {params.seed} --out {output.checkpoint} --metrics {output.metrics} "
+        "> {log} 2>&1"
+
+
+rule rlvr:
+    input:
+        TRAIN_CODE,
+        code("rlvr", "instruct", "chat"),
+        checkpoint=checkpoint_path("dpo"),
+        train=instruct_file("rlvr", "train"),
+        valid=instruct_file("rlvr", "valid"),
+        tokenizer=f"{R}/tokenizer/{MIX}/tokenizer.json",
+    output:
+        checkpoint=directory(checkpoint_path("rlvr")),
+        metrics=f"{R}/train/rlvr/metrics.csv",
+    log:
+        f"{R}/logs/rlvr.log",
+    benchmark:
+        f"{R}/benchmarks/rlvr.tsv"
+    conda:
+        "../../envs/train.yaml"
+    threads: 2
+    resources:
+        **launch_resources("rlvr"),
+    params:
+        cfg=cfg_json("rlvr", "train"),
+        seed=SEED + 4,
+    shell:
+        "lmforge launch --nodes {resources.nodes} --processes {resources.processes} -- "
+        "lmforge rlvr --checkpoint {input.checkpoint} --train {input.train} "
+        "--valid {input.valid} --tokenizer {input.tokenizer} --cfg {params.cfg:q} "
+        "--seed {params.seed} --out {output.checkpoint} --metrics {output.metrics} "
+        "> {log} 2>&1"
+
+
 rule loss_plot:
     input:
         code("train"),

@@ -1,0 +1,263 @@
+import json
+import re
+
+import pytest
+import torch
+
+from lmforge import dpo, instruct, rlvr, tasks
+from lmforge.model import ModelConfig, Olmo2
+from lmforge.storage import InputError, write_jsonl_gz
+from lmforge.tokenize import EOS, PAD, load_tokenizer, train_tokenizer
+from lmforge.train import train
+
+from conftest import make_docs
+
+TEXTS = [f"Sentence {i} says that the garden has {i % 7} apple trees and a small river nearby. "
+         f"The old miller counted {i % 5} sacks of flour before the evening market opened."
+         for i in range(300)]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("posttrain")
+    write_jsonl_gz(folder / "docs.jsonl.gz", make_docs(TEXTS))
+    train_tokenizer([str(folder / "docs.jsonl.gz")], folder / "tok.json", 600, 1, 0.1)
+    return folder
+
+
+def _model(tokenizer, **kwargs) -> Olmo2:
+    torch.manual_seed(0)
+    return Olmo2(ModelConfig(vocab_size=tokenizer.get_vocab_size(), d_model=32, n_layers=1,
+                             n_heads=2, mlp_hidden=64, max_seq_len=96, **kwargs))
+
+
+def _user(text):
+    return [{"role": "user", "content": text}]
+
+
+def test_verifiers():
+    assert instruct.verify_number("So the total is 1,234.", "1234")
+    assert not instruct.verify_number("12, or maybe 13", "12")  # the last number counts
+    assert not instruct.verify_number("no number", "3")
+    lower = json.dumps({"func_name": "validate_lowercase"})
+    assert instruct.verify_constraint("all small here", lower)
+    assert not instruct.verify_constraint("Not all", lower)
+    assert not instruct.verify_constraint("  ", lower)  # an empty answer satisfies nothing
+    end = json.dumps({"func_name": "validate_end", "end_phrase": "indeed", "N": None})
+    assert instruct.verify_constraint("it rains indeed", end)
+    assert not instruct.verify_constraint("indeed it rains", end)
+    with pytest.raises(InputError, match="not one of"):
+        instruct.verify_constraint("x", json.dumps({"func_name": "validate_rhyme"}))
+    with pytest.raises(InputError, match="func_name"):
+        instruct.verify_constraint("x", "lowercase please")
+
+
+@pytest.mark.parametrize("kind, record, message", [
+    ("rlvr", {"messages": _user("2+2?"), "ground_truth": "4", "dataset": "poetry"},
+     "no verifier"),
+    ("rlvr", {"messages": _user("2+2?"), "ground_truth": 4, "dataset": "gsm8k"},
+     "ground_truth must be a string"),
+    ("rlvr", {"messages": _user("x") + [{"role": "assistant", "content": "y"}],
+              "ground_truth": "4", "dataset": "gsm8k"}, "must not end with an assistant"),
+    ("preference", {"chosen": _user("a") + [{"role": "assistant", "content": "b"}],
+                    "rejected": _user("c") + [{"role": "assistant", "content": "d"}]},
+     "share the prompt"),
+    ("preference", {"chosen": _user("a") + _user("b"), "rejected": _user("a") + _user("b")},
+     "end with an assistant"),
+    ("preference", {"chosen": [{"role": "assistant", "content": "b"}],
+                    "rejected": [{"role": "assistant", "content": "c"}]}, "needs a prompt"),
+    ("sft", {"messages": [{"role": "robot", "content": "hi"}]}, "role must be"),
+    ("sft", ["not", "an", "object"], "expected a JSON object"),
+])
+def test_readers_name_the_malformed_record(tmp_path, kind, record, message):
+    good = {"sft": {"messages": _user("hi") + [{"role": "assistant", "content": "hello"}]},
+            "preference": {"chosen": _user("a") + [{"role": "assistant", "content": "b"}],
+                           "rejected": _user("a") + [{"role": "assistant", "content": "c"}]},
+            "rlvr": {"messages": _user("2+2?"), "ground_truth": "4", "dataset": "gsm8k"}}[kind]
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps(record) + "\n")
+    with pytest.raises(InputError, match=message) as err:
+        instruct.read_records(path, kind)
+    assert "record 1" in str(err.value) or "data.jsonl:2" in str(err.value)  # names the line
+    path.write_text(json.dumps(good) + "\n")
+    assert instruct.read_records(path, kind) == [good]
+
+
+def test_reads_gsm8k_in_open_instruct_rlvr_format(shared_data):
+    records = instruct.read_records(shared_data / "gsm8k" / "gsm8k_rlvr_train.jsonl", "rlvr")
+    assert len(records) == 7473 and {r["dataset"] for r in records} == {"gsm8k"}
+    first = records[0]
+    assert instruct.verify(first, f"She sold 48 + 24 = {first['ground_truth']} clips.")
+    assert not instruct.verify(first, "She sold 48 clips.")
+    # open-instruct's own test rows name a dataset ("test") no verifier checks: a clear error.
+    with pytest.raises(InputError, match="'test' has no verifier"):
+        instruct.read_records(shared_data / "instruct" / "rlvr_test.jsonl", "rlvr")
+
+
+def _operands(question: str) -> tuple[int, int]:
+    a, b = map(int, re.findall(r"\d+", question)[:2])
+    return a, b
+
+
+def test_generated_data_holds_out_and_verifies(corpus, config):
+    cfg = {"preference_pairs": {"arithmetic": 200, "constraint": 40},
+           "rlvr_prompts": {"arithmetic": 150, "constraint": 40},
+           "heldout": {"arithmetic": 20, "constraint": 10}}
+    counts = instruct.make_posttrain_data([str(corpus / "docs.jsonl.gz")], corpus / "data", cfg,
+                                          config["tasks"], seed=1, valid_fraction=0.1)
+    assert counts == {"preference_train": 240, "preference_valid": 30, "rlvr_train": 190,
+                      "rlvr_valid": 30}
+    arith = config["tasks"]["arith_gen"]
+    held = set(tasks.eval_arith_pairs(arith["items"], arith["max_operand"],
+                                      config["tasks"]["seed"]))
+    rlvr_train = instruct.read_records(corpus / "data" / "rlvr_train.jsonl.gz", "rlvr")
+    rlvr_valid = instruct.read_records(corpus / "data" / "rlvr_valid.jsonl.gz", "rlvr")
+    for records, inside in ((rlvr_train, False), (rlvr_valid, True)):
+        sums = [r for r in records if r["dataset"] == "arithmetic"]
+        assert sums and all((_operands(r["messages"][0]["content"]) in held) == inside
+                            for r in sums)
+        assert all(int(r["ground_truth"]) == sum(_operands(r["messages"][0]["content"]))
+                   for r in sums)
+    valid_sums = [_operands(r["messages"][0]["content"]) for r in rlvr_valid
+                  if r["dataset"] == "arithmetic"]
+    assert len(set(valid_sums)) == len(valid_sums) == 20  # distinct held-out pairs
+    for pair in instruct.read_records(corpus / "data" / "preference_train.jsonl.gz",
+                                      "preference"):
+        prompt = pair["chosen"][0]["content"]
+        if pair["dataset"] == "arithmetic":
+            record = {"dataset": "arithmetic", "ground_truth": str(sum(_operands(prompt)))}
+        else:
+            name = next(n for n, t in instruct.CONSTRAINT_TEMPLATES.items()
+                        if prompt.endswith(t[0]))
+            record = {"dataset": "ifeval", "ground_truth": json.dumps(
+                {"func_name": name, **instruct.CONSTRAINT_TEMPLATES[name][1]})}
+        assert instruct.verify(record, pair["chosen"][-1]["content"])
+        assert not instruct.verify(record, pair["rejected"][-1]["content"])
+
+
+def test_dpo_loss_is_the_formula():
+    policy, reference = torch.randn(6, 2), torch.randn(6, 2)
+    loss, stats = dpo.dpo_loss(policy, reference, beta=2.0)
+    margin = (policy[:, 0] - reference[:, 0]) - (policy[:, 1] - reference[:, 1])
+    assert torch.isclose(loss, torch.log1p(torch.exp(-2.0 * margin)).mean())
+    assert torch.isclose(stats["reward_accuracy"], (margin > 0).float().mean())
+    same, stats = dpo.dpo_loss(reference, reference, beta=2.0)
+    assert torch.isclose(same, torch.log(torch.tensor(2.0))) and stats["reward_accuracy"] == 0
+
+
+def test_dpo_scores_only_the_compared_answer(corpus):
+    tok = load_tokenizer(corpus / "tok.json")
+    prompt = _user("What is 2 + 3?") + [{"role": "assistant", "content": "5"}] + _user("And?")
+    record = {"chosen": prompt + [{"role": "assistant", "content": "the river"}],
+              "rejected": prompt + [{"role": "assistant", "content": "apple trees"}]}
+    [(chosen, rejected)], skipped = dpo.encode_pairs(tok, [record], 96)
+    decode = lambda side: tok.decode([i for i, t in zip(*side) if t],  # noqa: E731
+                                     skip_special_tokens=False)
+    assert (decode(chosen), decode(rejected), skipped) == ("the river" + EOS,
+                                                           "apple trees" + EOS, 0)
+    assert dpo.encode_pairs(tok, [record] * 2 + [{**record, "chosen": prompt + [
+        {"role": "assistant", "content": "garden " * 80}]}], 96)[1] == 1
+    # Length normalisation: the mean over labelled tokens, not the sum.
+    inputs, labels = dpo.rows([(chosen, rejected)], tok.token_to_id(PAD))
+    logits = torch.randn(*inputs.shape, tok.get_vocab_size())
+    summed = dpo.sequence_logps(logits, labels, average=False)
+    mean = dpo.sequence_logps(logits, labels, average=True)
+    assert torch.allclose(mean, summed / (labels != -100).sum(-1))
+
+
+def test_dpo_raises_heldout_reward_accuracy(corpus, tmp_path):
+    """Chosen answers are lower case, rejected ones the same words in capitals: on pairs of
+    held-out sentences the DPO model's implicit reward ranks the chosen one first."""
+    tok = load_tokenizer(corpus / "tok.json")
+    pad = tok.token_to_id(PAD)
+
+    def pairs(texts):
+        out = []
+        for text in texts:
+            words = text.split()[:8]
+            prompt = _user("Complete: " + " ".join(words[:3]))
+            rest = " ".join(words[3:]).lower()
+            out.append({"chosen": prompt + [{"role": "assistant", "content": rest}],
+                        "rejected": prompt + [{"role": "assistant", "content": rest.upper()}]})
+        return dpo.encode_pairs(tok, out, 96)[0]
+
+    train_pairs, valid_pairs = pairs(TEXTS[:200]), pairs(TEXTS[250:])
+    model = _model(tok)
+    cfg = {"loss_type": "dpo_norm", "beta": 2.0, "steps": 30, "micro_batch_size": 8,
+           "grad_accum": 1, "lr": 3e-3, "min_lr_ratio": 0.0, "warmup_steps": 0,
+           "schedule": "linear", "weight_decay": 0.0, "grad_clip": 1.0, "zero_stage": 0,
+           "precision": "fp32", "log_every": 10, "eval_every": 10}
+    reference = dpo.reference_logps(model, train_pairs, pad, average=True)
+    valid_reference = dpo.reference_logps(model, valid_pairs, pad, average=True)
+    summary = train(model, dpo.preference_batches(train_pairs, reference, pad, cfg, seed=0),
+                    cfg, 0, tmp_path / "ckpt", tmp_path / "metrics.csv",
+                    objective=dpo.objective,
+                    heldout=dpo.heldout_fn(valid_pairs, valid_reference, pad, cfg))
+    assert summary["final_valid_reward_accuracy"] > 0.9
+    assert summary["final_valid_loss"] < 0.6
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"reward_accuracy", "reward_margin", "valid_reward_accuracy"} <= set(header)
+
+
+def test_batched_sampling_matches_each_prompt_alone(corpus):
+    tok = load_tokenizer(corpus / "tok.json")
+    model = _model(tok)
+    eos, pad = tok.token_to_id(EOS), tok.token_to_id(PAD)
+    prompts = [rlvr.prompt_ids(tok, {"messages": _user(text)})
+               for text in ("What is 2 + 3?", "Complete: the old miller counted five sacks")]
+    together = rlvr.sample(model, prompts, 2, 6, 0.0, 1.0, eos, pad)
+    alone = [rlvr.sample(model, [p], 2, 6, 0.0, 1.0, eos, pad)[0] for p in prompts]
+    assert together == alone and len(together[0][0][0]) == 6
+    first = rlvr.sample(model, prompts, 3, 6, 1.0, 0.9, eos, pad, torch.Generator().manual_seed(3))
+    again = rlvr.sample(model, prompts, 3, 6, 1.0, 0.9, eos, pad, torch.Generator().manual_seed(3))
+    assert first == again
+
+
+class _Engine:
+    """What the objective uses of a DeepSpeed engine, around a plain module."""
+
+    def __init__(self, module):
+        self.module, self.device = module, torch.device("cpu")
+
+    def __call__(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+
+def test_grpo_step_favours_the_verified_response(corpus, monkeypatch):
+    tok = load_tokenizer(corpus / "tok.json")
+    eos, pad = tok.token_to_id(EOS), tok.token_to_id(PAD)
+    model, reference = _model(tok), _model(tok)
+    good = tok.encode("the garden").ids + [eos]
+    bad, endless = tok.encode("THE GARDEN").ids + [eos], tok.encode("the river").ids
+    monkeypatch.setattr(rlvr, "sample", lambda *args, **kwargs: [[
+        (good, True), (bad, True), (endless, False)]])
+    record = {"messages": _user("Say it softly."), "dataset": "ifeval",
+              "ground_truth": json.dumps({"func_name": "validate_lowercase"})}
+    cfg = {"samples_per_prompt": 3, "max_new_tokens": 4, "temperature": 1.0, "top_p": 1.0,
+           "beta": 0.05, "correct_reward": 10.0, "unterminated_reward": -10.0}
+    objective = rlvr.grpo_objective(reference, tok, eos, pad)
+    prompt = rlvr.prompt_ids(tok, record)
+
+    def logps():
+        with torch.no_grad():
+            inputs, labels = rlvr._rows([(prompt, r) for r in (good, bad, endless)], pad)
+            return dpo.sequence_logps(model(inputs), labels, average=False)
+
+    before = logps()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    loss, parts, tokens = objective(_Engine(model), {"records": [record], "seed": 0}, cfg)
+    loss.backward()
+    optimizer.step()
+    change = logps() - before
+    # "the river" is lower case too, but never ended: the unterminated penalty, not a reward.
+    assert parts["reward"] == pytest.approx((10 + 0 - 10) / 3) and parts["accuracy"] == 1 / 3
+    assert parts["unterminated"] == pytest.approx(1 / 3) and tokens == len(good + bad + endless)
+    assert change[0] > 0 > change[2]
+    assert parts["kl"] == pytest.approx(0, abs=1e-6)  # reference and policy start equal
+
+
+def test_group_advantages():
+    advantages = rlvr.group_advantages(torch.tensor([[10.0, 0.0, 0.0, 10.0], [5.0] * 4]))
+    assert torch.allclose(advantages[0], torch.tensor([1.0, -1.0, -1.0, 1.0]) * 0.866, atol=1e-3)
+    assert torch.equal(advantages[1], torch.zeros(4))  # nothing to learn from a tie
+
