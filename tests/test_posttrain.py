@@ -245,7 +245,9 @@ def test_grpo_step_favours_the_verified_response(corpus, monkeypatch):
 
     before = logps()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    loss, parts, tokens = objective(_Engine(model), {"records": [record], "seed": 0}, cfg)
+    cfg.update(micro_batch_size=3, grad_accum=1)
+    loss, parts, tokens = objective(_Engine(model), {"records": [record], "seed": 0,
+                                                     "micro_step": 0}, cfg)
     loss.backward()
     optimizer.step()
     change = logps() - before
@@ -254,6 +256,19 @@ def test_grpo_step_favours_the_verified_response(corpus, monkeypatch):
     assert parts["unterminated"] == pytest.approx(1 / 3) and tokens == len(good + bad + endless)
     assert change[0] > 0 > change[2]
     assert parts["kl"] == pytest.approx(0, abs=1e-6)  # reference and policy start equal
+
+
+def test_a_step_samples_its_prompts_once_and_splits_the_responses():
+    records = [{"id": i} for i in range(40)]
+    cfg = {"samples_per_prompt": 4, "micro_batch_size": 8, "grad_accum": 2}
+    ranks = [rlvr.prompt_batches(records, cfg, seed=5, rank=r, world_size=2) for r in (0, 1)]
+    first, second = ranks[0](3, 0), ranks[0](3, 1)
+    assert first["records"] == second["records"] and first["seed"] == second["seed"]
+    assert (first["micro_step"], second["micro_step"], len(first["records"])) == (0, 1, 4)
+    other = ranks[1](3, 0)["records"]
+    assert not {r["id"] for r in other} & {r["id"] for r in first["records"]}
+    with pytest.raises(ValueError, match="not a multiple of samples_per_prompt 3"):
+        rlvr.prompts_per_rank({**cfg, "samples_per_prompt": 3})
 
 
 def test_group_advantages():

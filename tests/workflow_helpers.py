@@ -18,7 +18,8 @@ FAST = {"pretrain": {"steps": 80}, "grow": {"train": {"steps": 30}},
                           "rlvr_prompts": {"arithmetic": 100, "constraint": 40},
                           "heldout": {"arithmetic": 20, "constraint": 20}},
         "dpo": {"train": {"steps": 20}},
-        "rlvr": {"train": {"steps": 10, "samples_per_prompt": 4, "max_new_tokens": 8,
+        "rlvr": {"train": {"steps": 10, "samples_per_prompt": 4, "global_batch_size": 32,
+                           "micro_batch_size": 16, "max_new_tokens": 8,
                            "eval_every": 10}},
         # arith_gen and reference_bpb run in `make demo`; here their pairs would only add jobs.
         # dpo and rlvr are compared in results/eval/posttrain.md here.

@@ -43,7 +43,12 @@ def estimate(model_cfg: ModelConfig, train_cfg: dict, world_size: int = 1) -> di
     weights = params * width / shard(3)
     grads = params * width / shard(2)
     optimizer = params * ((4 if bf16 else 0) + 8) / shard(1)
-    tokens = model_cfg.max_seq_len * train_cfg["micro_batch_size"]
+    # A DPO micro-batch holds both sides of each pair; RLVR keeps the frozen reference model
+    # beside the policy.
+    rows = train_cfg["micro_batch_size"] * (2 if "loss_type" in train_cfg else 1)
+    if "samples_per_prompt" in train_cfg:
+        weights += params * width
+    tokens = model_cfg.max_seq_len * rows
     dtype = torch.bfloat16 if bf16 else torch.float32
     activations = tokens * (model_cfg.n_layers * block_activation_bytes_per_token(model_cfg, dtype)
                             + model_cfg.d_model * (4 + 2 * width)
@@ -121,8 +126,9 @@ def markdown(plan: dict) -> str:
 # Training stages: their config section and the launch layout they use.
 STAGES = {"pretrain": (("pretrain",), "pretrain"), "grow": (("grow", "train"), "grow"),
           "baseline": (None, "grow"), "sft": (("sft", "train"), "sft"),
-          "anneal": (("midtrain", "train"), "anneal")}
-GROWN_STAGES = ("grow", "baseline", "sft")
+          "anneal": (("midtrain", "train"), "anneal"), "dpo": (("dpo", "train"), "dpo"),
+          "rlvr": (("rlvr", "train"), "rlvr")}
+GROWN_STAGES = ("grow", "baseline", "sft", "dpo", "rlvr")
 GROWN_LAYOUT = ("micro_batch_size", "zero_stage", "compile", "peak_flops")
 H100_BF16_FLOPS = 989e12
 

@@ -1,7 +1,8 @@
 """Reinforcement learning with verifiable rewards (Tulu 3's RLVR), with GRPO's advantages.
 
-Each micro-batch holds prompts; the current policy samples `samples_per_prompt` responses to
-each (temperature, top-p and length from the config), a verifier (lmforge.instruct) scores
+Each optimizer step the current policy samples `samples_per_prompt` responses to each of the
+step's prompts (temperature, top-p and length from the config; `global_batch_size` counts
+responses), a verifier (lmforge.instruct) scores
 them: `correct_reward` when the answer checks out, and a response that never ends (no
 end-of-text within `max_new_tokens`) gets `unterminated_reward` whatever it says, as
 open-instruct's non-stop penalty. GRPO (Shao et al. 2024) takes as advantage the reward
@@ -114,28 +115,53 @@ def _rows(sequences: list[tuple[list[int], list[int]]], pad: int
     return ids[:, :-1], labels[:, 1:]
 
 
+def prompts_per_rank(cfg: dict) -> int:
+    """Prompts each process samples per optimizer step: the step's responses
+    (micro_batch_size × grad_accum per process) over samples_per_prompt."""
+    responses = cfg["micro_batch_size"] * cfg["grad_accum"]
+    prompts, rest = divmod(responses, cfg["samples_per_prompt"])
+    if rest or not prompts:
+        raise ValueError(f"each process trains on {responses} responses per step, not a "
+                         f"multiple of samples_per_prompt {cfg['samples_per_prompt']}")
+    return prompts
+
+
 def grpo_objective(reference: torch.nn.Module, tokenizer, eos: int, pad: int
                    ) -> Callable[[object, dict, dict], tuple[torch.Tensor, dict[str, float], int]]:
-    """The RLVR objective for the shared trainer; a micro-batch is {"records", "seed"}."""
+    """The RLVR objective for the shared trainer. At a step's first micro-batch the policy
+    samples every response of the step (the rollout, as PPO and GRPO collect it before
+    updating); each micro-batch then trains on its `micro_batch_size` of them."""
     reference.eval()
     for param in reference.parameters():
         param.requires_grad_(False)
+    rollouts: dict[int, dict] = {}
 
-    def objective(engine, batch: dict, cfg: dict):
+    def rollout(engine, batch: dict, cfg: dict) -> dict:
         generator = torch.Generator().manual_seed(batch["seed"])
-        group = cfg["samples_per_prompt"]
-        sequences, scores, correct, ended = [], [], [], []
         prompts = [prompt_ids(tokenizer, record) for record in batch["records"]]
-        groups = sample(engine.module, prompts, group, cfg["max_new_tokens"], cfg["temperature"],
-                        cfg["top_p"], eos, pad, generator)
+        groups = sample(engine.module, prompts, cfg["samples_per_prompt"], cfg["max_new_tokens"],
+                        cfg["temperature"], cfg["top_p"], eos, pad, generator)
+        sequences, scores, correct, ended = [], [], [], []
         for record, prompt, responses in zip(batch["records"], prompts, groups):
             reward, ok = rewards(tokenizer, record, responses, eos, cfg)
             sequences += [(prompt, ids) for ids, _ in responses]
             scores.append(reward)
             correct += ok
             ended += [done for _, done in responses]
-        advantages = group_advantages(torch.tensor(scores)).flatten().to(engine.device)
-        inputs, labels = (t.to(engine.device) for t in _rows(sequences, pad))
+        return {"sequences": sequences,
+                "advantages": group_advantages(torch.tensor(scores)).flatten(),
+                "stats": {"reward": float(np.mean(scores)), "accuracy": float(np.mean(correct)),
+                          "unterminated": 1 - float(np.mean(ended))}}
+
+    def objective(engine, batch: dict, cfg: dict):
+        if batch["seed"] not in rollouts:
+            rollouts.clear()
+            rollouts[batch["seed"]] = rollout(engine, batch, cfg)
+        step = rollouts[batch["seed"]]
+        part = slice(batch["micro_step"] * cfg["micro_batch_size"],
+                     (batch["micro_step"] + 1) * cfg["micro_batch_size"])
+        advantages = step["advantages"][part].to(engine.device)
+        inputs, labels = (t.to(engine.device) for t in _rows(step["sequences"][part], pad))
         mask = (labels != -100).float()
         policy = _token_logps(engine(inputs), labels)
         with torch.no_grad():
@@ -145,32 +171,30 @@ def grpo_objective(reference: torch.nn.Module, tokenizer, eos: int, pad: int
         per_token = -advantages[:, None] * ratio + cfg["beta"] * kl
         lengths = mask.sum(-1).clamp(min=1)
         loss = ((per_token * mask).sum(-1) / lengths).mean()
-        return loss, {
-            "loss": loss.item(), "reward": float(np.mean(scores)),
-            "accuracy": float(np.mean(correct)),
-            "kl": ((kl * mask).sum(-1) / lengths).mean().item(),
-            "unterminated": 1 - float(np.mean(ended)),
-            "response_tokens": mask.sum(-1).mean().item()}, int(mask.sum())
+        return loss, {"loss": loss.item(), **step["stats"],
+                      "kl": ((kl * mask).sum(-1) / lengths).mean().item(),
+                      "response_tokens": mask.sum(-1).mean().item()}, int(mask.sum())
 
     return objective
 
 
 def prompt_batches(records: list[dict], cfg: dict, seed: int, rank: int = 0,
                    world_size: int = 1) -> Callable[[int, int], dict]:
-    """Micro-batches of `micro_batch_size` prompts in a seeded order per epoch, with the seed
-    their sampling uses (so a run, or a resumed one, draws the same responses)."""
-    micro = cfg["micro_batch_size"]
+    """Each micro-batch names its step's prompts for this process (in a seeded order per
+    epoch), the seed their sampling uses (a run, or a resumed one, draws the same responses)
+    and which slice of the step's responses it trains on."""
+    per_rank = prompts_per_rank(cfg)
     orders: dict[int, np.ndarray] = {}
 
     def batch(step: int, micro_step: int) -> dict:
-        start = (step * cfg["grad_accum"] * world_size + micro_step * world_size + rank) * micro
+        start = (step * world_size + rank) * per_rank
         chosen = []
-        for position in range(start, start + micro):
+        for position in range(start, start + per_rank):
             epoch, offset = divmod(position, len(records))
             if epoch not in orders:
                 orders[epoch] = np.random.default_rng([seed, epoch]).permutation(len(records))
             chosen.append(records[int(orders[epoch][offset])])
-        return {"records": chosen, "seed": seed * 1_000_003 + start}
+        return {"records": chosen, "seed": seed * 1_000_003 + start, "micro_step": micro_step}
 
     return batch
 
