@@ -276,3 +276,13 @@ def test_group_advantages():
     assert torch.allclose(advantages[0], torch.tensor([1.0, -1.0, -1.0, 1.0]) * 0.866, atol=1e-3)
     assert torch.equal(advantages[1], torch.zeros(4))  # nothing to learn from a tie
 
+
+
+def test_rlvr_refuses_sharded_parameters(capsys):
+    from lmforge.cli import main
+
+    cfg = {"steps": 1, "micro_batch_size": 4, "grad_accum": 1, "zero_stage": 3}
+    assert main(["rlvr", "--checkpoint", "c", "--train", "t", "--valid", "v", "--tokenizer",
+                 "k", "--cfg", json.dumps(cfg), "--seed", "0", "--out", "o", "--metrics",
+                 "m"]) == 2
+    assert "zero_stage 3" in capsys.readouterr().err

@@ -38,33 +38,35 @@ def make_model(out: Path, d_model: int = 64, n_layers: int = 2) -> Path:
     return out
 
 
-def run_lmforge(model_dir: Path, dump: Path) -> dict:
+def run_lmforge(model_dir: Path, dump: Path, limit: int | None = None) -> dict:
     from lmforge.evaltasks import choice_metrics, load_olmes_requests, score_choices
     from lmforge.lm import load
 
     start = time.perf_counter()
     _, instances = load_olmes_requests(dump)
-    results = score_choices(load(model_dir), instances)
+    results = score_choices(load(model_dir), instances[:limit])
     seconds = time.perf_counter() - start
     metrics = choice_metrics(results)
     return {"seconds": seconds, "documents": len(results), "acc": metrics["acc_raw"],
             "acc_norm": metrics["acc_per_char"], "loglikelihoods": [r["logprobs"] for r in results]}
 
 
-def run_lm_eval(model_dir: Path, dump: Path, work: Path) -> dict:
+def run_lm_eval(model_dir: Path, dump: Path, work: Path, limit: int | None = None) -> dict:
     if not PEER.exists():
         sys.exit(f"no lm-eval venv at {PEER}: run `make peers`")
     out = work / f"lm-eval-{dump.parent.name}.json"
     subprocess.run([str(PEER), str(ROOT / "benchmarks/evaluate/lm_eval_peer.py"), "--model",
-                    str(model_dir), "--requests", str(dump), "--out", str(out)],
+                    str(model_dir), "--requests", str(dump), "--out", str(out),
+                    *(["--limit", str(limit)] if limit else [])],
                    check=True, capture_output=True, cwd=work)
     return json.loads(out.read_text())
 
 
-def compare(task: str, work: Path) -> dict:
+def compare(task: str, work: Path, limit: int | None = None) -> dict:
+    """Both harnesses on the dump's documents (the first `limit` of them)."""
     dump = SHARED / "olmes" / task / "rc_0shot"
     model_dir = make_model(work / "model") if not (work / "model").exists() else work / "model"
-    ours, peer = run_lmforge(model_dir, dump), run_lm_eval(model_dir, dump, work)
+    ours, peer = run_lmforge(model_dir, dump, limit), run_lm_eval(model_dir, dump, work, limit)
     differences = [abs(a - b) for ra, rb in zip(ours["loglikelihoods"], peer["loglikelihoods"])
                    for a, b in zip(ra, rb, strict=True)]
     return {"task": task, "documents": ours["documents"], "peer_documents": peer["documents"],

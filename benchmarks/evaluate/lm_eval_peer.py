@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--requests", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--limit", type=int, help="only the first N documents")
     args = parser.parse_args()
     os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     import lm_eval
@@ -77,12 +78,12 @@ def main() -> None:
         results = lm_eval.simple_evaluate(
             model="hf", model_args=f"pretrained={args.model},dtype=float32", tasks=[name],
             task_manager=TaskManager(include_path=str(work)), device="cpu",
-            batch_size=args.batch_size, log_samples=True)
+            batch_size=args.batch_size, log_samples=True, limit=args.limit)
         seconds = time.perf_counter() - start
     samples = sorted(results["samples"][name], key=lambda s: s["doc_id"])
     metrics = results["results"][name]
     args.out.write_text(json.dumps({
-        "documents": n_docs, "seconds": seconds,
+        "documents": min(n_docs, args.limit or n_docs), "seconds": seconds,
         "acc": metrics["acc,none"], "acc_norm": metrics["acc_norm,none"],
         "loglikelihoods": [[float(r[0]) for r in s["filtered_resps"]] for s in samples],
     }))

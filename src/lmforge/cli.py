@@ -483,6 +483,9 @@ def cmd_rlvr(args) -> None:
     from lmforge.instruct import read_records
     from lmforge.tokenize import EOS, PAD, load_tokenizer
 
+    if args.cfg["zero_stage"] == 3:
+        raise ValueError("rlvr samples from the policy's whole weights on each process: "
+                         "zero_stage 3 (sharded parameters) is not supported, use 1 or 2")
     model, reference = load_model(args.checkpoint), load_model(args.checkpoint)
     tokenizer = load_tokenizer(args.tokenizer)
     eos, pad = tokenizer.token_to_id(EOS), tokenizer.token_to_id(PAD)
