@@ -31,7 +31,7 @@ def test_plan_prints_every_stage_and_checks_it_fits(name):
     assert proc.returncode == 0, proc.stderr
     rows = {line.split("|")[1].strip(): line for line in proc.stdout.splitlines()
             if line.startswith("| ") and "---" not in line}
-    assert set(rows) == {"stage", "pretrain", "grow", "baseline", "sft", "anneal"}
+    assert set(rows) == {"stage", "pretrain", "grow", "baseline", "sft", "anneal", "dpo", "rlvr"}
     assert CONFIGS[name]["params"] in rows["pretrain"]
     assert f"| {CONFIGS[name]['nodes']} × 8 |" in rows["pretrain"]
     for stage in ("pretrain", "grow", "baseline", "sft", "anneal"):

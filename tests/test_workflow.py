@@ -15,7 +15,8 @@ pytestmark = pytest.mark.workflow
 STAGES = ["make_tasks", "crawl_demo", "extract", "tag", "dedup", "mix", "funnel", "stats",
           "train_tokenizer", "tokenize", "init_model", "pretrain", "grow", "sft_data", "sft",
           "heldout_docs", "evaluate", "eval_summary", "loss_plot", "anneal", "soup", "baseline",
-          "growth_report", "midtrain_report", "instruct_data", "dpo", "rlvr", "posttrain_report"]
+          "growth_report", "midtrain_report", "instruct_data", "dpo", "rlvr", "posttrain_report",
+          "prompt_tasks", "promptable", "promptability_report"]
 
 
 def test_wrong_config_key_or_type_fails_before_any_job(repo, tmp_path):
@@ -248,3 +249,13 @@ def test_post_training_chain_sft_dpo_rlvr(finished):
     assert report["preference"]["dpo"]["reward_accuracy"] == pytest.approx(
         float(dpo[-1]["valid_reward_accuracy"]), abs=1e-6)
     assert "vs sft" in (finished / "results/eval/posttrain.md").read_text()
+
+
+def test_promptability_compares_held_out_tasks_with_and_without(finished):
+    report = json.loads((finished / "results/eval/promptability.json").read_text())
+    for setting in ("zero_shot", "prompt_tuning"):
+        assert set(report[setting]) == {"larger", "contains_word", "starts_with"}
+        for rows in report[setting].values():
+            assert set(rows) == {"grow", "promptable"} and rows["grow"]["n"] == 20
+            assert "difference_interval" in rows["promptable"]
+    assert (finished / "results/checkpoints/promptable/soft_prompt.safetensors").is_file()

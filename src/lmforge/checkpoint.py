@@ -15,15 +15,31 @@ from lmforge.model import ModelConfig, Olmo2
 from lmforge.olmoe import MoEConfig, Olmoe
 from lmforge.storage import InputError
 
+PROMPT_FILE = "soft_prompt.safetensors"
+
 
 def save_model(model: Olmo2 | Olmoe, directory: str | Path) -> None:
+    """The model's config and weights; a soft-prompted model (lmforge.promptability) is saved
+    as its decoder plus the prompt in its own file, so the decoder loads like any other."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    prompt = getattr(model, "soft_prompt", None)
+    if prompt is not None:
+        save_file({"prompt": prompt.detach().float().cpu().contiguous()},
+                  str(directory / PROMPT_FILE))
+        model = model.decoder
     architecture = "olmoe" if isinstance(model, Olmoe) else "olmo2"
     config = {"architecture": architecture, **model.cfg.to_dict()}
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+
+
+def load_prompt(directory: str | Path) -> torch.Tensor:
+    path = Path(directory) / PROMPT_FILE
+    if not path.is_file():
+        raise InputError(f"{directory}: no soft prompt ({PROMPT_FILE})")
+    return load_file(str(path))["prompt"]
 
 
 MOMENTS_FILE = "optimizer_moments.safetensors"

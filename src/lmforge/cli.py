@@ -14,7 +14,7 @@ from lmforge.launch import LaunchError
 from lmforge.storage import InputError, document_files, write_json, write_text
 
 log = logging.getLogger("lmforge")
-TRAINING_COMMANDS = ("pretrain", "grow", "sft", "dpo", "rlvr")
+TRAINING_COMMANDS = ("pretrain", "grow", "sft", "dpo", "rlvr", "promptable")
 
 
 def _json(text: str) -> dict:
@@ -460,7 +460,8 @@ def cmd_dpo(args) -> None:
     model = load_model(args.checkpoint)
     tokenizer = load_tokenizer(args.tokenizer)
     pad, average = tokenizer.token_to_id(PAD), dpo.check_loss_type(args.cfg)
-    max_len = model.cfg.max_seq_len + 1  # inputs drop the last token
+    # Inputs drop the last token; max_seq_len caps the pairs kept (Tulu 3: 2048).
+    max_len = min(model.cfg.max_seq_len, args.cfg.get("max_seq_len", model.cfg.max_seq_len)) + 1
     train_pairs, too_long = dpo.encode_pairs(tokenizer, read_records(args.train, "preference"),
                                              max_len)
     valid_pairs, _ = dpo.encode_pairs(tokenizer, read_records(args.valid, "preference"), max_len)
@@ -520,6 +521,55 @@ def cmd_posttrain_report(args) -> None:
         posttrain_report.write_report(report, args.out_md, args.out_json)
         run.log_metrics({f"{dataset}.{model}": row["accuracy"]
                          for dataset, rows in report["accuracy"].items()
+                         for model, row in rows.items()})
+
+
+def cmd_prompt_tasks(args) -> None:
+    """Prompted training tasks and held-out tasks for the promptability experiment."""
+    from lmforge.promptability import make_prompt_tasks
+
+    with _job("prompt_tasks", args.cfg) as run:
+        run.log_metrics(make_prompt_tasks(args.mixes, args.out_dir, args.cfg, args.seed,
+                                          args.valid_fraction))
+
+
+def cmd_promptable(args) -> None:
+    """Multi-task continued pretraining with a trainable soft prompt (Wu et al. 2022)."""
+    from lmforge import promptability
+    from lmforge.checkpoint import load_model
+    from lmforge.tokenize import PAD, load_tokenizer
+
+    decoder = load_model(args.checkpoint)
+    model = promptability.SoftPrompted(decoder, promptability.initial_prompt(
+        decoder, args.cfg["prompt_tokens"], args.seed))
+    tokenizer = load_tokenizer(args.tokenizer)
+    items = promptability.read_items(args.data)
+    batches = promptability.mixture_batches(tokenizer, items, tokenizer.token_to_id(PAD),
+                                            args.cfg, args.seed, *_rank_and_world())
+    _train_job("promptable", model, batches, args, {"from": args.checkpoint},
+               {"data.items": len(items)})
+
+
+def cmd_promptability_report(args) -> None:
+    """Zero-shot and few-shot prompt-tuning accuracy on held-out tasks, with and without
+    the multi-task continued pretraining."""
+    from lmforge import promptability
+    from lmforge.checkpoint import load_model, load_prompt
+    from lmforge.storage import write_json, write_text
+    from lmforge.tokenize import PAD, load_tokenizer
+
+    tokenizer = load_tokenizer(args.tokenizer)
+    models = {args.base_name: (load_model(args.base), None),
+              args.treated_name: (load_model(args.treated), load_prompt(args.treated))}
+    with _job("promptability_report", args.cfg) as run:
+        report = promptability.evaluate(models, tokenizer,
+                                        promptability.read_items(args.heldout),
+                                        tokenizer.token_to_id(PAD), args.cfg, args.seed)
+        write_json(args.out_json, report)
+        write_text(args.out_md, promptability.markdown(report, args.base_name,
+                                                       args.treated_name))
+        run.log_metrics({f"{setting}.{task}.{model}": row["accuracy"]
+                         for setting, tasks in report.items() for task, rows in tasks.items()
                          for model, row in rows.items()})
 
 
@@ -713,6 +763,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func in (("dpo", cmd_dpo), ("rlvr", cmd_rlvr)):
         add(name, func, (["--checkpoint"], req), (["--train"], req), (["--valid"], req),
             (["--tokenizer"], req), cfg, seed, out, metrics)
+    add("prompt-tasks", cmd_prompt_tasks, (["--mixes"], {"nargs": "+", **req}), out_dir, cfg,
+        seed, (["--valid-fraction"], {"type": float, **req}))
+    add("promptable", cmd_promptable, (["--checkpoint"], req), (["--data"], req),
+        (["--tokenizer"], req), cfg, seed, out, metrics)
+    add("promptability-report", cmd_promptability_report, (["--base"], req),
+        (["--base-name"], req), (["--treated"], req), (["--treated-name"], req),
+        (["--tokenizer"], req), (["--heldout"], req), cfg, seed, (["--out-md"], req),
+        (["--out-json"], req))
     add("posttrain-report", cmd_posttrain_report, (["--models"], {"nargs": "+", **req}),
         (["--baseline"], req), (["--tokenizer"], req), (["--rlvr-valid"], req),
         (["--preference-valid"], req), cfg, (["--out-md"], req), (["--out-json"], req))

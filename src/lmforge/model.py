@@ -152,15 +152,20 @@ class Decoder(nn.Module):
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
 
-    def embed(self, input_ids: torch.Tensor, doc_ids: torch.Tensor | None = None):
+    def embed(self, input_ids: torch.Tensor, doc_ids: torch.Tensor | None = None,
+              prefix: torch.Tensor | None = None):
         """Token embeddings, the RoPE tables for this length and the attention mask (None:
         causal). `doc_ids` (batch × seq) marks packed documents: each attends only to itself
         and counts positions from its own start, so a packed row computes what its documents
-        would alone."""
-        seq = input_ids.shape[1]
+        would alone. `prefix` (n × d_model, a soft prompt) is put before every row's tokens."""
+        x = self.model.embed_tokens(input_ids)
+        if prefix is not None:
+            if doc_ids is not None:
+                raise ValueError("a soft prompt prefix and packed documents do not combine")
+            x = torch.cat([prefix.to(x.dtype).expand(len(x), -1, -1), x], 1)
+        seq = x.shape[1]
         if seq > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {seq} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
-        x = self.model.embed_tokens(input_ids)
         if doc_ids is None:
             return x, self.rope_cos[:seq].to(x.dtype), self.rope_sin[:seq].to(x.dtype), None
         positions = document_positions(doc_ids)
@@ -178,17 +183,18 @@ class Olmo2(Decoder):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg, Backbone(cfg))
 
-    def forward(self, input_ids: torch.Tensor, doc_ids: torch.Tensor | None = None
-                ) -> torch.Tensor:
-        return self.head(self.hidden_states(input_ids, doc_ids))
+    def forward(self, input_ids: torch.Tensor, doc_ids: torch.Tensor | None = None,
+                prefix: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.hidden_states(input_ids, doc_ids, prefix))
 
-    def hidden_states(self, input_ids: torch.Tensor, doc_ids: torch.Tensor | None = None
-                      ) -> torch.Tensor:
-        """The last block's output; `head` turns any subset of its positions into logits."""
-        x, cos, sin, mask = self.embed(input_ids, doc_ids)
+    def hidden_states(self, input_ids: torch.Tensor, doc_ids: torch.Tensor | None = None,
+                      prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """The last block's output at the tokens' positions (a soft prompt's dropped); `head`
+        turns any subset of its positions into logits."""
+        x, cos, sin, mask = self.embed(input_ids, doc_ids, prefix)
         for layer in self.model.layers:
             x = layer(x, cos, sin, mask)
-        return x
+        return x if prefix is None else x[:, len(prefix):]
 
     def num_params(self, non_embedding: bool = True) -> int:
         total = sum(p.numel() for p in self.parameters())

@@ -48,7 +48,7 @@ def estimate(model_cfg: ModelConfig, train_cfg: dict, world_size: int = 1) -> di
     rows = train_cfg["micro_batch_size"] * (2 if "loss_type" in train_cfg else 1)
     if "samples_per_prompt" in train_cfg:
         weights += params * width
-    tokens = model_cfg.max_seq_len * rows
+    tokens = min(model_cfg.max_seq_len, train_cfg.get("max_seq_len", model_cfg.max_seq_len)) * rows
     dtype = torch.bfloat16 if bf16 else torch.float32
     activations = tokens * (model_cfg.n_layers * block_activation_bytes_per_token(model_cfg, dtype)
                             + model_cfg.d_model * (4 + 2 * width)

@@ -157,6 +157,7 @@ def final_targets():
         f"{R}/train/loss.png",
         f"{R}/eval/midtrain.md",
         f"{R}/eval/posttrain.md",
+        f"{R}/eval/promptability.md",
         f"{R}/stats/documents-{SOURCE}/summary.md",
     ]
     if config["grow"]["compare_baseline"]:

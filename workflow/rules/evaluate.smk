@@ -29,7 +29,16 @@ rule evaluate:
         f"{R}/logs/evaluate/{{model}}/{{task}}.log",
     wildcard_constraints:
         model="|".join(
-            ["init", "pretrain", "init-grown", "grow", "baseline", "sft"]
+            [
+                "init",
+                "pretrain",
+                "init-grown",
+                "grow",
+                "baseline",
+                "sft",
+                "dpo",
+                "rlvr",
+            ]
             + MIDTRAIN_MODELS
         ),
         task="|".join(TASK_SPECS),
@@ -130,3 +139,39 @@ rule posttrain_report:
         "rlvr={input.rlvr} --baseline sft --tokenizer {input.tokenizer} "
         "--rlvr-valid {input.rlvr_valid} --preference-valid {input.preference_valid} "
         "--cfg {params.cfg:q} --out-md {output.md} --out-json {output.json} > {log} 2>&1"
+
+
+rule promptability_report:
+    input:
+        code("promptability", "posttrain_report"),
+        base=checkpoint_path(config["promptability"]["from"]),
+        treated=checkpoint_path("promptable"),
+        heldout=f"{R}/promptability/heldout.jsonl.gz",
+        tokenizer=f"{R}/tokenizer/{MIX}/tokenizer.json",
+    output:
+        md=report(
+            f"{R}/eval/promptability.md",
+            caption="../report/promptability.rst",
+            category="Evaluation",
+        ),
+        json=f"{R}/eval/promptability.json",
+    log:
+        f"{R}/logs/promptability_report.log",
+    conda:
+        "../../envs/eval.yaml"
+    params:
+        cfg=lambda w: json.dumps(
+            {
+                k: v
+                for k, v in config["promptability"].items()
+                if k not in ("train", "tasks", "from")
+            },
+            sort_keys=True,
+        ),
+        base=config["promptability"]["from"],
+        seed=SEED + 7,
+    shell:
+        "lmforge promptability-report --base {input.base} --base-name {params.base} "
+        "--treated {input.treated} --treated-name promptable --tokenizer {input.tokenizer} "
+        "--heldout {input.heldout} --cfg {params.cfg:q} --seed {params.seed} "
+        "--out-md {output.md} --out-json {output.json} > {log} 2>&1"

@@ -320,6 +320,63 @@ rule rlvr:
         "> {log} 2>&1"
 
 
+rule prompt_tasks:
+    input:
+        code("promptability", "instruct", "sources"),
+        mixes=mixed(),
+    output:
+        train=f"{R}/promptability/train.jsonl.gz",
+        heldout=f"{R}/promptability/heldout.jsonl.gz",
+    log:
+        f"{R}/logs/prompt_tasks.log",
+    conda:
+        "../../envs/train.yaml"
+    params:
+        cfg=cfg_json("promptability", "tasks"),
+        seed=SEED + 5,
+        valid=config["tokenizer"]["valid_fraction"],
+        out_dir=lambda w, output: os.path.dirname(output.train),
+    shell:
+        "lmforge prompt-tasks --mixes {input.mixes} --out-dir {params.out_dir} "
+        "--cfg {params.cfg:q} --seed {params.seed} --valid-fraction {params.valid} "
+        "> {log} 2>&1"
+
+
+rule promptable:
+    input:
+        TRAIN_CODE,
+        code("promptability"),
+        checkpoint=checkpoint_path(config["promptability"]["from"]),
+        data=f"{R}/promptability/train.jsonl.gz",
+        tokenizer=f"{R}/tokenizer/{MIX}/tokenizer.json",
+    output:
+        checkpoint=directory(checkpoint_path("promptable")),
+        metrics=f"{R}/train/promptable/metrics.csv",
+    log:
+        f"{R}/logs/promptable.log",
+    benchmark:
+        f"{R}/benchmarks/promptable.tsv"
+    conda:
+        "../../envs/train.yaml"
+    threads: 2
+    resources:
+        **launch_resources("promptable"),
+    params:
+        cfg=lambda w: json.dumps(
+            {
+                "prompt_tokens": config["promptability"]["prompt_tokens"],
+                **config["promptability"]["train"],
+            },
+            sort_keys=True,
+        ),
+        seed=SEED + 6,
+    shell:
+        "lmforge launch --nodes {resources.nodes} --processes {resources.processes} -- "
+        "lmforge promptable --checkpoint {input.checkpoint} --data {input.data} "
+        "--tokenizer {input.tokenizer} --cfg {params.cfg:q} --seed {params.seed} "
+        "--out {output.checkpoint} --metrics {output.metrics} > {log} 2>&1"
+
+
 rule loss_plot:
     input:
         code("train"),
