@@ -56,6 +56,16 @@ def make_docs(texts: list[str], urls: list[str] | None = None, source: str = "te
              "metadata": {"url": u}} for i, (t, u) in enumerate(zip(texts, urls))]
 
 
+def tokenizer_corpus(folder: Path, texts: list[str], vocab_size: int = 600) -> Path:
+    """docs.jsonl.gz of the texts in `folder` and a tokenizer trained on them (tok.json)."""
+    from lmforge.storage import write_jsonl_gz
+    from lmforge.tokenize import train_tokenizer
+
+    write_jsonl_gz(folder / "docs.jsonl.gz", make_docs(texts))
+    train_tokenizer([str(folder / "docs.jsonl.gz")], folder / "tok.json", vocab_size, 1, 0.1)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def repo(tmp_path_factory) -> Path:
     """A copy of the workflow, so a test may touch its code files."""

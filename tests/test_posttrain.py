@@ -6,11 +6,12 @@ import torch
 
 from lmforge import dpo, instruct, rlvr, tasks
 from lmforge.model import ModelConfig, Olmo2
-from lmforge.storage import InputError, write_jsonl_gz
-from lmforge.tokenize import EOS, PAD, load_tokenizer, train_tokenizer
+from lmforge.sft import answer_rows
+from lmforge.storage import InputError
+from lmforge.tokenize import EOS, PAD, load_tokenizer
 from lmforge.train import train
 
-from conftest import make_docs
+from conftest import tokenizer_corpus
 
 TEXTS = [f"Sentence {i} says that the garden has {i % 7} apple trees and a small river nearby. "
          f"The old miller counted {i % 5} sacks of flour before the evening market opened."
@@ -19,10 +20,7 @@ TEXTS = [f"Sentence {i} says that the garden has {i % 7} apple trees and a small
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("posttrain")
-    write_jsonl_gz(folder / "docs.jsonl.gz", make_docs(TEXTS))
-    train_tokenizer([str(folder / "docs.jsonl.gz")], folder / "tok.json", 600, 1, 0.1)
-    return folder
+    return tokenizer_corpus(tmp_path_factory.mktemp("posttrain"), TEXTS)
 
 
 def _model(tokenizer, **kwargs) -> Olmo2:
@@ -240,7 +238,7 @@ def test_grpo_step_favours_the_verified_response(corpus, monkeypatch):
 
     def logps():
         with torch.no_grad():
-            inputs, labels = rlvr._rows([(prompt, r) for r in (good, bad, endless)], pad)
+            inputs, labels = answer_rows([(prompt, r) for r in (good, bad, endless)], pad)
             return dpo.sequence_logps(model(inputs), labels, average=False)
 
     before = logps()

@@ -6,10 +6,11 @@ import torch
 from lmforge import promptability
 from lmforge.checkpoint import load_model, load_prompt, save_model
 from lmforge.model import ModelConfig, Olmo2
-from lmforge.storage import read_jsonl, write_jsonl_gz
-from lmforge.tokenize import PAD, load_tokenizer, train_tokenizer
+from lmforge.sft import answer_rows
+from lmforge.storage import read_jsonl
+from lmforge.tokenize import PAD, load_tokenizer
 
-from conftest import make_docs
+from conftest import tokenizer_corpus
 
 TEXTS = [f"Sentence {i} says that the garden has {i % 7} apple trees and a small river nearby. "
          f"The old miller counted sacks of flour before the evening market opened."
@@ -18,10 +19,7 @@ TEXTS = [f"Sentence {i} says that the garden has {i % 7} apple trees and a small
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("prompt")
-    write_jsonl_gz(folder / "docs.jsonl.gz", make_docs(TEXTS))
-    train_tokenizer([str(folder / "docs.jsonl.gz")], folder / "tok.json", 600, 1, 0.1)
-    return folder
+    return tokenizer_corpus(tmp_path_factory.mktemp("prompt"), TEXTS)
 
 
 def _model(vocab: int) -> Olmo2:
@@ -90,7 +88,7 @@ def test_prompt_tuning_trains_only_the_prompt_and_fits_the_shots(corpus):
     start = promptability.initial_prompt(model, 4, 0)
 
     def loss(prompt):
-        inputs, labels = promptability._rows(
+        inputs, labels = answer_rows(
             [promptability.encode(tok, s, s["gold"]) for s in shots], pad)
         with torch.no_grad():
             logits = model(inputs, prefix=prompt)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -112,17 +111,14 @@ def preference_batches(pairs: list, reference: torch.Tensor, pad: int, cfg: dict
                        rank: int = 0, world_size: int = 1) -> Callable[[int, int], tuple]:
     """Micro-batches (inputs, labels, reference log-probabilities) of `micro_batch_size` pairs
     in a seeded order per epoch; a step's global batch is split across ranks."""
+    from lmforge.train import epoch_order
+
     micro = cfg["micro_batch_size"]
-    orders: dict[int, np.ndarray] = {}
+    take = epoch_order(len(pairs), seed)
 
     def batch(step: int, micro_step: int) -> tuple:
         start = (step * cfg["grad_accum"] * world_size + micro_step * world_size + rank) * micro
-        chosen = []
-        for position in range(start, start + micro):
-            epoch, offset = divmod(position, len(pairs))
-            if epoch not in orders:
-                orders[epoch] = np.random.default_rng([seed, epoch]).permutation(len(pairs))
-            chosen.append(int(orders[epoch][offset]))
+        chosen = take(start, micro)
         inputs, labels = rows([pairs[i] for i in chosen], pad)
         return inputs, labels, reference[chosen]
 

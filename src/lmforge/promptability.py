@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from lmforge import instruct
 from lmforge.model import Olmo2
+from lmforge.sft import answer_rows
 from lmforge.storage import InputError, read_jsonl, write_jsonl_gz
 
 CHOICES = [" yes", " no"]
@@ -163,33 +164,19 @@ def encode(tokenizer, item: dict, choice: int) -> tuple[list[int], list[int]]:
     return context, whole[len(context):]
 
 
-def _rows(pairs: list[tuple[list[int], list[int]]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    length = max(len(c) + len(x) for c, x in pairs)
-    ids = torch.full((len(pairs), length), pad, dtype=torch.long)
-    labels = torch.full((len(pairs), length), -100, dtype=torch.long)
-    for row, (context, choice) in enumerate(pairs):
-        ids[row, :len(context) + len(choice)] = torch.tensor(context + choice)
-        labels[row, len(context):len(context) + len(choice)] = torch.tensor(choice)
-    return ids[:, :-1], labels[:, 1:]
-
-
 def mixture_batches(tokenizer, items: list[dict], pad: int, cfg: dict, seed: int,
                     rank: int = 0, world_size: int = 1) -> Callable[[int, int], tuple]:
     """(inputs, labels) micro-batches of the prompted mixture, the loss on the gold answer's
     tokens, in a seeded order per epoch; a step's global batch is split across ranks."""
+    from lmforge.train import epoch_order
+
     encoded = [encode(tokenizer, item, item["gold"]) for item in items]
     micro = cfg["micro_batch_size"]
-    orders: dict[int, np.ndarray] = {}
+    take = epoch_order(len(encoded), seed)
 
     def batch(step: int, micro_step: int) -> tuple:
         start = (step * cfg["grad_accum"] * world_size + micro_step * world_size + rank) * micro
-        chosen = []
-        for position in range(start, start + micro):
-            epoch, offset = divmod(position, len(encoded))
-            if epoch not in orders:
-                orders[epoch] = np.random.default_rng([seed, epoch]).permutation(len(encoded))
-            chosen.append(encoded[int(orders[epoch][offset])])
-        return _rows(chosen, pad)
+        return answer_rows([encoded[i] for i in take(start, micro)], pad)
 
     return batch
 
@@ -201,7 +188,7 @@ def choice_logprobs(model: torch.nn.Module, tokenizer, items: list[dict], pad: i
     pairs = [encode(tokenizer, item, c) for item in items for c in range(len(CHOICES))]
     out = []
     for start in range(0, len(pairs), batch_size):
-        inputs, labels = _rows(pairs[start:start + batch_size], pad)
+        inputs, labels = answer_rows(pairs[start:start + batch_size], pad)
         logits = model(inputs, prefix=prompt)
         picked = torch.gather(F.log_softmax(logits.float(), -1), -1,
                               labels.clamp(min=0)[..., None])[..., 0]
@@ -225,7 +212,7 @@ def prompt_tune(model: Olmo2, tokenizer, shots: list[dict], pad: int, prompt: to
         param.requires_grad_(False)
     prompt = torch.nn.Parameter(prompt.clone().float())
     optimizer = torch.optim.Adam([prompt], lr=cfg["tune_lr"])
-    inputs, labels = _rows([encode(tokenizer, s, s["gold"]) for s in shots], pad)
+    inputs, labels = answer_rows([encode(tokenizer, s, s["gold"]) for s in shots], pad)
     for _ in range(cfg["tune_steps"]):
         logits = model(inputs, prefix=prompt)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)

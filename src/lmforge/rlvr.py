@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from lmforge import chat, instruct
+from lmforge.sft import answer_rows
 from lmforge.tokenize import EOS
 
 SAMPLING_KEYS = ("samples_per_prompt", "temperature", "top_p", "max_new_tokens")
@@ -103,18 +104,6 @@ def _token_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
                         labels.clamp(min=0)[..., None])[..., 0]
 
 
-def _rows(sequences: list[tuple[list[int], list[int]]], pad: int
-          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and labels (response tokens only) of prompt + response, right-padded."""
-    length = max(len(p) + len(r) for p, r in sequences)
-    ids = torch.full((len(sequences), length), pad, dtype=torch.long)
-    labels = torch.full((len(sequences), length), -100, dtype=torch.long)
-    for row, (prompt, response) in enumerate(sequences):
-        ids[row, :len(prompt) + len(response)] = torch.tensor(prompt + response)
-        labels[row, len(prompt):len(prompt) + len(response)] = torch.tensor(response)
-    return ids[:, :-1], labels[:, 1:]
-
-
 def prompts_per_rank(cfg: dict) -> int:
     """Prompts each process samples per optimizer step: the step's responses
     (micro_batch_size × grad_accum per process) over samples_per_prompt."""
@@ -161,7 +150,7 @@ def grpo_objective(reference: torch.nn.Module, tokenizer, eos: int, pad: int
         part = slice(batch["micro_step"] * cfg["micro_batch_size"],
                      (batch["micro_step"] + 1) * cfg["micro_batch_size"])
         advantages = step["advantages"][part].to(engine.device)
-        inputs, labels = (t.to(engine.device) for t in _rows(step["sequences"][part], pad))
+        inputs, labels = (t.to(engine.device) for t in answer_rows(step["sequences"][part], pad))
         mask = (labels != -100).float()
         policy = _token_logps(engine(inputs), labels)
         with torch.no_grad():
@@ -183,17 +172,14 @@ def prompt_batches(records: list[dict], cfg: dict, seed: int, rank: int = 0,
     """Each micro-batch names its step's prompts for this process (in a seeded order per
     epoch), the seed their sampling uses (a run, or a resumed one, draws the same responses)
     and which slice of the step's responses it trains on."""
+    from lmforge.train import epoch_order
+
     per_rank = prompts_per_rank(cfg)
-    orders: dict[int, np.ndarray] = {}
+    take = epoch_order(len(records), seed)
 
     def batch(step: int, micro_step: int) -> dict:
         start = (step * world_size + rank) * per_rank
-        chosen = []
-        for position in range(start, start + per_rank):
-            epoch, offset = divmod(position, len(records))
-            if epoch not in orders:
-                orders[epoch] = np.random.default_rng([seed, epoch]).permutation(len(records))
-            chosen.append(records[int(orders[epoch][offset])])
+        chosen = [records[i] for i in take(start, per_rank)]
         return {"records": chosen, "seed": seed * 1_000_003 + start, "micro_step": micro_step}
 
     return batch

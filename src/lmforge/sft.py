@@ -100,6 +100,19 @@ def pack(examples: list[tuple[list[int], list[bool]]], max_len: int, pad: int
     return out
 
 
+def answer_rows(pairs: list[tuple[list[int], list[int]]], pad: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and labels of context + answer rows, right-padded to the longest, the labels
+    on the answer's tokens only (RLVR's responses, prompted tasks' answers)."""
+    length = max(len(c) + len(a) for c, a in pairs)
+    ids = torch.full((len(pairs), length), pad, dtype=torch.long)
+    labels = torch.full((len(pairs), length), -100, dtype=torch.long)
+    for row, (context, answer) in enumerate(pairs):
+        ids[row, :len(context) + len(answer)] = torch.tensor(context + answer)
+        labels[row, len(context):len(context) + len(answer)] = torch.tensor(answer)
+    return ids[:, :-1], labels[:, 1:]
+
+
 def sft_batches(tokenizer, data_path: str | Path, max_len: int, cfg: dict, seed: int,
                 rank: int = 0, world_size: int = 1) -> tuple[Callable[[int, int], tuple], dict]:
     """Micro-batches of packed rows (inputs, labels, doc_ids): each epoch shuffles the examples

@@ -244,6 +244,24 @@ def instance_batches(tokens: np.ndarray, seq_len: int, cfg: dict, seed: int, ran
     return batch
 
 
+def epoch_order(n_items: int, seed: int) -> Callable[[int, int], list[int]]:
+    """`take(start, count)`: positions start … start+count−1 of an endless order of n_items
+    items, each epoch a permutation seeded by (seed, epoch) — the order SFT examples, DPO
+    pairs, RLVR prompts and prompted tasks are drawn in."""
+    orders: dict[int, np.ndarray] = {}
+
+    def take(start: int, count: int) -> list[int]:
+        out = []
+        for position in range(start, start + count):
+            epoch, offset = divmod(position, n_items)
+            if epoch not in orders:
+                orders[epoch] = np.random.default_rng([seed, epoch]).permutation(n_items)
+            out.append(int(orders[epoch][offset]))
+        return out
+
+    return take
+
+
 def heldout_loss_fn(tokens: np.ndarray, seq_len: int, instances: int, batch_size: int
                     ) -> Callable[[torch.nn.Module, torch.device], float]:
     """OLMo's in-loop evaluation: the mean next-token loss on the first `instances` held-out
