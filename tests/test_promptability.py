@@ -12,8 +12,9 @@ from lmforge.tokenize import PAD, load_tokenizer
 
 from conftest import tokenizer_corpus
 
+# Quotes inside sentences: the tasks quote the text they ask about.
 TEXTS = [f"Sentence {i} says that the garden has {i % 7} apple trees and a small river nearby. "
-         f"The old miller counted sacks of flour before the evening market opened."
+         f'The old miller said "stop" while counting sacks of flour before the market opened.'
          for i in range(300)]
 
 
@@ -69,10 +70,12 @@ def test_prompt_tasks_are_balanced_right_and_held_out(corpus):
         elif item["task"] == "larger":
             a, b = map(int, re.findall(r"\d+", question))
             assert (a > b) == yes
-        elif item["task"] == "contains_word":
-            word, text = re.match(r"Does this text contain the word (\S+)\? \"(.*)\"",
-                                  question).groups()
-            assert (word in text.split()) == yes
+        elif item["task"] in ("contains_word", "starts_with"):
+            word, text = re.match(r"Does this \w+ (?:contain|start with) the word (\S+)\? "
+                                  r"\"(.*)\"\nAnswer:$", question).groups()
+            found = word in text.split() if item["task"] == "contains_word" else \
+                text.split()[0] == word
+            assert found == yes
     for task in promptability.HELDOUT_TASKS:
         test = [i for i in heldout if i["task"] == task and i["split"] == "test"]
         assert len(test) == 20 and 0.3 <= sum(i["gold"] == 0 for i in test) / 20 <= 0.7

@@ -37,45 +37,45 @@ def _quote(words: list[str]) -> str:
     return '"' + " ".join(words) + '"'
 
 
+# Each generator returns (question, whether the answer is yes); it is asked for `yes` and
+# says so where the sampled text makes the other answer true.
 def _sum_check(rng, sentences, yes):
     a, b = rng.randint(0, 30), rng.randint(0, 30)
     c = a + b if yes else a + b + rng.choice([-3, -2, -1, 1, 2, 3])
-    return f"Is {a} plus {b} equal to {c}?"
+    return f"Is {a} plus {b} equal to {c}?", yes
 
 
 def _capitals(rng, sentences, yes):
     words = rng.choice(sentences)[:6]
     text = [w.upper() for w in words] if yes else [w.lower() for w in words]
-    return f"Is this text in capital letters? {_quote(text)}"
+    return f"Is this text in capital letters? {_quote(text)}", " ".join(text).isupper()
 
 
 def _has_digit(rng, sentences, yes):
     words = [w for w in rng.choice(sentences)[:8] if not any(c.isdigit() for c in w)]
     if yes:
         words.insert(rng.randrange(len(words) + 1), str(rng.randint(0, 99)))
-    return f"Does this text contain a number? {_quote(words)}"
+    return f"Does this text contain a number? {_quote(words)}", yes
 
 
 def _larger(rng, sentences, yes):
     a, b = rng.sample(range(0, 60), 2)
     big, small = max(a, b), min(a, b)
-    return f"Is {big} larger than {small}?" if yes else f"Is {small} larger than {big}?"
+    return (f"Is {big} larger than {small}?" if yes else f"Is {small} larger than {big}?"), yes
 
 
 def _contains_word(rng, sentences, yes):
     words = rng.choice(sentences)[:8]
-    if yes:
-        asked = rng.choice(words)
-    else:
-        asked = next(w for w in rng.choice(sentences) + ["zebra"] if w not in words)
-    return f"Does this text contain the word {asked}? {_quote(words)}"
+    others = [w for w in rng.choice(sentences) if w not in words]
+    asked = rng.choice(words) if yes or not others else rng.choice(others)
+    return f"Does this text contain the word {asked}? {_quote(words)}", asked in words
 
 
 def _starts_with(rng, sentences, yes):
     words = rng.choice(sentences)[:8]
-    other = rng.choice(rng.choice(sentences))
-    asked = words[0] if yes or other == words[0] else other
-    return f"Does this sentence start with the word {asked}? {_quote(words)}"
+    asked = words[0] if yes else rng.choice(rng.choice(sentences))
+    return (f"Does this sentence start with the word {asked}? {_quote(words)}",
+            asked == words[0])
 
 
 TRAIN_TASKS: dict[str, Callable] = {"sum_check": _sum_check, "capitals": _capitals,
@@ -89,11 +89,7 @@ def task_items(task: str, n: int, sentences: list[list[str]], rng: random.Random
     make = {**TRAIN_TASKS, **HELDOUT_TASKS}[task]
     items = []
     for index in range(n):
-        yes = index % 2 == 0
-        question = make(rng, sentences, yes)
-        if task == "starts_with":  # the sampled other word may equal the first one
-            yes = question.split("the word ")[1].split("?")[0] == \
-                question.split('"')[1].split()[0]
+        question, yes = make(rng, sentences, index % 2 == 0)
         items.append({"task": task, "input": f"{question}\nAnswer:", "choices": CHOICES,
                       "gold": 0 if yes else 1})
     rng.shuffle(items)
