@@ -40,7 +40,7 @@ def snakemake(repo: Path, work: Path, *args: str, check: bool = True):
     env["PATH"] = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "-d", str(work),
-         "--cores", "2", *args], capture_output=True, text=True, env=env, timeout=1500)
+         "--cores", "2", *args], capture_output=True, text=True, env=env, timeout=2700)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n"
                              f"{proc.stderr[-4000:]}")
