@@ -1,5 +1,6 @@
 # lmforge: raw crawl -> curated corpus -> statistics -> tokens -> pretrained, grown and
-# instruction-tuned models -> evaluation, every artifact a file under results/.
+# instruction-tuned models -> evaluation, and a vision-language branch (Molmo), every
+# artifact a file under results/.
 import os
 
 from snakemake.utils import min_version, validate
@@ -25,6 +26,7 @@ include: "workflow/rules/stats.smk"
 include: "workflow/rules/tokenize.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/vision.smk"
 
 
 rule all:

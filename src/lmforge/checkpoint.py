@@ -19,14 +19,17 @@ PROMPT_FILE = "soft_prompt.safetensors"
 
 
 def save_model(model: Olmo2 | Olmoe, directory: str | Path) -> None:
-    """The model's config and weights; a soft-prompted model (lmforge.promptability) is saved
-    as its decoder plus the prompt in its own file, so the decoder loads like any other."""
+    """The model's config and weights. A decoder wrapped with parts around it (a soft prompt,
+    lmforge.promptability; a vision tower, lmforge.vision) is saved as the decoder plus the
+    wrapper's own files, so the decoder loads like any other."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    prompt = getattr(model, "soft_prompt", None)
-    if prompt is not None:
-        save_file({"prompt": prompt.detach().float().cpu().contiguous()},
-                  str(directory / PROMPT_FILE))
+    if hasattr(model, "decoder"):
+        for name, tensors in model.extra_files().items():
+            save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()},
+                      str(directory / name))
+        for name, config in getattr(model, "extra_configs", dict)().items():
+            (directory / name).write_text(json.dumps(config, indent=2) + "\n")
         model = model.decoder
     architecture = "olmoe" if isinstance(model, Olmoe) else "olmo2"
     config = {"architecture": architecture, **model.cfg.to_dict()}

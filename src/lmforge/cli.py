@@ -14,7 +14,7 @@ from lmforge.launch import LaunchError
 from lmforge.storage import InputError, document_files, write_json, write_text
 
 log = logging.getLogger("lmforge")
-TRAINING_COMMANDS = ("pretrain", "grow", "sft", "dpo", "rlvr", "promptable")
+TRAINING_COMMANDS = ("pretrain", "grow", "sft", "dpo", "rlvr", "promptable", "vlm")
 
 
 def _json(text: str) -> dict:
@@ -684,6 +684,83 @@ def cmd_midtrain_report(args) -> None:
                          row["anneal_mean_minus_control"] for row in rows})
 
 
+def cmd_scenes(args) -> None:
+    """Generated scenes with PixMo-style captions, points, counts and questions."""
+    from lmforge.pixmo import make_scenes
+
+    with _job("scenes", args.cfg) as run:
+        run.log_metrics(make_scenes(args.out_dir, args.cfg, args.seed))
+
+
+def _example_sets(scenes: str, kinds: list[str], tokenizer, text_tokens: int, vision_cfg):
+    from lmforge.pixmo import read_records
+    from lmforge.tokenize import EOS
+    from lmforge.vision import ExampleSet
+
+    sets = [ExampleSet(read_records(Path(scenes) / f"{kind}.train.jsonl.gz", kind), kind,
+                       tokenizer, EOS, vision_cfg, text_tokens) for kind in kinds]
+    for dataset in sets:
+        if dataset.too_long:
+            log.warning("%s: %d examples longer than %d text tokens skipped", dataset.kind,
+                        dataset.too_long, text_tokens)
+    return sets
+
+
+def cmd_vlm(args) -> None:
+    """Train the vision-language model: caption pretraining from a language model, fine-tuning
+    on the √size mixture, or the text-only baseline (the mixture without images)."""
+    from lmforge import vision
+    from lmforge.checkpoint import load_model
+    from lmforge.tokenize import PAD, load_tokenizer
+
+    tokenizer = load_tokenizer(args.tokenizer)
+    if args.stage == "caption":
+        model = vision.build_vlm(args.vision, load_model(args.checkpoint),
+                                 args.max_seq_len, args.seed)
+    elif args.stage == "finetune":
+        model = vision.load_vlm(args.checkpoint)
+    else:
+        model = vision.with_context(load_model(args.checkpoint), args.max_seq_len)
+    vision_cfg = vision.VisionConfig(**args.vision)
+    if isinstance(model, vision.Molmo) and model.vision_cfg != vision_cfg:
+        raise InputError(f"{args.checkpoint}: its vision config differs from vision.encoder")
+    text_tokens = args.max_seq_len - vision_cfg.n_image_tokens
+    sets = _example_sets(args.scenes, args.datasets, tokenizer, text_tokens, vision_cfg)
+    rank, world_size = _rank_and_world()
+    batches = vision.mixture_batches(sets, args.cfg, args.seed, tokenizer.token_to_id(PAD),
+                                     args.stage != "text_only", rank, world_size)
+    mixture = vision.sqrt_mixture({s.kind: len(s) for s in sets})
+    train_args = {} if args.stage == "text_only" else {"objective": vision.objective}
+    _train_job(f"vlm_{args.stage}", model, batches, args, {"from": args.checkpoint},
+               {**{f"data.{s.kind}": len(s) for s in sets},
+                **{f"data.{s.kind}.skipped_too_long": s.too_long for s in sets},
+                **{f"mixture.{k}": v for k, v in mixture.items()}}, **train_args)
+
+
+def cmd_vlm_report(args) -> None:
+    """Captions, VQA, pointing and counting on held-out scenes: VLM vs text-only vs random."""
+    from lmforge import vlm_eval
+    from lmforge.checkpoint import load_model
+    from lmforge.pixmo import KINDS, read_records
+    from lmforge.tokenize import EOS, load_tokenizer
+    from lmforge.vision import load_vlm, with_context
+
+    vlm = load_vlm(args.vlm)
+    text_only = with_context(load_model(args.text_only), vlm.cfg.max_seq_len)
+    eval_sets = {kind: read_records(Path(args.scenes) / f"{kind}.eval.jsonl.gz", kind)
+                 for kind in KINDS}
+    with _job("vlm_report", args.cfg) as run:
+        report = vlm_eval.evaluate(vlm, text_only, load_tokenizer(args.tokenizer), eval_sets,
+                                   EOS, args.cfg["max_objects"])
+        write_json(args.out_json, report)
+        write_text(args.out_md, vlm_eval.markdown(report))
+        vlm_eval.plot_points(eval_sets["pixmo_points"], report["answers"]["pixmo_points"],
+                             args.out_png)
+        run.log_metrics(vlm_eval.flat_metrics(report))
+        for path in (args.out_md, args.out_png):
+            run.log_artifact(path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmforge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -774,6 +851,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("posttrain-report", cmd_posttrain_report, (["--models"], {"nargs": "+", **req}),
         (["--baseline"], req), (["--tokenizer"], req), (["--rlvr-valid"], req),
         (["--preference-valid"], req), cfg, (["--out-md"], req), (["--out-json"], req))
+    add("scenes", cmd_scenes, cfg, seed, out_dir)
+    add("vlm", cmd_vlm, (["--stage"], {"choices": ["caption", "finetune", "text_only"], **req}),
+        (["--checkpoint"], req), (["--scenes"], req), (["--datasets"], {"nargs": "+", **req}),
+        (["--vision"], {"type": _json, **req}), (["--max-seq-len"], {"type": int, **req}),
+        (["--tokenizer"], req), cfg, seed, out, metrics)
+    add("vlm-report", cmd_vlm_report, (["--vlm"], req), (["--text-only"], req),
+        (["--scenes"], req), (["--tokenizer"], req), cfg, (["--out-md"], req),
+        (["--out-json"], req), (["--out-png"], req))
     batch_size = (["--batch-size"], {"type": int, "default": 16})
     add("evaluate", cmd_evaluate, (["--model"], req), (["--model-name"], req),
         (["--tokenizer"], {}), (["--task"], req), (["--spec"], {"type": _json, **req}),

@@ -157,7 +157,8 @@ class Decoder(nn.Module):
         """Token embeddings, the RoPE tables for this length and the attention mask (None:
         causal). `doc_ids` (batch × seq) marks packed documents: each attends only to itself
         and counts positions from its own start, so a packed row computes what its documents
-        would alone. `prefix` (n × d_model, a soft prompt) is put before every row's tokens."""
+        would alone. `prefix` — input embeddings put before the token ids: n × d_model for
+        every row (a soft prompt) or batch × n × d_model (each row's image tokens)."""
         x = self.model.embed_tokens(input_ids)
         if prefix is not None:
             if doc_ids is not None:
@@ -189,12 +190,12 @@ class Olmo2(Decoder):
 
     def hidden_states(self, input_ids: torch.Tensor, doc_ids: torch.Tensor | None = None,
                       prefix: torch.Tensor | None = None) -> torch.Tensor:
-        """The last block's output at the tokens' positions (a soft prompt's dropped); `head`
+        """The last block's output at the tokens' positions (the prefix's dropped); `head`
         turns any subset of its positions into logits."""
         x, cos, sin, mask = self.embed(input_ids, doc_ids, prefix)
         for layer in self.model.layers:
             x = layer(x, cos, sin, mask)
-        return x if prefix is None else x[:, len(prefix):]
+        return x if prefix is None else x[:, prefix.shape[-2]:]
 
     def num_params(self, non_embedding: bool = True) -> int:
         total = sum(p.numel() for p in self.parameters())

@@ -103,9 +103,10 @@ class Olmoe(Decoder):
         super().__init__(cfg, MoEBackbone(cfg))
 
     def forward(self, input_ids: torch.Tensor, return_aux: bool = False,
-                doc_ids: torch.Tensor | None = None):
-        """Logits; with `return_aux`, also the weighted auxiliary losses by name."""
-        x, router_logits = self._blocks(input_ids, doc_ids)
+                doc_ids: torch.Tensor | None = None, prefix: torch.Tensor | None = None):
+        """Logits (at the tokens' positions, after any `prefix` of input embeddings, see
+        Decoder.embed); with `return_aux`, also the weighted auxiliary losses by name."""
+        x, router_logits = self._blocks(input_ids, doc_ids, prefix)
         logits = self.head(x)
         if not return_aux:
             return logits
@@ -115,19 +116,19 @@ class Olmoe(Decoder):
             "router_z": self.cfg.router_z_loss_weight * router_z_loss(router_logits),
         }
 
-    def hidden_states(self, input_ids: torch.Tensor, doc_ids: torch.Tensor | None = None
-                      ) -> torch.Tensor:
+    def hidden_states(self, input_ids: torch.Tensor, doc_ids: torch.Tensor | None = None,
+                      prefix: torch.Tensor | None = None) -> torch.Tensor:
         """The last block's output; `head` turns any subset of its positions into logits."""
-        return self._blocks(input_ids, doc_ids)[0]
+        return self._blocks(input_ids, doc_ids, prefix)[0]
 
-    def _blocks(self, input_ids: torch.Tensor, doc_ids: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        x, cos, sin, mask = self.embed(input_ids, doc_ids)
+    def _blocks(self, input_ids: torch.Tensor, doc_ids: torch.Tensor | None = None,
+                prefix: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        x, cos, sin, mask = self.embed(input_ids, doc_ids, prefix)
         router_logits = []
         for layer in self.model.layers:
             x, layer_logits = layer(x, cos, sin, mask)
             router_logits.append(layer_logits)
-        return x, router_logits
+        return (x if prefix is None else x[:, prefix.shape[-2]:]), router_logits
 
     def num_params(self, non_embedding: bool = True, active: bool = False) -> int:
         """Parameters (without the input embedding); `active`: those one token uses."""

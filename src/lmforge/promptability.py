@@ -148,6 +148,11 @@ class SoftPrompted(torch.nn.Module):
     def num_params(self, non_embedding: bool = True) -> int:
         return self.decoder.num_params(non_embedding) + self.soft_prompt.numel()
 
+    def extra_files(self) -> dict[str, dict]:
+        from lmforge.checkpoint import PROMPT_FILE
+
+        return {PROMPT_FILE: {"prompt": self.soft_prompt}}
+
     def flops_per_token(self) -> float:
         return self.decoder.flops_per_token()
 

@@ -151,6 +151,21 @@ def staged_spec(wildcards, input):
     return json.dumps(spec, sort_keys=True)
 
 
+VISION = config["vision"]
+
+
+def vlm_stage(stage):
+    """Inputs of a vision training stage: where it starts, and its training settings."""
+    start = {
+        "caption": checkpoint_path(VISION["lm"]),
+        "finetune": checkpoint_path("vlm-caption"),
+        "text_only": checkpoint_path(VISION["lm"]),
+    }[stage]
+    datasets = ["pixmo_cap"] if stage == "caption" else VISION["finetune"]["datasets"]
+    section = "caption" if stage == "caption" else "finetune"
+    return start, " ".join(datasets), cfg_json("vision", section, "train")
+
+
 def final_targets():
     targets = [
         f"{R}/eval/summary.md",
@@ -158,6 +173,8 @@ def final_targets():
         f"{R}/eval/midtrain.md",
         f"{R}/eval/posttrain.md",
         f"{R}/eval/promptability.md",
+        f"{R}/eval/vision.md",
+        f"{R}/train/vision_loss.png",
         f"{R}/stats/documents-{SOURCE}/summary.md",
     ]
     if config["grow"]["compare_baseline"]:
