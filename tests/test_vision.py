@@ -163,7 +163,8 @@ def test_scenes_are_deterministic_and_their_records_are_right(tmp_path, scenes):
             # The object's colour is drawn at its centre.
             x, y = (int(obj[a] * 56 / 100) for a in "xy")
             assert tuple(image[y, x]) == pixmo.COLORS[obj["color"]]
-        assert count["count"] == sum(o["shape"] + "s" == count["label"] for o in cap["objects"])
+        assert count["count"] == sum(f"{o['color']} shapes" == count["label"]
+                                     for o in cap["objects"])
         assert all(vlm_eval.point_hits(pixmo.format_points([p], point["label"]), point) == 1
                    for p in point["points"])
 

@@ -16,7 +16,8 @@ STAGES = ["make_tasks", "crawl_demo", "extract", "tag", "dedup", "mix", "funnel"
           "train_tokenizer", "tokenize", "init_model", "pretrain", "grow", "sft_data", "sft",
           "heldout_docs", "evaluate", "eval_summary", "loss_plot", "anneal", "soup", "baseline",
           "growth_report", "midtrain_report", "instruct_data", "dpo", "rlvr", "posttrain_report",
-          "prompt_tasks", "promptable", "promptability_report"]
+          "prompt_tasks", "promptable", "promptability_report", "scenes", "vlm", "vlm_report",
+          "vision_loss_plot"]
 
 
 def test_wrong_config_key_or_type_fails_before_any_job(repo, tmp_path):
@@ -261,3 +262,33 @@ def test_promptability_compares_held_out_tasks_with_and_without(finished):
             assert set(rows) == {"grow", "promptable"} and rows["grow"]["n"] == 20
             assert "difference_interval" in rows["promptable"]
     assert (finished / "results/checkpoints/promptable/soft_prompt.safetensors").is_file()
+
+
+def test_vision_branch_pretrains_on_captions_fine_tunes_and_reports(finished):
+    import torch
+
+    from lmforge.checkpoint import load_model
+    from lmforge.vision import Molmo, load_vlm
+
+    vlm = load_vlm(finished / "results/checkpoints/vlm-finetune")
+    assert isinstance(vlm, Molmo) and vlm.cfg.max_seq_len == 192
+    caption = load_vlm(finished / "results/checkpoints/vlm-caption")
+    assert not torch.equal(vlm.vit.patch_embed.weight, caption.vit.patch_embed.weight)
+    assert isinstance(load_model(finished / "results/checkpoints/vlm-text_only"),
+                      type(vlm.decoder))
+    state = json.loads((finished / "results/checkpoints/vlm-finetune/trainer_state.json")
+                       .read_text())
+    assert state["steps"] == 6
+    report = json.loads((finished / "results/eval/vision.json").read_text())
+    assert set(report["metrics"]) == {"pixmo_cap", "pixmo_points", "pixmo_count", "vqa"}
+    for kind, metrics in report["metrics"].items():
+        for rows in metrics.values():
+            assert rows["vlm"]["n"] == 12 and "difference_interval" in rows["vlm"]
+            assert ("random" in rows) == (kind != "pixmo_cap")
+    md = (finished / "results/eval/vision.md").read_text()
+    assert "| pointing | accuracy | 12 |" in md and "| captions | cider |" in md
+    assert (finished / "results/eval/vision_points.png").stat().st_size > 10_000
+    db = sqlite3.connect(finished / "results/mlflow.db")
+    keys = {k for (k,) in db.execute("SELECT DISTINCT key FROM metrics")}
+    assert {"pixmo_points.accuracy.vlm", "pixmo_count.accuracy.random",
+            "mixture.pixmo_points"} <= keys

@@ -12,15 +12,15 @@ from lmforge.plan import merge_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DISTRIBUTED_ENV = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
-FAST = {"pretrain": {"steps": 80}, "grow": {"train": {"steps": 30}},
-        "sft": {"train": {"steps": 40}},
+FAST = {"pretrain": {"steps": 60}, "grow": {"train": {"steps": 20}},
+        "sft": {"train": {"steps": 30}},
         "instruct_data": {"preference_pairs": {"arithmetic": 200, "constraint": 60},
                           "rlvr_prompts": {"arithmetic": 100, "constraint": 40},
                           "heldout": {"arithmetic": 20, "constraint": 20}},
         "dpo": {"train": {"steps": 20}},
         "promptability": {"tasks": {"train_per_task": 100, "shot_pool": 16, "test_per_task": 20},
                           "shot_sets": 1, "tune_steps": 5, "train": {"steps": 10}},
-        "rlvr": {"train": {"steps": 10, "samples_per_prompt": 4, "global_batch_size": 32,
+        "rlvr": {"train": {"steps": 6, "samples_per_prompt": 4, "global_batch_size": 32,
                            "micro_batch_size": 16, "max_new_tokens": 8,
                            "eval_every": 10}},
         # arith_gen and reference_bpb run in `make demo`; here their pairs would only add jobs.
@@ -28,7 +28,12 @@ FAST = {"pretrain": {"steps": 80}, "grow": {"train": {"steps": 30}},
         "evaluate": {"models": ["init", "pretrain", "grow", "baseline", "sft"],
                      "max_ppl_tokens": 6000, "max_heldout_documents": 60,
                      "tasks": ["heldout_ppl", "heldout_domains", "cloze_mc"]},
-        "midtrain": {"seeds": [1, 2], "tasks": ["heldout_ppl"], "train": {"steps": 20}}}
+        "midtrain": {"seeds": [1, 2], "tasks": ["heldout_ppl"], "train": {"steps": 20}},
+        "vision": {"scenes": {"train_images": 48, "eval_images": 12},
+                   "caption": {"train": {"steps": 4, "micro_batch_size": 8,
+                                         "global_batch_size": 8, "log_every": 2}},
+                   "finetune": {"train": {"steps": 6, "micro_batch_size": 8,
+                                          "global_batch_size": 8, "log_every": 2}}}}
 
 
 def snakemake(repo: Path, work: Path, *args: str, check: bool = True):

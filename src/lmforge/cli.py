@@ -730,7 +730,12 @@ def cmd_vlm(args) -> None:
     batches = vision.mixture_batches(sets, args.cfg, args.seed, tokenizer.token_to_id(PAD),
                                      args.stage != "text_only", rank, world_size)
     mixture = vision.sqrt_mixture({s.kind: len(s) for s in sets})
-    train_args = {} if args.stage == "text_only" else {"objective": vision.objective}
+    # The LM's rate (lm_lr_scale × lr) applies to the text-only baseline's every weight too.
+    lm_scale = args.cfg.get("lm_lr_scale", 1.0)
+    train_args = {"lr_scale": {name: lm_scale for name, _ in model.named_parameters()
+                               if args.stage == "text_only" or name.startswith("decoder.")}}
+    if args.stage != "text_only":
+        train_args["objective"] = vision.objective
     _train_job(f"vlm_{args.stage}", model, batches, args, {"from": args.checkpoint},
                {**{f"data.{s.kind}": len(s) for s in sets},
                 **{f"data.{s.kind}.skipped_too_long": s.too_long for s in sets},

@@ -43,10 +43,10 @@ def sample_scene(rng: random.Random, max_objects: int) -> list[dict]:
     objects = []
     for cell in sorted(cells):
         row, column = divmod(cell, 3)
-        radius = rng.uniform(9.0, 12.0)
+        radius = rng.uniform(10.5, 13.5)
         objects.append({"shape": rng.choice(SHAPES), "color": rng.choice(list(COLORS)),
-                        "x": round((column + 0.5) * 100 / 3 + rng.uniform(-3.5, 3.5), 1),
-                        "y": round((row + 0.5) * 100 / 3 + rng.uniform(-3.5, 3.5), 1),
+                        "x": round((column + 0.5) * 100 / 3 + rng.uniform(-2.5, 2.5), 1),
+                        "y": round((row + 0.5) * 100 / 3 + rng.uniform(-2.5, 2.5), 1),
                         "r": round(radius, 1), "cell": cell})
     return objects
 
@@ -90,24 +90,20 @@ def caption(objects: list[dict]) -> str:
             f"background: {listed}.")
 
 
-def _plural(shape: str) -> str:
-    return shape + "s"
-
-
 def scene_records(image: str, objects: list[dict], rng: random.Random) -> dict[str, list]:
     """Each kind's records for one scene: its caption, a pointing target (a colour and shape),
-    a count (of one shape, possibly none) and one question."""
+    a count (of the shapes of one colour, possibly none) and one question."""
     labels = sorted({(o["color"], o["shape"]) for o in objects})
     color, shape = rng.choice(labels)
     targets = [o for o in objects if (o["color"], o["shape"]) == (color, shape)]
-    counted = rng.choice(SHAPES)
-    counted_objects = [o for o in objects if o["shape"] == counted]
+    counted = rng.choice(list(COLORS))
+    counted_objects = [o for o in objects if o["color"] == counted]
     common = {"image": image, "objects": objects}
     return {
         "pixmo_cap": [{**common, "caption": caption(objects)}],
         "pixmo_points": [{**common, "label": f"{color} {shape}",
                           "points": [{"x": o["x"], "y": o["y"]} for o in targets]}],
-        "pixmo_count": [{**common, "label": _plural(counted), "count": len(counted_objects),
+        "pixmo_count": [{**common, "label": f"{counted} shapes", "count": len(counted_objects),
                          "points": [{"x": o["x"], "y": o["y"]} for o in counted_objects]}],
         "vqa": [{**common, **question(objects, rng)}],
     }

@@ -415,7 +415,8 @@ def train(model: Olmo2, batches: Callable[[int, int], object], cfg: dict, seed: 
           checkpoint_dir: str | Path, metrics_path: str | Path, tracker=None,
           start=None,
           heldout: Callable[[torch.nn.Module, torch.device], float | dict] | None = None,
-          first_instance: int = 0, objective: Objective = language_modeling) -> dict:
+          first_instance: int = 0, objective: Objective = language_modeling,
+          lr_scale: dict[str, float] | None = None) -> dict:
     """Train for cfg['steps'] optimizer steps; write the checkpoint and a metrics CSV atomically.
 
     Every `checkpoint_every` steps the full engine state goes to `<checkpoint_dir>.steps/`
@@ -423,7 +424,8 @@ def train(model: Olmo2, batches: Callable[[int, int], object], cfg: dict, seed: 
     data order depends only on the step, continues exactly where the killed one stopped.
 
     `start` (a lmforge.grow.TrainingState) continues a grown training state: its moments,
-    step count and per-parameter learning-rate scales. With `save_moments` the final
+    step count and per-parameter learning-rate scales (`lr_scale` sets such scales for a fresh
+    run: parameter name → factor on lr). With `save_moments` the final
     checkpoint holds every parameter's moments (optimizer_moments.safetensors) for growth.
     `heldout` (see heldout_loss_fn) is evaluated every `eval_every` steps (a multiple of
     `log_every`) and at the end, as the metrics' valid_loss (or, returning a dict, as its
@@ -455,7 +457,7 @@ def train(model: Olmo2, batches: Callable[[int, int], object], cfg: dict, seed: 
     optimizer = torch.optim.AdamW(
         param_groups(model, cfg["weight_decay"], cfg.get("decay_embeddings", False),
                      cfg.get("decay_norms", True), cfg["lr"],
-                     start.lr_scale if start is not None else None),
+                     start.lr_scale if start is not None else lr_scale),
         lr=cfg["lr"], betas=(0.9, 0.95), eps=1e-8)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, cfg))
     resume = _resume_point(checkpoint_dir, cfg, world_size)
