@@ -697,8 +697,9 @@ def _example_sets(scenes: str, kinds: list[str], tokenizer, text_tokens: int, vi
     from lmforge.tokenize import EOS
     from lmforge.vision import ExampleSet
 
+    crops: dict = {}  # the datasets describe the same images
     sets = [ExampleSet(read_records(Path(scenes) / f"{kind}.train.jsonl.gz", kind), kind,
-                       tokenizer, EOS, vision_cfg, text_tokens) for kind in kinds]
+                       tokenizer, EOS, vision_cfg, text_tokens, crops) for kind in kinds]
     for dataset in sets:
         if dataset.too_long:
             log.warning("%s: %d examples longer than %d text tokens skipped", dataset.kind,

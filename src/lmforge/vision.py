@@ -312,14 +312,16 @@ def encode_example(tokenizer, prompt: str, answer: str | None, eos: str) -> tupl
 
 
 class ExampleSet:
-    """A dataset's examples: each image's crops (uint8, made once) and token ids."""
+    """A dataset's examples: each image's crops (uint8, made once; `crops` may be shared by
+    the datasets of one set of images) and token ids."""
 
     def __init__(self, records: list[dict], kind: str, tokenizer, eos: str,
-                 cfg: VisionConfig, max_text_tokens: int):
+                 cfg: VisionConfig, max_text_tokens: int, crops: dict | None = None):
         from lmforge.pixmo import example, load_image
 
         self.kind = kind
-        crops, self.rows, too_long = {}, [], 0
+        crops = {} if crops is None else crops
+        self.rows, too_long = [], 0
         for record in records:
             prompt, answer = example(kind, record)
             context, target = encode_example(tokenizer, prompt, answer, eos)
