@@ -37,18 +37,25 @@ KINDS = ("pixmo_cap", "pixmo_points", "pixmo_count", "vqa")
 NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
-def sample_scene(rng: random.Random, max_objects: int) -> list[dict]:
-    """1..max_objects shapes in distinct cells; centre and radius in % of the image side."""
-    cells = rng.sample(range(9), rng.randint(1, max_objects))
+def sample_scene(rng: random.Random, max_objects: int) -> tuple[list[dict], str]:
+    """Shapes in distinct cells (centre and radius in % of the image side) and the colour to
+    count, whose number of shapes is uniform over 0..min(3, max_objects), so that no count is
+    a safe guess; the other shapes take the other colours."""
+    counted = rng.choice(list(COLORS))
+    count = rng.randint(0, min(3, max_objects))
+    others = rng.randint(max(0, 1 - count), max_objects - count)
+    colors = [counted] * count + [rng.choice([c for c in COLORS if c != counted])
+                                  for _ in range(others)]
+    rng.shuffle(colors)
     objects = []
-    for cell in sorted(cells):
+    for cell, color in zip(sorted(rng.sample(range(9), len(colors))), colors):
         row, column = divmod(cell, 3)
         radius = rng.uniform(10.5, 13.5)
-        objects.append({"shape": rng.choice(SHAPES), "color": rng.choice(list(COLORS)),
+        objects.append({"shape": rng.choice(SHAPES), "color": color,
                         "x": round((column + 0.5) * 100 / 3 + rng.uniform(-2.5, 2.5), 1),
                         "y": round((row + 0.5) * 100 / 3 + rng.uniform(-2.5, 2.5), 1),
                         "r": round(radius, 1), "cell": cell})
-    return objects
+    return objects, counted
 
 
 def _outline(obj: dict, size: int) -> tuple[str, list[float]]:
@@ -90,13 +97,13 @@ def caption(objects: list[dict]) -> str:
             f"background: {listed}.")
 
 
-def scene_records(image: str, objects: list[dict], rng: random.Random) -> dict[str, list]:
+def scene_records(image: str, objects: list[dict], counted: str, rng: random.Random
+                  ) -> dict[str, list]:
     """Each kind's records for one scene: its caption, a pointing target (a colour and shape),
-    a count (of the shapes of one colour, possibly none) and one question."""
+    a count (of the shapes of colour `counted`, possibly none) and one question."""
     labels = sorted({(o["color"], o["shape"]) for o in objects})
     color, shape = rng.choice(labels)
     targets = [o for o in objects if (o["color"], o["shape"]) == (color, shape)]
-    counted = rng.choice(list(COLORS))
     counted_objects = [o for o in objects if o["color"] == counted]
     common = {"image": image, "objects": objects}
     return {
@@ -138,10 +145,10 @@ def make_scenes(out_dir: str | Path, cfg: dict, seed: int) -> dict[str, int]:
         for split in ("train", "eval"):
             records: dict[str, list] = {kind: [] for kind in KINDS}
             for index in range(cfg[f"{split}_images"]):
-                objects = sample_scene(rng, cfg["max_objects"])
+                objects, counted = sample_scene(rng, cfg["max_objects"])
                 name = f"images/{split}-{index:05d}.png"
                 render(objects, cfg["image_size"], rng.randint(110, 160)).save(tmp / name)
-                for kind, rows in scene_records(name, objects, rng).items():
+                for kind, rows in scene_records(name, objects, counted, rng).items():
                     records[kind] += rows
             for kind, rows in records.items():
                 counts[f"{kind}.{split}"] = write_jsonl_gz(tmp / f"{kind}.{split}.jsonl.gz", rows)

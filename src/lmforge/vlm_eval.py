@@ -2,8 +2,8 @@
 CIDEr-D), VQA accuracy, pointing accuracy (the first generated point inside a target) and
 counting accuracy, against a text-only model trained on the same mixture without images and a
 random baseline (a uniform random point: its expected accuracy is exactly the targets' share
-of the image; counts and answers: a uniform guess among the possible ones), with paired 95%
-bootstrap intervals.
+of the image; counts (uniform over 0..min(3, max_objects) in the scenes) and answers: a
+uniform guess among the possible ones), with paired 95% bootstrap intervals.
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def random_scores(kind: str, records: list[dict], max_objects: int) -> np.ndarra
     if kind == "pixmo_points":
         return np.array([target_mask(r).mean() for r in records])
     if kind == "pixmo_count":
-        return np.full(len(records), 1.0 / (max_objects + 1))
+        return np.full(len(records), 1.0 / (min(3, max_objects) + 1))
     if kind == "vqa":
         return np.array([1.0 / VQA_CHOICES[vqa_kind(r["question"])] for r in records])
     return None
@@ -245,9 +245,9 @@ def plot_points(records: list[dict], answers: dict[str, list[str]], out_path, n:
         for name, color in (("vlm", "lime"), ("text_only", "magenta")):
             for x, y in pixmo.parse_points(answers[name][index])[:1]:
                 ax.scatter([x * image.shape[1] / 100], [y * image.shape[0] / 100], s=60,
-                           c=color, marker="x", linewidths=2.5, label=name)
+                           c=color, marker="x", linewidths=2.5)
         ax.set_title(record["label"], fontsize=9)
         ax.axis("off")
-    axes[0][0].legend(loc="lower left", fontsize=7, framealpha=0.8)
-    fig.suptitle("Pointing: VLM (green) and text-only (magenta) on held-out scenes")
+    fig.suptitle("Pointing on held-out scenes: the VLM's first point (green ×) and the "
+                 "text-only model's (magenta ×)")
     save_figure(fig, out_path)
