@@ -266,7 +266,7 @@ def test_the_image_path_carries_what_text_alone_cannot(tmp_path, tokenizer):
         batches = vision.mixture_batches([examples], {"micro_batch_size": 16, "grad_accum": 1},
                                          0, pad, with_images=name == "vlm")
         optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-        for step in range(40):
+        for step in range(100):
             *images, inputs, labels = batches(step, 0)
             logits = model(inputs, *images)
             loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(),
@@ -280,5 +280,6 @@ def test_the_image_path_carries_what_text_alone_cannot(tmp_path, tokenizer):
     accuracy = {name: vlm_eval.scores("vqa", vlm_eval.generate(
         model, tokenizer, prompts, images, EOS, 4), records[:32])["accuracy"].mean()
         for name, model in trained.items()}
-    # Four colours: the prior is at most the commonest one's share.
-    assert accuracy["vlm"] >= 0.75 and accuracy["text_only"] <= 0.45, accuracy
+    # Four colours: the prior is at most the commonest one's share (measured: VLM 1.0 for
+    # seeds 0-3 after 100 steps, 0.7-0.9 after 40; text-only 0.28-0.38).
+    assert accuracy["vlm"] >= 0.9 and accuracy["text_only"] <= 0.45, accuracy
