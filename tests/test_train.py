@@ -147,7 +147,7 @@ tokens = (np.tile(np.arange(16), 200) + (rng.random(3200) < 0.05)).astype(np.uin
 """
 
 RESUMABLE = TINY_SETUP + """
-cfg = {"steps": 24, "micro_batch_size": 4, "grad_accum": 2, "lr": 1e-2, "min_lr_ratio": 0.1,
+cfg = {"steps": 16, "micro_batch_size": 4, "grad_accum": 2, "lr": 1e-2, "min_lr_ratio": 0.1,
        "warmup_steps": 2, "weight_decay": 0.1, "grad_clip": 1.0, "zero_stage": 1,
        "precision": "fp32", "log_every": 3, "checkpoint_every": 4, "keep_last": 2}
 inner = instance_batches(tokens, 16, cfg, seed=1)
@@ -179,7 +179,7 @@ def test_a_killed_run_resumes_to_the_same_losses_and_weights(tmp_path):
     run("straight", 0)
     killed = run("resumed", 0.1, wait=False)
     deadline = time.monotonic() + 300
-    while not any(p.name >= "step-000012" for p in step_checkpoints(tmp_path / "resumed")):
+    while not any(p.name >= "step-000008" for p in step_checkpoints(tmp_path / "resumed")):
         assert killed.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
     killed.send_signal(signal.SIGKILL)
@@ -188,7 +188,7 @@ def test_a_killed_run_resumes_to_the_same_losses_and_weights(tmp_path):
     assert len(step_checkpoints(tmp_path / "resumed")) <= 2  # keep_last
     run("resumed", 0)
     state = json.loads((tmp_path / "resumed" / "trainer_state.json").read_text())
-    assert state["resumed_from_step"] >= 12
+    assert state["resumed_from_step"] >= 8
     straight, resumed = ((tmp_path / f"{n}.csv").read_text().splitlines() for n in
                          ("straight", "resumed"))
     column = straight[0].split(",").index("loss")
