@@ -229,7 +229,7 @@ class Molmo(nn.Module):
 
     def flops_per_token(self) -> float:
         """The decoder's per text token, plus 6 × the vision parameters for each image's
-        patches spread over the text tokens of a row (`text_tokens` of the stage's rows)."""
+        patches spread over the text positions a row can hold."""
         cfg = self.vision_cfg
         patches = (1 + cfg.crop_grid[0] * cfg.crop_grid[1]) * cfg.patches_per_side ** 2
         return self.decoder.flops_per_token() + 6 * self.vision_parameters() * patches / max(

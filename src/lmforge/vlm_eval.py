@@ -153,12 +153,10 @@ def evaluate(vlm: Molmo, text_only: torch.nn.Module, tokenizer, eval_sets: dict[
     """Every kind's metrics for the VLM, the text-only model and the random baseline, each
     with a bootstrap interval and the VLM's paired difference from each baseline; plus the
     answers themselves (for the report's pictures)."""
-    from lmforge.pixmo import example, load_image
-
     report: dict = {"metrics": {}, "answers": {}}
     for kind, records in eval_sets.items():
-        prompts = [example(kind, r)[0] for r in records]
-        images = [load_image(r["image_file"]) for r in records]
+        prompts = [pixmo.example(kind, r)[0] for r in records]
+        images = [pixmo.load_image(r["image_file"]) for r in records]
         answers = {"vlm": generate(vlm, tokenizer, prompts, images, eos, MAX_NEW_TOKENS[kind]),
                    "text_only": generate(text_only, tokenizer, prompts, None, eos,
                                          MAX_NEW_TOKENS[kind])}
