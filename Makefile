@@ -11,7 +11,7 @@ PEERS := .venv-peers
 DATATROVE := $(PEERS)/datatrove/.installed
 LM_EVAL := $(PEERS)/lm-eval/.installed
 
-.PHONY: demo test setup peers lint bench-curate bench-stats bench-train bench-eval gpu-wheels \
+.PHONY: demo experiments test setup peers lint bench-curate bench-stats bench-train bench-eval gpu-wheels \
 	clean
 
 setup: $(STAMP)
@@ -46,6 +46,19 @@ $(LM_EVAL): benchmarks/evaluate/requirements-lm-eval.txt constraints.txt
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(JOBS) --profile profiles/local
 
+# The effects of benchmarks/RESULTS.md: config/experiments.yaml once per seed, each in its own
+# results folder, then the differences across seeds with 95% intervals.
+SEEDS ?= 1 2 3
+EXPERIMENTS := results/experiments
+experiments: $(STAMP)
+	for seed in $(SEEDS); do \
+		$(BIN)/snakemake --cores $(JOBS) --profile profiles/local \
+			--configfile config/experiments.yaml \
+			--config seed=$$seed results=$(EXPERIMENTS)/seed-$$seed || exit 1; \
+	done
+	$(BIN)/lmforge effects --runs $(addprefix $(EXPERIMENTS)/seed-,$(SEEDS)) \
+		--out-md $(EXPERIMENTS)/effects.md --out-json $(EXPERIMENTS)/effects.json
+
 lint: $(STAMP)
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile workflow/rules
@@ -57,14 +70,16 @@ test: $(STAMP) $(DATATROVE) $(LM_EVAL) lint
 bench-curate: $(STAMP) $(DATATROVE)
 	$(BIN)/python benchmarks/curate/bench.py
 
-bench-stats: $(STAMP)
+bench-stats: $(STAMP) $(DATATROVE)
 	$(BIN)/python benchmarks/stats/bench.py
 
 bench-eval: $(STAMP) $(LM_EVAL)
 	$(BIN)/python benchmarks/evaluate/lm_eval_parity.py
 	$(BIN)/python benchmarks/evaluate/bench.py
 
+# Like with like: eager against eager, then compiled against compiled.
 bench-train: $(STAMP)
+	$(BIN)/python benchmarks/train/bench.py
 	$(BIN)/python benchmarks/train/bench.py --compile
 
 # What benchmarks/gpu_check.sh needs on a GPU machine that has PyTorch but no network: DeepSpeed

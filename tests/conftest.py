@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -20,11 +21,31 @@ def cfg(config) -> dict:
     return copy.deepcopy(config)
 
 
+def unavailable(reason: str, flag: str) -> None:
+    """Skip in a user's clone; fail where `flag`=1, as .ci/run sets it: in CI a missing
+    third-party file or peer is a broken set-up, not a reason to test less."""
+    if os.environ.get(flag) == "1":
+        pytest.fail(f"{flag}=1 but {reason}")
+    pytest.skip(reason)
+
+
+def require_shared() -> Path:
+    if not SHARED_DATA.is_dir():
+        unavailable("../shared/data is not present", "LMFORGE_REQUIRE_SHARED")
+    return SHARED_DATA
+
+
+def require_peer(name: str) -> Path:
+    """The python of a peer venv made by `make peers`."""
+    python = ROOT / ".venv-peers" / name / "bin" / "python"
+    if not python.exists():
+        unavailable(f"no {name} venv: run `make peers`", "LMFORGE_REQUIRE_PEERS")
+    return python
+
+
 @pytest.fixture
 def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip("../shared/data is not present")
-    return SHARED_DATA
+    return require_shared()
 
 
 @pytest.fixture

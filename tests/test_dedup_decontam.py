@@ -91,6 +91,9 @@ def test_minhash_finds_near_duplicates_across_shards_and_keeps_the_first(tmp_pat
     flags = [bool(r["attributes"]) for out in outs for r in read_jsonl(out)]
     assert flags == [False, False, False, False, True, False, False]
     assert stats["duplicates"] == 1
+    # min_jaccard 0 is datatrove's rule (a shared band decides): documents sharing no band
+    # with an earlier one stay unique.
+    assert dedup_minhash(sigs, paths, outs, {**MINHASH, "min_jaccard": 0.0})["duplicates"] == 1
     again = tmp_path / "again.npz"
     minhash_signatures(paths[0], again, MINHASH)
     assert np.array_equal(np.load(again)["signatures"], np.load(sigs[0])["signatures"])

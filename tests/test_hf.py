@@ -4,13 +4,13 @@ import json
 
 import pytest
 import torch
+import transformers
 
 from lmforge.hf import build, export_hf, import_hf, preset_config
 from lmforge.model import ModelConfig
 from lmforge.olmoe import MoE, MoEConfig, load_balancing_loss, router_z_loss
 from lmforge.storage import InputError
 
-transformers = pytest.importorskip("transformers")
 DENSE = ModelConfig(vocab_size=97, d_model=32, n_layers=2, n_heads=4, mlp_hidden=64,
                     max_seq_len=16, rope_theta=500000.0)
 SPARSE = MoEConfig(vocab_size=97, d_model=32, n_layers=2, n_heads=4, mlp_hidden=24,

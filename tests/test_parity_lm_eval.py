@@ -5,18 +5,17 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, require_peer
 
 sys.path.insert(0, str(ROOT / "benchmarks" / "evaluate"))
-PEER = ROOT / ".venv-peers" / "lm-eval" / "bin" / "python"
 
 
-@pytest.mark.skipif(not PEER.exists(), reason="no lm-eval venv: run `make peers`")
 # OpenBookQA's first 150 of 500 questions (the benchmark, make bench-eval, scores them all).
 @pytest.mark.parametrize("task, limit", [("copa", None), ("openbookqa", 150)])
 def test_loglikelihoods_and_accuracies_match_lm_eval(task, limit, shared_data, tmp_path):
     import lm_eval_parity as parity
 
+    require_peer("lm-eval")
     result = parity.compare(task, tmp_path, limit)
     assert result["documents"] == result["peer_documents"] == (limit or 100)
     assert result["max_abs_loglikelihood_difference"] < 1e-4

@@ -4,7 +4,7 @@ import re
 import pytest
 import torch
 
-from lmforge import dpo, instruct, rlvr, tasks
+from lmforge import dpo, instruct, posttrain_report, rlvr, tasks
 from lmforge.model import ModelConfig, Olmo2
 from lmforge.sft import answer_rows
 from lmforge.storage import InputError
@@ -21,6 +21,19 @@ TEXTS = [f"Sentence {i} says that the garden has {i % 7} apple trees and a small
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     return tokenizer_corpus(tmp_path_factory.mktemp("posttrain"), TEXTS)
+
+
+POSTTRAIN_DATA = {"preference_pairs": {"arithmetic": 200, "constraint": 40},
+                  "rlvr_prompts": {"arithmetic": 150, "constraint": 40},
+                  "heldout": {"arithmetic": 20, "constraint": 40}}
+
+
+@pytest.fixture(scope="module")
+def posttrain_data(corpus, config):
+    counts = instruct.make_posttrain_data([str(corpus / "docs.jsonl.gz")], corpus / "data",
+                                          POSTTRAIN_DATA, config["tasks"], seed=1,
+                                          valid_fraction=0.1)
+    return corpus / "data", counts
 
 
 def _model(tokenizer, **kwargs) -> Olmo2:
@@ -48,6 +61,27 @@ def test_verifiers():
         instruct.verify_constraint("x", json.dumps({"func_name": "validate_rhyme"}))
     with pytest.raises(InputError, match="func_name"):
         instruct.verify_constraint("x", "lowercase please")
+    with pytest.raises(InputError, match="continuation"):
+        instruct.verify_constraint("x", json.dumps({"func_name": "validate_lowercase",
+                                                    "continuation": "..."}))
+
+
+def test_constraint_answers_must_complete_the_sentence():
+    """A generated prompt's ground truth carries the sentence's continuation: an answer in
+    the right form about something else fails; an external record (no continuation) keeps
+    the form check only."""
+    words = "The old miller counted three sacks of flour before the evening market opened."
+    prompt, truth, answer = instruct.constrained_example(words.split(), "validate_end")
+    assert prompt.startswith("Complete the sentence: The old miller counted three sacks\n")
+    assert json.loads(truth)["continuation"] == "of flour before the evening market opened."
+    assert instruct.verify_constraint(answer, truth)
+    assert instruct.verify_constraint("OF FLOUR before the market, opened indeed", truth)
+    for off_topic in ("the given port number indeed", "indeed", "of flour indeed",
+                      "of flour before the evening market opened and then the small river "
+                      "ran past the garden with its many old apple trees indeed"):
+        assert not instruct.verify_constraint(off_topic, truth), off_topic
+    external = json.dumps({"func_name": "validate_end", "end_phrase": "indeed"})
+    assert instruct.verify_constraint("the given port number indeed", external)
 
 
 @pytest.mark.parametrize("kind, record, message", [
@@ -57,6 +91,8 @@ def test_verifiers():
      "ground_truth must be a string"),
     ("rlvr", {"messages": _user("x") + [{"role": "assistant", "content": "y"}],
               "ground_truth": "4", "dataset": "gsm8k"}, "must not end with an assistant"),
+    ("rlvr", {"messages": _user("x"), "dataset": "ifeval", "ground_truth": json.dumps(
+        {"func_name": "validate_lowercase", "continuation": 3})}, "continuation 3 must be"),
     ("preference", {"chosen": _user("a") + [{"role": "assistant", "content": "b"}],
                     "rejected": _user("c") + [{"role": "assistant", "content": "d"}]},
      "share the prompt"),
@@ -97,19 +133,15 @@ def _operands(question: str) -> tuple[int, int]:
     return a, b
 
 
-def test_generated_data_holds_out_and_verifies(corpus, config):
-    cfg = {"preference_pairs": {"arithmetic": 200, "constraint": 40},
-           "rlvr_prompts": {"arithmetic": 150, "constraint": 40},
-           "heldout": {"arithmetic": 20, "constraint": 10}}
-    counts = instruct.make_posttrain_data([str(corpus / "docs.jsonl.gz")], corpus / "data", cfg,
-                                          config["tasks"], seed=1, valid_fraction=0.1)
-    assert counts == {"preference_train": 240, "preference_valid": 30, "rlvr_train": 190,
-                      "rlvr_valid": 30}
+def test_generated_data_holds_out_and_verifies(corpus, config, posttrain_data):
+    folder, counts = posttrain_data
+    assert counts == {"preference_train": 240, "preference_valid": 60, "rlvr_train": 190,
+                      "rlvr_valid": 60}
     arith = config["tasks"]["arith_gen"]
     held = set(tasks.eval_arith_pairs(arith["items"], arith["max_operand"],
                                       config["tasks"]["seed"]))
-    rlvr_train = instruct.read_records(corpus / "data" / "rlvr_train.jsonl.gz", "rlvr")
-    rlvr_valid = instruct.read_records(corpus / "data" / "rlvr_valid.jsonl.gz", "rlvr")
+    rlvr_train = instruct.read_records(folder / "rlvr_train.jsonl.gz", "rlvr")
+    rlvr_valid = instruct.read_records(folder / "rlvr_valid.jsonl.gz", "rlvr")
     for records, inside in ((rlvr_train, False), (rlvr_valid, True)):
         sums = [r for r in records if r["dataset"] == "arithmetic"]
         assert sums and all((_operands(r["messages"][0]["content"]) in held) == inside
@@ -119,18 +151,85 @@ def test_generated_data_holds_out_and_verifies(corpus, config):
     valid_sums = [_operands(r["messages"][0]["content"]) for r in rlvr_valid
                   if r["dataset"] == "arithmetic"]
     assert len(set(valid_sums)) == len(valid_sums) == 20  # distinct held-out pairs
-    for pair in instruct.read_records(corpus / "data" / "preference_train.jsonl.gz",
-                                      "preference"):
+    # Each constraint prompt's ground truth, rebuilt from the training sentences.
+    truths = {}
+    for words in instruct.corpus_sentences([str(corpus / "docs.jsonl.gz")], 1, 0.1)[0]:
+        for name in instruct.CONSTRAINT_TEMPLATES:
+            prompt, truth, _ = instruct.constrained_example(words, name)
+            truths[prompt] = truth
+    rejected_kinds = set()
+    for pair in instruct.read_records(folder / "preference_train.jsonl.gz", "preference"):
         prompt = pair["chosen"][0]["content"]
         if pair["dataset"] == "arithmetic":
             record = {"dataset": "arithmetic", "ground_truth": str(sum(_operands(prompt)))}
         else:
-            name = next(n for n, t in instruct.CONSTRAINT_TEMPLATES.items()
-                        if prompt.endswith(t[0]))
-            record = {"dataset": "ifeval", "ground_truth": json.dumps(
-                {"func_name": name, **instruct.CONSTRAINT_TEMPLATES[name][1]})}
+            record = {"dataset": "ifeval", "ground_truth": truths[prompt]}
+            name, arguments, _ = instruct.constraint_from(truths[prompt])
+            form_only = json.dumps({"func_name": name, **arguments})
+            rejected_kinds.add("content" if instruct.verify_constraint(
+                pair["rejected"][-1]["content"], form_only) else "form")
         assert instruct.verify(record, pair["chosen"][-1]["content"])
         assert not instruct.verify(record, pair["rejected"][-1]["content"])
+    assert rejected_kinds == {"content", "form"}  # both are preferred against
+
+
+def _reference_answer(record: dict) -> str:
+    """The generated answer to a constraint prompt: its continuation, transformed."""
+    name, _, continuation = instruct.constraint_from(record["ground_truth"])
+    return instruct.CONSTRAINT_TEMPLATES[name][2](continuation)
+
+
+def test_a_constant_answer_fails_the_held_out_constraint_prompts(posttrain_data):
+    """A constant "indeed" meets the form of three constraints in four but completes no
+    sentence: the generated reference answers all pass, the constant almost never does."""
+    records = [r for r in instruct.read_records(posttrain_data[0] / "rlvr_valid.jsonl.gz",
+                                                "rlvr") if r["dataset"] == "ifeval"]
+    assert len(records) == 40
+    assert all(instruct.verify(r, _reference_answer(r)) for r in records)
+    constant = [instruct.verify(r, "indeed") for r in records]
+    assert sum(constant) <= 0.05 * len(records)
+    form_only = []
+    for r in records:
+        name, arguments, _ = instruct.constraint_from(r["ground_truth"])
+        form_only.append(instruct.verify_constraint(
+            "indeed", json.dumps({"func_name": name, **arguments})))
+    assert sum(form_only) >= 0.5 * len(records)  # what the form check alone let through
+
+
+def test_report_shows_the_constant_floor_lengths_and_samples(corpus, posttrain_data, tmp_path):
+    tok = load_tokenizer(corpus / "tok.json")
+    eos, pad = tok.token_to_id(EOS), tok.token_to_id(PAD)
+    records = instruct.read_records(posttrain_data[0] / "rlvr_valid.jsonl.gz", "rlvr")
+    pairs, _ = dpo.encode_pairs(tok, instruct.read_records(
+        posttrain_data[0] / "preference_valid.jsonl.gz", "preference"), 97)
+    models = {"sft": _model(tok), "rlvr": _model(tok)}
+    report = posttrain_report.evaluate(models, tok, records, pairs, eos, pad, max_new_tokens=4,
+                                       beta=0.1, baseline="sft")
+    assert set(report["accuracy"]["all"]) == {"sft", "rlvr"}
+    sums = [r["ground_truth"] for r in records if r["dataset"] == "arithmetic"]
+    constant = report["constant"]
+    assert constant["answers"] == {"arithmetic": max(sums, key=sums.count), "ifeval": "indeed"}
+    assert constant["accuracy"]["arithmetic"]["accuracy"] == sums.count(
+        constant["answers"]["arithmetic"]) / len(sums)  # the best a constant does
+    assert constant["accuracy"]["ifeval"]["accuracy"] <= 0.05
+    assert set(report["mean_words"]) == {"sft", "rlvr", "constant"}
+    assert report["mean_words"]["constant"]["ifeval"] == 1
+    assert 0 < report["mean_words"]["sft"]["all"] <= 4  # at most one word a token
+    assert [s["dataset"] for s in report["samples"]] == ["arithmetic"] * 3 + ["ifeval"] * 3
+    sample = report["samples"][-1]
+    assert sample["prompt"].startswith("Complete the sentence: ")
+    assert set(sample["responses"]) == {"sft", "rlvr", "constant"}
+    posttrain_report.write_report(report, tmp_path / "report.md", tmp_path / "report.json")
+    text = (tmp_path / "report.md").read_text()
+    assert "| sft | rlvr | constant |" in text and 'ifeval "indeed"' in text
+    assert "## Mean response length (words)" in text and "| constant | 1.0 |" in text
+    assert text.count("> Complete the sentence: ") == 3
+    assert f"| rlvr | {posttrain_report._table_text(sample['responses']['rlvr']['response'])} |" \
+        in text
+    assert json.loads((tmp_path / "report.json").read_text())["samples"] == report["samples"]
+    metrics = posttrain_report.flat_metrics(report)
+    assert metrics["ifeval.constant"] == constant["accuracy"]["ifeval"]["accuracy"]
+    assert "all.rlvr.mean_words" in metrics
 
 
 def test_dpo_loss_is_the_formula():

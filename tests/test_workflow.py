@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflow_helpers import ROOT, snakemake
+from workflow_helpers import snakemake
 
 pytestmark = pytest.mark.workflow
 STAGES = ["make_tasks", "crawl_demo", "extract", "tag", "dedup", "mix", "funnel", "stats",
@@ -176,10 +176,8 @@ def test_corpus_and_tokens_are_byte_identical_across_runs(repo, finished, tmp_pa
     assert len(again) > 20 and again == {k: v for k, v in _digests(finished).items() if k in again}
 
 
-def test_real_warc_files_feed_the_same_dag(repo, tmp_path):
-    shared = ROOT.parent / "shared" / "data" / "warc"
-    if not shared.is_dir():
-        pytest.skip("../shared/data is not present")
+def test_real_warc_files_feed_the_same_dag(repo, tmp_path, shared_data):
+    shared = shared_data / "warc"
     config = yaml.safe_load((repo / "fast.yaml").read_text())
     config["crawl"].update(source="warc", name="cc",
                            warc_paths=[str(shared / "warc__sample-000*.warc.gz")])

@@ -5,10 +5,22 @@
 Work, done by both tools on every document: Gopher quality + Gopher repetition + C4 rules
 (lmforge's taggers with `words: punctuation`, the setting that agrees with datatrove's spaCy
 words; datatrove's three filters applied to every document rather than chained, so both do the
-same work), then MinHash near-duplicate detection over all shards (5-gram shingles, 20 bands ×
-5 rows; lmforge's signatures + global LSH, datatrove's signature/buckets/cluster stages). Each
-tool runs in its own process (datatrove in its venv); wall time and the process's peak RSS are
-measured from outside. Last line: `ratio: X`, lmforge's throughput over datatrove's.
+same work), then MinHash near-duplicate detection over all shards. Each tool runs in its own
+process (datatrove in its venv); wall time and the process's peak RSS are measured from outside.
+
+MinHash, like with like: 5-gram word shingles, 20 bands × 5 rows, and the same decision rule,
+datatrove's: documents sharing a band are duplicates, nothing more is checked (datatrove has no
+similarity check). datatrove keeps its defaults but for the LSH shape (its default is 14 × 8);
+lmforge runs with `min_jaccard: 0` (any shared band decides), where its default 0.5 also
+requires the estimated Jaccard similarity of the pair. What still differs, and is reported:
+datatrove removes all but one document of each connected cluster of collisions, lmforge a document
+colliding with an earlier kept one (the bench also applies datatrove's cluster rule to
+lmforge's signatures, outside the timing); shingles (datatrove maps numbers to 0, strips
+diacritics and splits words with spaCy, lmforge lower-cases and splits on non-word
+characters); hashing (xxhash64 and datatrove's permutations vs datasketch's SHA-1 and
+permutations), so near the LSH threshold different pairs happen to collide.
+
+Last line: `ratio: X`, lmforge's throughput over datatrove's.
 """
 
 from __future__ import annotations
@@ -20,12 +32,17 @@ import sys
 import tempfile
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness import measure  # noqa: E402
 from synthetic import make_corpus  # noqa: E402
 
 PEER = Path(os.environ.get("PEER_PYTHON", ROOT / ".venv-peers/datatrove/bin/python"))
+
+# lmforge's MinHash with its Jaccard check disabled: any band collision is a duplicate.
+BAND_COLLISION = 0.0
 
 LMFORGE_RUN = """
 import json, sys, time, yaml
@@ -43,7 +60,7 @@ for shard in shards:
     run_tagger("c4", shard, out / f"c4-{shard.name}", config["c4"])
 filter_s = time.perf_counter() - start
 start = time.perf_counter()
-cfg = config["dedup"]["minhash"]
+cfg = {**config["dedup"]["minhash"], "min_jaccard": float(sys.argv[3])}
 sigs = [out / f"{shard.name}.npz" for shard in shards]
 for shard, sig in zip(shards, sigs):
     minhash_signatures(shard, sig, cfg)
@@ -51,6 +68,40 @@ stats = dedup_minhash(sigs, shards, [out / f"minhash-{s.name}" for s in shards],
 print(json.dumps({"filter_s": filter_s, "dedup_s": time.perf_counter() - start,
                   "near_duplicates": stats["duplicates"]}))
 """
+
+
+def diagnostics(out: Path, shards: list[Path], cfg: dict) -> dict:
+    """From lmforge's signatures, outside the timing: the duplicates datatrove's cluster rule
+    finds with them (all but one document of each connected cluster of band collisions), and
+    lmforge's count with its default Jaccard check."""
+    import numpy as np
+
+    from lmforge.dedup import dedup_minhash
+
+    sigs = [out / f"{shard.name}.npz" for shard in shards]
+    rows, parent, first = cfg["rows"], {}, {}
+
+    def find(x):
+        while parent.get(x, x) != x:
+            parent[x] = parent.get(parent[x], parent[x])
+            x = parent[x]
+        return x
+
+    for shard, path in enumerate(sigs):
+        with np.load(path) as data:
+            matrix = data["signatures"]
+        for index, signature in enumerate(matrix):
+            for band in range(cfg["bands"]):
+                key = (band, signature[band * rows:(band + 1) * rows].tobytes())
+                if key in first:
+                    a, b = find(first[key]), find((shard, index))
+                    if a != b:
+                        parent[b] = a
+                else:
+                    first[key] = (shard, index)
+    clustered = len(parent)  # every document joined to a cluster's root, the root kept
+    default = dedup_minhash(sigs, shards, [out / f"default-{s.name}" for s in shards], cfg)
+    return {"cluster_rule": clustered, "default_rule": default["duplicates"]}
 
 
 def main() -> None:
@@ -66,10 +117,15 @@ def main() -> None:
         (work / "docs" / "lmforge").mkdir()
         print(f"corpus: {corpus['documents']} documents, {corpus['megabytes']:.1f} MB of text, "
               f"{args.shards} shards", flush=True)
+        config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
         ours = measure([sys.executable, "-c", LMFORGE_RUN, str(work / "docs"),
-                        str(ROOT / "config" / "config.yaml")], work / "lmforge.log")
+                        str(ROOT / "config" / "config.yaml"), str(BAND_COLLISION)],
+                       work / "lmforge.log")
         theirs = measure([str(PEER), str(Path(__file__).with_name("datatrove_peer.py")), "tag",
                           str(work / "docs")], work / "datatrove.log")
+        minhash = config["curate"]["dedup"]["minhash"]
+        extra = diagnostics(work / "docs" / "lmforge", sorted((work / "docs").glob("*.jsonl.gz")),
+                            minhash)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     docs, mb = corpus["documents"], corpus["megabytes"]
@@ -83,6 +139,13 @@ def main() -> None:
     print(f"filters only: lmforge {mb / ours[2]['filter_s']:.2f} MB/s, datatrove "
           f"{mb / theirs[2]['filter_s']:.2f} MB/s; MinHash only: lmforge "
           f"{mb / ours[2]['dedup_s']:.2f} MB/s, datatrove {mb / theirs[2]['dedup_s']:.2f} MB/s")
+    print(f"MinHash ({minhash['ngram']}-gram shingles, {minhash['bands']} bands × "
+          f"{minhash['rows']} rows, any band collision is a duplicate): lmforge "
+          f"{ours[2]['near_duplicates']}, datatrove {theirs[2]['near_duplicates']} "
+          f"near-duplicates. "
+          f"On lmforge's signatures, datatrove's cluster rule (all but one of each connected "
+          f"cluster) finds {extra['cluster_rule']}; lmforge's default rule (estimated Jaccard "
+          f">= {minhash['min_jaccard']} as well) {extra['default_rule']}.")
     print(f"ratio: {theirs[0] / ours[0]:.2f}")
 
 

@@ -5,7 +5,8 @@
     datatrove_peer.py tag DOCS_DIR
         The same three filters over every document of every shard (tagging, not chained, so
         both tools do the same work), then MinHash near-dup detection with datatrove's
-        four-stage pipeline; prints one JSON line of timings.
+        signature, buckets and cluster stages (documents sharing a band are duplicates; all
+        but one of each cluster is removed); prints one JSON line of timings and counts.
 """
 
 import gzip
@@ -56,7 +57,6 @@ def tag(docs_dir):
         MinhashDedupSignature,
     )
     from datatrove.pipeline.readers import JsonlReader
-    from datatrove.utils.hashing import HashConfig
 
     shards = sorted(Path(docs_dir).glob("*.jsonl.gz"))
     filters = {name: cls() for name, cls in FILTERS.items()}
@@ -67,9 +67,9 @@ def tag(docs_dir):
             docs += 1
             rejected += any(decide(filters, doc).values())
     filter_s = time.perf_counter() - start
-    # Same LSH shape as lmforge's default (20 bands × 5 rows, 5-gram shingles).
-    config = MinhashConfig(hash_config=HashConfig(precision=64), num_buckets=20,
-                           hashes_per_bucket=5, n_grams=5)
+    # lmforge's LSH shape (20 bands × 5 rows, 5-gram shingles; datatrove's default is 14 × 8);
+    # the rest is datatrove's default: 64-bit xxhash, its text normalisation and spaCy words.
+    config = MinhashConfig(num_buckets=20, hashes_per_bucket=5, n_grams=5)
     with tempfile.TemporaryDirectory() as work:
         start = time.perf_counter()
         for stage in (

@@ -2,9 +2,11 @@
 
     python benchmarks/curate/parity.py [--out-md FILE] [--out-json FILE]
 
-Documents: the demo crawl (made here), and where ../shared/data is present the Common Crawl
-documents of dolma's fixtures, every WARC file there after extraction, and two books cut into
-100-line documents. datatrove runs in its own venv (PEER_PYTHON, default
+Documents: the demo crawl (made here) and, from ../shared/data (required), the Common Crawl
+documents of dolma's fixtures, every WARC file there after extraction, two books cut into
+100-line documents, and GSM8K's training questions five to a document. The `punctuation` word
+splitter was written against the first four; GSM8K played no part in it, so its row is the
+out-of-sample check. datatrove runs in its own venv (PEER_PYTHON, default
 .venv-peers/datatrove/bin/python; `make peers` makes it). lmforge's Gopher
 decision is checked in both word modes; datatrove's is its quality filter OR its repetition
 filter, as FineWeb chains them.
@@ -32,6 +34,8 @@ from lmforge.taggers import c4_decisions, gopher_failures, gopher_signals
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
 PEER = Path(os.environ.get("PEER_PYTHON", ROOT / ".venv-peers/datatrove/bin/python"))
+HELD_OUT = "gsm8k (held out from the word splitter)"
+GSM8K_QUESTIONS, QUESTIONS_PER_DOCUMENT = 1000, 5
 
 
 def corpora(work: Path, config: dict) -> dict[str, list[str]]:
@@ -42,28 +46,33 @@ def corpora(work: Path, config: dict) -> dict[str, list[str]]:
     skips: Counter = Counter()
     out = {"demo crawl": [d["text"] for warc in sorted((work / "crawl").glob("*.warc.gz"))
                           for d in iter_documents(warc, "demo", skips)]}
-    if SHARED.is_dir():
-        out["dolma fixtures (Common Crawl)"] = [
-            row["text"] for path in sorted((SHARED / "dolma").glob("*documents*"))
-            + sorted((SHARED / "dolma").glob("multiple_files__*")) for row in read_jsonl(path)]
-        out["shared WARC files"] = [d["text"] for warc in sorted((SHARED / "warc").iterdir())
-                                    for d in iter_documents(warc, "warc", skips)]
-        lines = [line for book in sorted((SHARED / "text").glob("*.txt"))
-                 for line in book.read_text(encoding="utf-8").splitlines()]
-        out["books (100-line pieces)"] = ["\n".join(lines[i:i + 100])
-                                          for i in range(0, len(lines), 100)]
+    if not SHARED.is_dir():
+        sys.exit(f"{SHARED} is not present: the parity needs its corpora")
+    out["dolma fixtures (Common Crawl)"] = [
+        row["text"] for path in sorted((SHARED / "dolma").glob("*documents*"))
+        + sorted((SHARED / "dolma").glob("multiple_files__*")) for row in read_jsonl(path)]
+    out["shared WARC files"] = [d["text"] for warc in sorted((SHARED / "warc").iterdir())
+                                for d in iter_documents(warc, "warc", skips)]
+    lines = [line for book in sorted((SHARED / "text").glob("*.txt"))
+             for line in book.read_text(encoding="utf-8").splitlines()]
+    out["books (100-line pieces)"] = ["\n".join(lines[i:i + 100])
+                                      for i in range(0, len(lines), 100)]
+    questions = [row["question"]
+                 for row in read_jsonl(SHARED / "gsm8k" / "train.jsonl")][:GSM8K_QUESTIONS]
+    out[HELD_OUT] = ["\n\n".join(questions[i:i + QUESTIONS_PER_DOCUMENT])
+                     for i in range(0, len(questions), QUESTIONS_PER_DOCUMENT)]
     return out
 
 
-def datatrove_decisions(docs_path: Path, out_path: Path) -> dict:
-    if not PEER.exists():
-        sys.exit(f"no datatrove venv at {PEER}: run `make peers`")
-    subprocess.run([str(PEER), str(Path(__file__).with_name("datatrove_peer.py")), "decisions",
+def datatrove_decisions(docs_path: Path, out_path: Path, peer: Path = PEER) -> dict:
+    if not peer.exists():
+        sys.exit(f"no datatrove venv at {peer}: run `make peers`")
+    subprocess.run([str(peer), str(Path(__file__).with_name("datatrove_peer.py")), "decisions",
                     str(docs_path), str(out_path)], check=True)
     return json.loads(out_path.read_text())
 
 
-def compare(config: dict) -> dict:
+def compare(config: dict, peer: Path = PEER) -> dict:
     gopher_cfg, c4_cfg = config["curate"]["gopher"], config["curate"]["c4"]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -71,7 +80,7 @@ def compare(config: dict) -> dict:
         docs = [{"id": f"{name}/{i}", "text": text}
                 for name, items in texts.items() for i, text in enumerate(items)]
         write_jsonl_gz(work / "docs.jsonl.gz", docs)
-        theirs = datatrove_decisions(work / "docs.jsonl.gz", work / "decisions.json")
+        theirs = datatrove_decisions(work / "docs.jsonl.gz", work / "decisions.json", peer)
     rows = []
     for doc in docs:
         peer = theirs[doc["id"]]
@@ -97,9 +106,12 @@ def summarize(rows: list[dict]) -> dict:
     for check, decide in checks.items():
         for corpus in sorted({r["corpus"] for r in rows}) + ["all"]:
             subset = [r for r in rows if corpus in ("all", r["corpus"])]
-            agree = sum(a == b for a, b in map(decide, subset))
-            table[f"{check} | {corpus}"] = {"documents": len(subset), "agree": agree,
-                                            "agreement": agree / len(subset)}
+            decisions = list(map(decide, subset))
+            agree = sum(a == b for a, b in decisions)
+            # how many the peer drops: agreement on a corpus both keep whole would say little
+            table[f"{check} | {corpus}"] = {"documents": len(subset),
+                                            "datatrove_drops": sum(b for _, b in decisions),
+                                            "agree": agree, "agreement": agree / len(subset)}
     disagreements = {
         check: [{"id": r["id"], "lmforge": r[key] if key != "c4" else r["c4"],
                  "datatrove": r["datatrove_c4" if key == "c4" else "datatrove_gopher"]}
@@ -122,10 +134,11 @@ def _reason_pair(d: dict) -> str:
 
 
 def markdown(result: dict) -> str:
-    lines = ["| decision | corpus | documents | agree | agreement |",
-             "| --- | --- | ---: | ---: | ---: |"]
+    lines = ["| decision | corpus | documents | datatrove drops | agree | agreement |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
     for key, r in result["agreement"].items():
-        lines.append(f"| {key} | {r['documents']} | {r['agree']} | {r['agreement']:.2%} |")
+        lines.append(f"| {key} | {r['documents']} | {r['datatrove_drops']} | {r['agree']} | "
+                     f"{r['agreement']:.2%} |")
     for check, reasons in result["disagreement_reasons"].items():
         lines += ["", f"Disagreements, {check}:", ""]
         lines += [f"- {count} × {pair}" for pair, count in reasons] or ["- none"]

@@ -7,8 +7,9 @@ loop, the same OLMo 2 model and data, each in its own process.
 
 CPU mode: the plain loop is `Olmo2ForCausalLM` with `torch.optim.AdamW` (β 0.9/0.95), gradient
 clipping 1.0 and the same micro-batches; tokens/s are taken over the steps after the first
-`--warmup` (start-up, DeepSpeed's set-up and the final checkpoint excluded for both). Last
-line: `ratio: X`, lmforge tokens/s over the plain loop's. GPU mode needs CUDA and says so
+`--warmup` (start-up, DeepSpeed's set-up, compilation and the final checkpoint excluded for
+both). Like with like: both eager, or with `--compile` both with each block compiled in place.
+Last line: `ratio: X`, lmforge tokens/s over the plain loop's. GPU mode needs CUDA and says so
 otherwise.
 """
 
@@ -75,6 +76,9 @@ hf_cfg = transformers.Olmo2Config(
     pad_token_id=None, bos_token_id=None, eos_token_id=None)
 model = transformers.Olmo2ForCausalLM(hf_cfg)
 model.train()
+if args["compile"]:  # the same unit lmforge compiles: each decoder layer in place
+    for layer in model.model.layers:
+        layer.compile()
 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), eps=1e-8,
                               weight_decay=0.1)
 order = np.random.default_rng(1).permutation(len(tokens) // (args["seq"] + 1))
@@ -163,7 +167,7 @@ def main() -> None:
     parser.add_argument("--zero-stage", type=int, default=0,
                         help="ZeRO stage of lmforge's run (0: one process has nothing to shard)")
     parser.add_argument("--compile", action="store_true",
-                        help="lmforge's run with compiled blocks (`compile: true`)")
+                        help="both trainers with compiled blocks (lmforge's `compile: true`)")
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--gpu-steps", type=int, default=25)
     args = parser.parse_args()
@@ -183,9 +187,9 @@ def main() -> None:
           f"micro-batch {args.batch}, fp32, CPU; {args.steps - args.warmup} timed steps")
     print("| trainer | tokens/s | peak RSS MB |")
     print("| --- | ---: | ---: |")
-    compiled = ", compiled blocks" if args.compile else ""
+    compiled = ", compiled blocks" if args.compile else ", eager"
     for name, (_, rss, out) in ((f"lmforge (DeepSpeed ZeRO-{args.zero_stage}{compiled})", ours),
-                                ("transformers + PyTorch loop", plain)):
+                                (f"transformers + PyTorch loop{compiled}", plain)):
         print(f"| {name} | {out['tokens_per_s']:.0f} | {rss:.0f} |")
     print(f"ratio: {ours[2]['tokens_per_s'] / plain[2]['tokens_per_s']:.2f}")
 

@@ -384,7 +384,8 @@ def cmd_grow(args) -> None:
 
     small = load_model(args.checkpoint)
     moments, step = load_moments(args.checkpoint)
-    state = OPERATORS[args.operator](TrainingState(small, moments, step), args.factor)
+    width = {"noise": args.width_noise, "seed": args.seed} if args.operator == "width" else {}
+    state = OPERATORS[args.operator](TrainingState(small, moments, step), args.factor, **width)
     grown = state.model
     # The grown model continues the small one's data order where it stopped.
     small_state = read_json(Path(args.checkpoint) / "trainer_state.json")
@@ -400,6 +401,8 @@ def cmd_grow(args) -> None:
         loss_after = causal_lm_loss(grown(probe_inputs), probe_labels).item()
     log.info("growth %s x%d: loss %.6f -> %.6f", args.operator, args.factor, loss_before,
              loss_after)
+    # Both operators preserve the function (the width noise cancels over the identical copies
+    # it reads), so only float rounding may change the loss: 1e-4 of it (absolute below 1).
     if abs(loss_before - loss_after) > 1e-4 * max(1.0, abs(loss_before)):
         raise RuntimeError(f"growth changed the loss: {loss_before:.6f} -> {loss_after:.6f}")
     _train_job("grow", grown, batches, args,
@@ -519,9 +522,7 @@ def cmd_posttrain_report(args) -> None:
             tokenizer.token_to_id(EOS), tokenizer.token_to_id(PAD), args.cfg["max_new_tokens"],
             args.cfg["beta"], args.baseline)
         posttrain_report.write_report(report, args.out_md, args.out_json)
-        run.log_metrics({f"{dataset}.{model}": row["accuracy"]
-                         for dataset, rows in report["accuracy"].items()
-                         for model, row in rows.items()})
+        run.log_metrics(posttrain_report.flat_metrics(report))
 
 
 def cmd_prompt_tasks(args) -> None:
@@ -672,6 +673,14 @@ def cmd_growth_report(args) -> None:
         run.log_metrics({k: result[k] for k in ("target_loss", "flops_ratio",
                                                 "flops_ratio_at_staged_final")
                          if result[k] is not None})
+
+
+def cmd_effects(args) -> None:
+    """Each effect's mean difference across seeded runs of the workflow, with a 95% interval."""
+    from lmforge.effects import write_effects
+
+    with _job("effects", {"runs": " ".join(args.runs)}) as run:
+        run.log_metrics(write_effects(args.runs, args.out_md, args.out_json))
 
 
 def cmd_midtrain_report(args) -> None:
@@ -833,7 +842,7 @@ def build_parser() -> argparse.ArgumentParser:
         (["--job-name"], {"default": "pretrain"}))
     add("grow", cmd_grow, (["--checkpoint"], req), tokens_dir, cfg, seed, out, metrics,
         (["--operator"], {"choices": ["depth", "width"], **req}),
-        (["--factor"], {"type": int, **req}))
+        (["--factor"], {"type": int, **req}), (["--width-noise"], {"type": float, **req}))
     add("soup", cmd_soup, (["--checkpoints"], {"nargs": "+", **req}), out)
     add("sft-data", cmd_sft_data, (["--mixes"], {"nargs": "+", **req}), out, cfg,
         (["--tasks-cfg"], {"type": _json, **req}), seed,
@@ -880,6 +889,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("midtrain-report", cmd_midtrain_report, (["--inputs"], {"nargs": "+", **req}),
         (["--start"], req), (["--anneals"], {"nargs": "+", **req}), (["--soup"], req),
         (["--control"], req), (["--out-md"], req), (["--out-json"], req))
+    add("effects", cmd_effects, (["--runs"], {"nargs": "+", **req}), (["--out-md"], req),
+        (["--out-json"], req))
     add("growth-report", cmd_growth_report, (["--small"], req), (["--grown"], req),
         (["--baseline"], req), (["--out-md"], req), (["--out-json"], req), (["--out-png"], req))
     return parser

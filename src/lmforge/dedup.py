@@ -184,18 +184,20 @@ def dedup_minhash(signature_paths: list, docs_paths: list, out_paths: list, cfg:
                     raise ValueError(f"{docs_path}: signatures are stale (document order differs)")
                 keys = [(b, sigs[index, b * per_band : (b + 1) * per_band].tobytes())
                         for b in range(bands)]
-                best = 0.0
+                best, collided = 0.0, False
                 for key in keys:
                     if key in buckets:
                         other_shard, other_index = buckets[key]
                         other = loaded[other_shard][1][other_index]
                         best = max(best, float(np.mean(other == sigs[index])))
+                        collided = True
                 attrs = {}
-                if best >= cfg["min_jaccard"]:
+                # min_jaccard 0: any shared band decides (datatrove's rule), never no band.
+                if collided and best >= cfg["min_jaccard"]:
                     attrs["dedup_minhash__duplicate"] = [[0, len(doc["text"]), round(best, 4)]]
                     stats["duplicates"] += 1
                 else:
-                    stats["candidates_rejected"] += best > 0
+                    stats["candidates_rejected"] += collided
                     for key in keys:
                         buckets.setdefault(key, (shard, index))
                 stats["documents"] += 1

@@ -11,7 +11,12 @@ Formats (open-instruct / Tulu 3):
 
 Generated data comes from two skills the tiny model can learn: adding two numbers (as bare
 questions and word problems; the operand pairs the arith_gen evaluation uses are never
-trained on) and completing a sentence of the corpus under a checkable constraint.
+trained on) and completing a sentence of the corpus under a checkable constraint. A form
+check alone is gamed by a constant answer ("indeed" meets three of the four constraints), so
+generated constraint prompts add the sentence's true `continuation` to the ground truth and
+the verifier also requires the response to complete it (`completes`); external ifeval records
+carry no continuation and get open-instruct's form check only. (open-instruct's own verifier
+does not know the key: train it on generated ifeval records through lmforge.)
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -105,21 +111,49 @@ CONSTRAINTS: dict[str, Callable[..., bool]] = {
 }
 
 
-def constraint_from(ground_truth: str) -> tuple[str, dict]:
+# The content check: word-level F1 (SQuAD's answer overlap, case and punctuation ignored)
+# between the response and the sentence's true continuation. F1 fails a short answer (low
+# recall) and one padded with other words (low precision); a generated answer (the
+# continuation, transformed, at most followed by "indeed") scores 1, or 2n/(2n+1) with
+# "indeed" after its n words (≥ 0.8 from n = 2; continuations have 4 or more).
+MIN_CONTENT_F1 = 0.5
+
+
+def _words(text: str) -> Counter:
+    return Counter(re.sub(r"[^\w\s]", "", text.casefold()).split())
+
+
+def completes(response: str, continuation: str) -> bool:
+    """Whether the response completes the sentence: word F1 with `continuation` ≥
+    MIN_CONTENT_F1."""
+    said, truth = _words(response), _words(continuation)
+    common = sum((said & truth).values())
+    return 2 * common >= MIN_CONTENT_F1 * (said.total() + truth.total())
+
+
+def constraint_from(ground_truth: str) -> tuple[str, dict, str | None]:
+    """(constraint name, its arguments, the true continuation or None when the ground truth
+    carries none, as open-instruct's ifeval records)."""
     try:
         spec = json.loads(ground_truth)
         name = spec.pop("func_name")
+        continuation = spec.pop("continuation", None)
     except (json.JSONDecodeError, AttributeError, KeyError, TypeError):
         raise InputError(f"ifeval ground truth {ground_truth[:80]!r} is not "
                          '{"func_name": ..., <arguments>}') from None
     if name not in CONSTRAINTS:
         raise InputError(f"constraint {name!r} is not one of {sorted(CONSTRAINTS)}")
-    return name, {k: v for k, v in spec.items() if v is not None}
+    if continuation is not None and not (isinstance(continuation, str) and _words(continuation)):
+        raise InputError(f"continuation {continuation!r} must be a string with words")
+    return name, {k: v for k, v in spec.items() if v is not None}, continuation
 
 
 def verify_constraint(response: str, ground_truth: str) -> bool:
-    name, arguments = constraint_from(ground_truth)
-    return bool(response.strip()) and CONSTRAINTS[name](response, **arguments)
+    """The response meets the constraint and, when the ground truth carries a continuation,
+    completes the sentence (`completes`)."""
+    name, arguments, continuation = constraint_from(ground_truth)
+    return (bool(response.strip()) and CONSTRAINTS[name](response, **arguments)
+            and (continuation is None or completes(response, continuation)))
 
 
 VERIFIERS: dict[str, Callable[[str, str], bool]] = {
@@ -200,11 +234,12 @@ def completion_prompt(words: list[str]) -> tuple[str, str]:
 
 
 def constrained_example(words: list[str], name: str) -> tuple[str, str, str]:
-    """(prompt, ground truth, an answer that meets the constraint) for a sentence."""
+    """(prompt, ground truth with the true continuation, an answer that meets the constraint)
+    for a sentence."""
     instruction, arguments, transform = CONSTRAINT_TEMPLATES[name]
     prompt, rest = completion_prompt(words)
-    return (f"{prompt}\n{instruction}", json.dumps({"func_name": name, **arguments}),
-            transform(rest))
+    return (f"{prompt}\n{instruction}",
+            json.dumps({"func_name": name, **arguments, "continuation": rest}), transform(rest))
 
 
 def rlvr_records(pairs: list[tuple[int, int]], sentences: list[list[str]], n_arithmetic: int,
@@ -225,10 +260,19 @@ def _corrupt_number(value: int, rng: random.Random) -> str:
     return str(max(0, value + rng.choice([-3, -2, -1, 1, 2, 3, 10])) if value else value + 1)
 
 
+def _break_form(words: list[str], name: str, truth: str) -> str:
+    """The sentence's continuation, not meeting the constraint."""
+    violating = completion_prompt(words)[1]
+    if verify_constraint(violating, truth):  # e.g. already lowercase: break it otherwise
+        violating = violating.upper() if name == "validate_lowercase" else violating + ", no"
+    return violating
+
+
 def preference_records(pairs: list[tuple[int, int]], sentences: list[list[str]],
                        n_arithmetic: int, n_constraint: int, rng: random.Random) -> list[dict]:
     """Pairs made from a correct answer (chosen) and a corrupted one (rejected): a wrong sum,
-    or a completion that breaks its constraint."""
+    or a completion that breaks its constraint or, as often, one that meets it but completes
+    another sentence (the preference is for the content as well as the form)."""
     records = []
     for a, b in draw(pairs, n_arithmetic, rng):
         prompt = _user(arithmetic_question(a, b, rng))
@@ -236,15 +280,18 @@ def preference_records(pairs: list[tuple[int, int]], sentences: list[list[str]],
             "chosen": prompt + [{"role": "assistant", "content": str(a + b)}],
             "rejected": prompt + [{"role": "assistant", "content": _corrupt_number(a + b, rng)}],
             "dataset": "arithmetic"})
-    for words in draw(sentences, n_constraint, rng):
+    for words, other in zip(draw(sentences, n_constraint, rng),
+                            draw(sentences, n_constraint, rng)):
         name = rng.choice(sorted(CONSTRAINT_TEMPLATES))
         prompt, truth, answer = constrained_example(words, name)
-        violating = completion_prompt(words)[1]
-        if verify_constraint(violating, truth):  # e.g. already lowercase: break it otherwise
-            violating = violating.upper() if name == "validate_lowercase" else violating + ", no"
+        # Half the rejected answers meet the constraint but complete another sentence; the
+        # rest (and any other sentence whose answer happens to complete this one) break it.
+        rejected = constrained_example(other, name)[2]
+        if rng.random() < 0.5 or verify_constraint(rejected, truth):
+            rejected = _break_form(words, name, truth)
         records.append({"chosen": _user(prompt) + [{"role": "assistant", "content": answer}],
                         "rejected": _user(prompt) + [{"role": "assistant",
-                                                      "content": violating}],
+                                                      "content": rejected}],
                         "dataset": "ifeval"})
     rng.shuffle(records)
     return records

@@ -116,8 +116,9 @@ EVAL = config["evaluate"]
 EVAL_MODELS = [
     m for m in EVAL["models"] if m != "baseline" or config["grow"]["compare_baseline"]
 ]
+# Every evaluated task: the summary's and mid-training's.
 TASK_SPECS = workflow_task_specs(
-    EVAL,
+    {**EVAL, "tasks": list(dict.fromkeys(EVAL["tasks"] + MIDTRAIN["tasks"]))},
     tasks_dir=f"{R}/tasks",
     tokens_dir=f"{R}/tokens/{MIX}",
     heldout_docs=f"{R}/eval/heldout/{MIX}.jsonl.gz",

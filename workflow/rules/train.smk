@@ -78,12 +78,14 @@ rule grow:
         seed=SEED + 1,
         operator=config["grow"]["operator"],
         factor=config["grow"]["factor"],
+        width_noise=config["grow"]["width_noise"],
         tokens_dir=lambda w, input: os.path.dirname(input.meta),
     shell:
         "lmforge launch --nodes {resources.nodes} --processes {resources.processes} -- "
         "lmforge grow --checkpoint {input.checkpoint} --tokens-dir {params.tokens_dir} "
-        "--operator {params.operator} --factor {params.factor} --cfg {params.cfg:q} "
-        "--seed {params.seed} --out {output.checkpoint} --metrics {output.metrics} > {log} 2>&1"
+        "--operator {params.operator} --factor {params.factor} "
+        "--width-noise {params.width_noise} --cfg {params.cfg:q} --seed {params.seed} "
+        "--out {output.checkpoint} --metrics {output.metrics} > {log} 2>&1"
 
 
 rule baseline:
