@@ -75,7 +75,7 @@ bench-stats: $(STAMP) $(DATATROVE)
 
 bench-eval: $(STAMP) $(LM_EVAL)
 	$(BIN)/python benchmarks/evaluate/lm_eval_parity.py
-	$(BIN)/python benchmarks/evaluate/bench.py
+	$(BIN)/python benchmarks/evaluate/bench.py --limit 100
 
 # Like with like: eager against eager, then compiled against compiled.
 bench-train: $(STAMP)
