@@ -82,26 +82,18 @@ EFFECTS = (
            "bits per byte (flipped)", _midtrain("reference_bpb", "soup_minus_anneal_mean")),
     Effect("soup vs mean ingredient: held-out perplexity", "eval/midtrain.json",
            "perplexity (flipped)", _midtrain("heldout_ppl", "soup_minus_anneal_mean")),
-    Effect("DPO vs SFT: arithmetic", "eval/posttrain.json", "accuracy",
-           _over_sft("arithmetic", "dpo")),
-    Effect("DPO vs SFT: constraints", "eval/posttrain.json", "accuracy",
-           _over_sft("ifeval", "dpo")),
-    Effect("RLVR vs SFT: arithmetic", "eval/posttrain.json", "accuracy",
-           _over_sft("arithmetic", "rlvr")),
-    Effect("RLVR vs SFT: constraints", "eval/posttrain.json", "accuracy",
-           _over_sft("ifeval", "rlvr")),
-    Effect("promptability: zero-shot", "eval/promptability.json", "accuracy",
-           _prompted("zero_shot")),
-    Effect("promptability: prompt-tuned", "eval/promptability.json", "accuracy",
-           _prompted("prompt_tuning")),
-    Effect("VLM vs text-only: caption token F1", "eval/vision.json", "token F1",
-           _vision("pixmo_cap", "token_f1")),
-    Effect("VLM vs text-only: pointing", "eval/vision.json", "accuracy",
-           _vision("pixmo_points", "accuracy")),
-    Effect("VLM vs text-only: counting", "eval/vision.json", "accuracy",
-           _vision("pixmo_count", "accuracy")),
-    Effect("VLM vs text-only: VQA", "eval/vision.json", "accuracy",
-           _vision("vqa", "accuracy")),
+    *(Effect(f"{model.upper()} vs SFT: {label}", "eval/posttrain.json", "accuracy",
+             _over_sft(dataset, model))
+      for model in ("dpo", "rlvr")
+      for dataset, label in (("arithmetic", "arithmetic"), ("ifeval", "constraints"))),
+    *(Effect(f"promptability: {label}", "eval/promptability.json", "accuracy", _prompted(setting))
+      for setting, label in (("zero_shot", "zero-shot"), ("prompt_tuning", "prompt-tuned"))),
+    *(Effect(f"VLM vs text-only: {label}", "eval/vision.json", unit, _vision(kind, metric))
+      for kind, metric, label, unit in (
+          ("pixmo_cap", "token_f1", "caption token F1", "token F1"),
+          ("pixmo_points", "accuracy", "pointing", "accuracy"),
+          ("pixmo_count", "accuracy", "counting", "accuracy"),
+          ("vqa", "accuracy", "VQA", "accuracy"))),
 )
 
 
