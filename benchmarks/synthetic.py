@@ -11,8 +11,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from lmforge import sources
-from lmforge.storage import write_jsonl_gz
+from lmforge.data import sources
+from lmforge.io.storage import write_jsonl_gz
 
 DOMAINS = ["docs.example.com", "blog.example.org", "notes.example.net", "wiki.example.io",
            "forum.example.co.uk", "mirror.example.de"]

@@ -62,7 +62,8 @@ def mlflow_store(tmp_path, monkeypatch) -> str:
 @pytest.fixture(scope="session")
 def demo_crawl(tmp_path_factory, config) -> Path:
     """The default demo crawl and its tasks, made once per test session."""
-    from lmforge import democrawl, tasks
+    from lmforge.data import democrawl
+    from lmforge.eval import generated as tasks
 
     out = tmp_path_factory.mktemp("demo")
     tasks.make_tasks(out / "tasks", config["tasks"])
@@ -79,8 +80,8 @@ def make_docs(texts: list[str], urls: list[str] | None = None, source: str = "te
 
 def tokenizer_corpus(folder: Path, texts: list[str], vocab_size: int = 600) -> Path:
     """docs.jsonl.gz of the texts in `folder` and a tokenizer trained on them (tok.json)."""
-    from lmforge.storage import write_jsonl_gz
-    from lmforge.tokenize import train_tokenizer
+    from lmforge.data.tokenize import train_tokenizer
+    from lmforge.io.storage import write_jsonl_gz
 
     write_jsonl_gz(folder / "docs.jsonl.gz", make_docs(texts))
     train_tokenizer([str(folder / "docs.jsonl.gz")], folder / "tok.json", vocab_size, 1, 0.1)
@@ -103,3 +104,10 @@ def finished(repo, tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("work")
     snakemake(repo, work, "--configfile", str(repo / "fast.yaml"))
     return work
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that runs the workflow is slow (`make test-fast` leaves them out)."""
+    for item in items:
+        if item.get_closest_marker("workflow"):
+            item.add_marker(pytest.mark.slow)

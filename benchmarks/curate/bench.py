@@ -47,8 +47,8 @@ BAND_COLLISION = 0.0
 LMFORGE_RUN = """
 import json, sys, time, yaml
 from pathlib import Path
-from lmforge.dedup import dedup_minhash, minhash_signatures
-from lmforge.taggers import run_tagger
+from lmforge.data.dedup import dedup_minhash, minhash_signatures
+from lmforge.data.tag import run_tagger
 config = yaml.safe_load(Path(sys.argv[2]).read_text())["curate"]
 gopher = {**config["gopher"], "words": "punctuation"}
 shards = sorted(Path(sys.argv[1]).glob("*.jsonl.gz"))
@@ -76,7 +76,7 @@ def diagnostics(out: Path, shards: list[Path], cfg: dict) -> dict:
     lmforge's count with its default Jaccard check."""
     import numpy as np
 
-    from lmforge.dedup import dedup_minhash
+    from lmforge.data.dedup import dedup_minhash
 
     sigs = [out / f"{shard.name}.npz" for shard in shards]
     rows, parent, first = cfg["rows"], {}, {}

@@ -26,10 +26,12 @@ from pathlib import Path
 
 import yaml
 
-from lmforge import democrawl, tasks
-from lmforge.extract import iter_documents
-from lmforge.storage import read_jsonl, write_jsonl_gz
-from lmforge.taggers import c4_decisions, gopher_failures, gopher_signals
+from lmforge.data import democrawl
+from lmforge.data.extract import iter_documents
+from lmforge.data.taggers.c4 import c4_decisions
+from lmforge.data.taggers.gopher import gopher_failures, gopher_signals
+from lmforge.eval import generated as tasks
+from lmforge.io.storage import read_jsonl, write_jsonl_gz
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"

@@ -26,8 +26,9 @@ import lm_eval_parity as parity  # noqa: E402
 
 LMFORGE = """
 import json, sys, time
-from lmforge.evaltasks import load_olmes_requests, score_choices
-from lmforge.lm import load
+from lmforge.eval.formats import load_olmes_requests
+from lmforge.eval.tasks import score_choices
+from lmforge.eval.lm import load
 start = time.perf_counter()
 _, instances = load_olmes_requests(sys.argv[2])
 limit = int(sys.argv[4]) or None

@@ -28,7 +28,7 @@ PEER = Path(os.environ.get("LM_EVAL_PYTHON", ROOT / ".venv-peers/lm-eval/bin/pyt
 def make_model(out: Path, d_model: int = 64, n_layers: int = 2) -> Path:
     import torch
 
-    from lmforge.hf import build, export_hf, preset_config
+    from lmforge.model.hf import build, export_hf, preset_config
 
     torch.manual_seed(0)
     model = build(preset_config("olmo2-tiny", vocab_size=100352, d_model=d_model,
@@ -39,8 +39,9 @@ def make_model(out: Path, d_model: int = 64, n_layers: int = 2) -> Path:
 
 
 def run_lmforge(model_dir: Path, dump: Path, limit: int | None = None) -> dict:
-    from lmforge.evaltasks import choice_metrics, load_olmes_requests, score_choices
-    from lmforge.lm import load
+    from lmforge.eval.formats import load_olmes_requests
+    from lmforge.eval.lm import load
+    from lmforge.eval.tasks import choice_metrics, score_choices
 
     start = time.perf_counter()
     _, instances = load_olmes_requests(dump)

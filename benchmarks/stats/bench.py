@@ -19,7 +19,7 @@ Shared statistics, with the same definitions (compared exactly at every size):
   per-domain documents and characters, and the number of domains: lmforge's `domains` (the
     lower-cased host of the URL), datatrove's `fqdn` group of `length` (tldextract's fully
     qualified host; the same on this corpus's lower-case hosts).
-lmforge runs exactly those analyses: the SQL of `lmforge.stats` (its `length_histogram` and
+lmforge runs exactly those analyses: the SQL of `lmforge.stats.analyses` (its `length_histogram` and
 `domains` queries as they are, and the shared columns of its `summary` query) on the on-disk
 table `corpus_stats` parses the shards into. `corpus_stats` itself runs the whole suite and
 cannot select analyses; `--full-suite` times it instead (lmforge then does much more work than
@@ -64,7 +64,7 @@ PEER = Path(os.environ.get("PEER_PYTHON", ROOT / ".venv-peers/datatrove/bin/pyth
 LMFORGE_SHARED = """
 import json, os, sys
 from pathlib import Path
-from lmforge import stats
+from lmforge.stats import analyses as stats
 cfg, out, paths = json.loads(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
 out.mkdir(parents=True)
 scratch = Path(cfg["duckdb"]["temp_directory"]) / f"stats-{os.getpid()}.duckdb"
@@ -98,12 +98,12 @@ print(json.dumps({
 }))
 """
 
-# The whole suite, `lmforge.stats.corpus_stats` as the workflow runs it (`--full-suite`).
+# The whole suite, `lmforge.stats.analyses.corpus_stats` as the workflow runs it (`--full-suite`).
 LMFORGE_FULL = """
 import json, sys
 from pathlib import Path
 import pandas as pd
-from lmforge.stats import corpus_stats
+from lmforge.stats.analyses import corpus_stats
 cfg, out = json.loads(sys.argv[1]), Path(sys.argv[2])
 summary = corpus_stats(sys.argv[4:], out, cfg, tasks_dir=sys.argv[3])
 hist = pd.read_parquet(out / "length_histogram.parquet")
@@ -141,7 +141,7 @@ def main() -> None:
     rows = []
     try:
         if args.full_suite:
-            from lmforge import tasks
+            from lmforge.eval import generated as tasks
 
             tasks.make_tasks(work / "tasks", config["tasks"])
         for factor in args.factors:

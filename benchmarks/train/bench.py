@@ -39,8 +39,9 @@ train_cfg = {"steps": args["steps"], "micro_batch_size": args["batch"], "grad_ac
 """
 
 LMFORGE = COMMON + """
-from lmforge.hf import preset_config, build
-from lmforge.train import instance_batches, train
+from lmforge.model.hf import preset_config, build
+from lmforge.train.data import instance_batches
+from lmforge.train.loop import train
 if args["preset"]:
     cfg = preset_config(args["preset"], max_seq_len=args["seq"] + 1, **args["overrides"])
 else:
@@ -118,8 +119,8 @@ GPU_VARIANTS = (
 
 def largest_fitting_micro_batch(preset: str, overrides: dict, run: dict) -> tuple[int, dict]:
     """The largest micro-batch `lmforge plan` fits into 90% of this GPU, and its plan."""
-    from lmforge.hf import preset_config
-    from lmforge.plan import device_memory_bytes, estimate
+    from lmforge.model.hf import preset_config
+    from lmforge.train.plan import device_memory_bytes, estimate
 
     cfg = preset_config(preset, max_seq_len=run["seq"] + 1, **overrides)
     memory = device_memory_bytes("cuda")

@@ -2,18 +2,24 @@ import json
 import os
 from pathlib import Path
 
-from lmforge import tracking
-from lmforge.launch import job_resources
-from lmforge.plan import (
+from lmforge.codegraph import CodeGraph
+from lmforge.data.dedup import KEYS as EXACT_DEDUP, NearDuplicates, ParagraphDuplicates
+from lmforge.data.decontam import Contamination
+from lmforge.data.quality import QualityScores
+from lmforge.data.taggers import TAGGERS as TAGGER_REGISTRY
+from lmforge.io import tracking
+from lmforge.train.launch import job_resources
+from lmforge.train.plan import (
     baseline_train_config,
     grow_train_config,
     pretrain_train_config,
 )
-from lmforge.warc_inputs import is_remote, warc_inputs
-from lmforge.evaluate import workflow_task_specs
-from lmforge.stats import ANALYSES as STATS_ANALYSES, PLOTS as STATS_PLOTS
+from lmforge.data.warc_inputs import is_remote, warc_inputs
+from lmforge.eval.evaluate import workflow_task_specs
+from lmforge.stats.analyses import ANALYSES as STATS_ANALYSES, PLOTS as STATS_PLOTS
 
 R = config["results"]
+CODE_GRAPH = CodeGraph(Path(workflow.basedir) / "src" / "lmforge")
 SOURCE = config["crawl"]["name"]
 MIX = config["tokenizer"]["mix"]
 SEED = config["seed"]
@@ -61,11 +67,12 @@ def cfg_json(*keys):
     return json.dumps(value, sort_keys=True)
 
 
-def code(*modules):
-    """Source files a rule depends on, so editing a stage's code reruns that stage."""
-    src = Path(workflow.basedir) / "src" / "lmforge"
+def code(*commands):
+    """The source files the rule's `lmforge` commands import (lmforge.codegraph), so an edit
+    to any of them reruns the rule, and an edit elsewhere does not."""
+    files = {f for command in commands for f in CODE_GRAPH.command_sources(command)}
     # local(): with a default storage provider (results on S3) the code stays on disk.
-    return [local(str(src / f"{m}.py")) for m in ("storage",) + modules]
+    return [local(f) for f in sorted(files)]
 
 
 def docs(source=SOURCE):
@@ -78,7 +85,7 @@ def mixed(mix=MIX):
 
 
 def launch_resources(stage):
-    """A training job's nodes, tasks and GPUs from config["launch"] (see lmforge.launch)."""
+    """A training job's nodes, tasks and GPUs from config["launch"] (see lmforge.train.launch)."""
     return job_resources(**config["launch"][stage])
 
 

@@ -1,6 +1,6 @@
 rule make_tasks:
     input:
-        code("tasks", "sources"),
+        code("make-tasks"),
     output:
         cloze=f"{R}/tasks/cloze_mc.jsonl.gz",
         arith=f"{R}/tasks/arith_gen.jsonl.gz",
@@ -18,7 +18,7 @@ rule make_tasks:
 
 rule crawl_demo:
     input:
-        code("democrawl", "sources", "pii", "tasks"),
+        code("crawl-demo"),
         tasks=rules.make_tasks.output,
     output:
         warcs=[

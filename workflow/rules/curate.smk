@@ -1,20 +1,25 @@
 TAGGERS = config["curate"]["taggers"]
-DEDUP = ["dedup_url", "dedup_exact"]
+DEDUP = list(EXACT_DEDUP)
 # Every attribute set the mixer reads, each one file per documents shard.
 ATTRIBUTE_SETS = (
-    TAGGERS + DEDUP + ["dedup_para", "dedup_minhash", "decontam", "quality"]
+    TAGGERS
+    + DEDUP
+    + [
+        step.name
+        for step in (ParagraphDuplicates, NearDuplicates, Contamination, QualityScores)
+    ]
 )
 
 
 wildcard_constraints:
-    tagger="|".join(["lang", "gopher", "c4", "pii", "toxic"]),
+    tagger="|".join(TAGGER_REGISTRY),
     method="|".join(DEDUP),
     shard=r"shard-\d+",
 
 
 rule tag:
     input:
-        code("taggers", "pii", "dedup"),
+        code("tag"),
         docs=f"{R}/documents/{{source}}/{{shard}}.jsonl.gz",
     output:
         f"{R}/attributes/{{tagger}}/{{source}}/{{shard}}.jsonl.gz",
@@ -49,7 +54,7 @@ rule dedup:
 
 rule dedup_paragraphs:
     input:
-        code("dedup"),
+        code("dedup-paragraphs"),
         docs=docs("{source}"),
     output:
         [f"{R}/attributes/dedup_para/{{source}}/{s}.jsonl.gz" for s in SHARDS],
@@ -68,7 +73,7 @@ rule dedup_paragraphs:
 
 rule minhash:
     input:
-        code("dedup"),
+        code("minhash"),
         docs=f"{R}/documents/{{source}}/{{shard}}.jsonl.gz",
     output:
         f"{R}/dedup/minhash/{{source}}/{{shard}}.npz",
@@ -86,7 +91,7 @@ rule minhash:
 
 rule dedup_minhash:
     input:
-        code("dedup"),
+        code("dedup-minhash"),
         signatures=[f"{R}/dedup/minhash/{{source}}/{s}.npz" for s in SHARDS],
         docs=docs("{source}"),
     output:
@@ -104,7 +109,7 @@ rule dedup_minhash:
 
 rule decontam:
     input:
-        code("decontam", "dedup", "tasks"),
+        code("decontam"),
         docs=f"{R}/documents/{{source}}/{{shard}}.jsonl.gz",
         tasks=rules.make_tasks.output,
     output:
@@ -123,7 +128,7 @@ rule decontam:
 
 rule train_quality:
     input:
-        code("quality", "sources"),
+        code("train-quality"),
         docs=docs("{source}"),
     output:
         model=f"{R}/quality/{{source}}/model.npz",
@@ -142,7 +147,7 @@ rule train_quality:
 
 rule tag_quality:
     input:
-        code("quality"),
+        code("tag-quality"),
         docs=f"{R}/documents/{{source}}/{{shard}}.jsonl.gz",
         model=f"{R}/quality/{{source}}/model.npz",
     output:
@@ -158,7 +163,7 @@ rule tag_quality:
 
 rule label_eval:
     input:
-        code("labeleval"),
+        code("label-eval"),
         labels=f"{R}/crawl/demo/labels.jsonl.gz",
         docs=docs("demo"),
         attributes=[
@@ -185,7 +190,7 @@ rule label_eval:
 
 rule mix:
     input:
-        code("mix", "pii"),
+        code("mix"),
         docs=f"{R}/documents/{SOURCE}/{{shard}}.jsonl.gz",
         attributes=[
             f"{R}/attributes/{t}/{SOURCE}/{{shard}}.jsonl.gz" for t in ATTRIBUTE_SETS
@@ -206,7 +211,7 @@ rule mix:
 
 rule funnel:
     input:
-        code("mix"),
+        code("funnel"),
         funnels=[f"{R}/mixes/{{mix}}/{s}.funnel.json" for s in SHARDS],
     output:
         json=f"{R}/mixes/{{mix}}/funnel.json",

@@ -1,6 +1,6 @@
 rule heldout_docs:
     input:
-        code("tokenize"),
+        code("heldout-docs"),
         docs=mixed(MIX),
     output:
         f"{R}/eval/heldout/{MIX}.jsonl.gz",
@@ -19,7 +19,7 @@ rule heldout_docs:
 
 rule evaluate:
     input:
-        code("evaluate", "evaltasks", "lm", "model", "olmoe", "hf", "checkpoint"),
+        code("evaluate"),
         unpack(task_inputs),
         checkpoint=f"{R}/checkpoints/{{model}}",
         tokenizer=f"{R}/tokenizer/{MIX}/tokenizer.json",
@@ -54,7 +54,7 @@ rule evaluate:
 
 rule eval_summary:
     input:
-        code("evaluate"),
+        code("eval-summary"),
         results=[f"{R}/eval/{m}/{t}.json" for m in EVAL_MODELS for t in EVAL["tasks"]]
         + [
             f"{R}/eval/{m}/{t}.json"
@@ -80,7 +80,7 @@ rule eval_summary:
 
 rule midtrain_report:
     input:
-        code("midtrain_report"),
+        code("midtrain-report"),
         results=[
             f"{R}/eval/{m}/{t}.json"
             for m in ["pretrain"] + MIDTRAIN_MODELS
@@ -109,7 +109,7 @@ rule midtrain_report:
 
 rule posttrain_report:
     input:
-        code("posttrain_report", "rlvr", "dpo", "instruct", "chat"),
+        code("posttrain-report"),
         sft=checkpoint_path("sft"),
         dpo=checkpoint_path("dpo"),
         rlvr=checkpoint_path("rlvr"),
@@ -143,7 +143,7 @@ rule posttrain_report:
 
 rule promptability_report:
     input:
-        code("promptability", "posttrain_report"),
+        code("promptability-report"),
         base=checkpoint_path(config["promptability"]["from"]),
         treated=checkpoint_path("promptable"),
         heldout=f"{R}/promptability/heldout.jsonl.gz",

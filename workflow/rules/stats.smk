@@ -1,6 +1,6 @@
 rule stats:
     input:
-        code("stats", "pii", "taggers", "tasks", "dedup"),
+        code("stats"),
         docs=corpus_shards,
         tokenizer=f"{R}/tokenizer/{MIX}/tokenizer.json",
         tasks=rules.make_tasks.output,
@@ -45,7 +45,7 @@ rule stats:
 
 rule overlap:
     input:
-        code("stats"),
+        code("overlap"),
         a=lambda w: corpus_shards(w, w.a),
         b=lambda w: corpus_shards(w, w.b),
     output:

@@ -1,6 +1,6 @@
 rule train_tokenizer:
     input:
-        code("tokenize", "chat"),
+        code("train-tokenizer"),
         docs=mixed("{mix}"),
     output:
         tokenizer=f"{R}/tokenizer/{{mix}}/tokenizer.json",

@@ -1,10 +1,9 @@
 TOKENS = f"{R}/tokens/{MIX}"
-TRAIN_CODE = code("model", "olmoe", "hf", "train", "checkpoint")
 
 
 rule init_model:
     input:
-        code("model", "olmoe", "hf", "checkpoint"),
+        code("init-model"),
         meta=f"{TOKENS}/meta.json",
     output:
         directory(f"{R}/checkpoints/{{init}}"),
@@ -27,7 +26,7 @@ rule init_model:
 
 rule pretrain:
     input:
-        TRAIN_CODE,
+        code("launch", "pretrain"),
         init=checkpoint_path("init"),
         tokens=f"{TOKENS}/train.npy",
         meta=f"{TOKENS}/meta.json",
@@ -56,8 +55,7 @@ rule pretrain:
 
 rule grow:
     input:
-        TRAIN_CODE,
-        code("grow"),
+        code("launch", "grow"),
         checkpoint=checkpoint_path("pretrain"),
         tokens=f"{TOKENS}/train.npy",
         meta=f"{TOKENS}/meta.json",
@@ -90,7 +88,7 @@ rule grow:
 
 rule baseline:
     input:
-        TRAIN_CODE,
+        code("launch", "pretrain"),
         init=checkpoint_path("init-grown"),
         tokens=f"{TOKENS}/train.npy",
         meta=f"{TOKENS}/meta.json",
@@ -119,7 +117,7 @@ rule baseline:
 
 rule growth_report:
     input:
-        code("growth_report"),
+        code("growth-report"),
         small=f"{R}/train/pretrain/metrics.csv",
         grown=f"{R}/train/grow/metrics.csv",
         baseline=f"{R}/train/baseline/metrics.csv",
@@ -145,7 +143,7 @@ rule growth_report:
 
 rule anneal:
     input:
-        TRAIN_CODE,
+        code("launch", "pretrain"),
         init=checkpoint_path("pretrain"),
         tokens=f"{R}/tokens/{{mix}}/train.npy",
         meta=f"{R}/tokens/{{mix}}/meta.json",
@@ -174,7 +172,7 @@ rule anneal:
 
 rule soup:
     input:
-        code("checkpoint", "model", "olmoe", "hf"),
+        code("soup"),
         ingredients=[checkpoint_path(name) for name in ANNEALS],
     output:
         directory(checkpoint_path("soup-{mix}")),
@@ -188,7 +186,7 @@ rule soup:
 
 rule sft_data:
     input:
-        code("sft", "tasks", "sources"),
+        code("sft-data"),
         mixes=mixed(),
     output:
         f"{R}/sft/data.jsonl.gz",
@@ -211,8 +209,7 @@ rule sft_data:
 
 rule sft:
     input:
-        TRAIN_CODE,
-        code("sft"),
+        code("launch", "sft"),
         checkpoint=checkpoint_path("grow"),
         data=f"{R}/sft/data.jsonl.gz",
         tokenizer=f"{R}/tokenizer/{MIX}/tokenizer.json",
@@ -240,7 +237,7 @@ rule sft:
 
 rule instruct_data:
     input:
-        code("instruct", "tasks", "sources"),
+        code("instruct-data"),
         mixes=mixed(),
     output:
         **{name: f"{R}/instruct/{name}.jsonl.gz" for name in INSTRUCT_FILES},
@@ -262,8 +259,7 @@ rule instruct_data:
 
 rule dpo:
     input:
-        TRAIN_CODE,
-        code("dpo", "instruct", "chat"),
+        code("launch", "dpo"),
         checkpoint=checkpoint_path("sft"),
         train=instruct_file("dpo", "train"),
         valid=instruct_file("dpo", "valid"),
@@ -293,8 +289,7 @@ rule dpo:
 
 rule rlvr:
     input:
-        TRAIN_CODE,
-        code("rlvr", "instruct", "chat"),
+        code("launch", "rlvr"),
         checkpoint=checkpoint_path("dpo"),
         train=instruct_file("rlvr", "train"),
         valid=instruct_file("rlvr", "valid"),
@@ -324,7 +319,7 @@ rule rlvr:
 
 rule prompt_tasks:
     input:
-        code("promptability", "instruct", "sources"),
+        code("prompt-tasks"),
         mixes=mixed(),
     output:
         train=f"{R}/promptability/train.jsonl.gz",
@@ -346,8 +341,7 @@ rule prompt_tasks:
 
 rule promptable:
     input:
-        TRAIN_CODE,
-        code("promptability"),
+        code("launch", "promptable"),
         checkpoint=checkpoint_path(config["promptability"]["from"]),
         data=f"{R}/promptability/train.jsonl.gz",
         tokenizer=f"{R}/tokenizer/{MIX}/tokenizer.json",
@@ -381,7 +375,7 @@ rule promptable:
 
 rule loss_plot:
     input:
-        code("train"),
+        code("plot-loss"),
         pretrain=f"{R}/train/pretrain/metrics.csv",
         grow=f"{R}/train/grow/metrics.csv",
         sft=f"{R}/train/sft/metrics.csv",

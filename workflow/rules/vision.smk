@@ -1,12 +1,11 @@
 # Molmo at toy scale: generated scenes in PixMo's formats -> caption pretraining of a ViT +
 # connector + our LM -> fine-tuning on the sqrt(size) mixture; a text-only baseline on the same
 # mixture; captions, VQA, pointing and counting on held-out scenes.
-VLM_CODE = code("vision", "pixmo", "chat")
 
 
 rule scenes:
     input:
-        code("pixmo"),
+        code("scenes"),
     output:
         directory(f"{R}/vision/scenes"),
     log:
@@ -23,8 +22,7 @@ rule scenes:
 
 rule vlm:
     input:
-        TRAIN_CODE,
-        VLM_CODE,
+        code("launch", "vlm"),
         checkpoint=lambda w: vlm_stage(w.stage)[0],
         scenes=f"{R}/vision/scenes",
         tokenizer=f"{R}/tokenizer/{MIX}/tokenizer.json",
@@ -59,7 +57,7 @@ rule vlm:
 
 rule vision_loss_plot:
     input:
-        code("train"),
+        code("plot-loss"),
         metrics=expand(
             f"{R}/train/vlm-{{stage}}/metrics.csv",
             stage=["caption", "finetune", "text_only"],
@@ -81,8 +79,7 @@ rule vision_loss_plot:
 
 rule vlm_report:
     input:
-        VLM_CODE,
-        code("vlm_eval", "posttrain_report"),
+        code("vlm-report"),
         vlm=checkpoint_path("vlm-finetune"),
         text_only=checkpoint_path("vlm-text_only"),
         scenes=f"{R}/vision/scenes",

@@ -1,0 +1,1 @@
+"""The data half: crawl, extraction, taggers, dedup, decontamination, quality, mixing, tokens."""

@@ -1,0 +1,80 @@
+"""Decontamination: n-gram overlap of every paragraph with the evaluation sets.
+
+Items are normalised like the documents (lower case, punctuation removed) and cut into word
+n-grams; an item shorter than n contributes itself whole. A paragraph containing any of those
+n-grams gets a `decontam__overlap` span scored by the share of its n-grams that are task n-grams,
+and the mixer can drop the document (or the span) on it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lmforge.data.attributes import AttributeStep, Spans, attribute_key, run_step
+from lmforge.data.dedup import normalized_words, paragraph_spans
+from lmforge.eval import generated as tasks
+from lmforge.runner import CFG, OUT, arg, command
+
+
+def _ngrams(words: list[str], n: int) -> set[tuple[str, ...]]:
+    if len(words) < n:
+        return {tuple(words)} if words else set()
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def task_ngrams(task_dir: str | Path, n: int) -> tuple[set[tuple[str, ...]], set[int]]:
+    """All n-grams of all task items, and the lengths of items shorter than n."""
+    grams: set[tuple[str, ...]] = set()
+    short_lengths: set[int] = set()
+    for name in tasks.TASK_NAMES:
+        for item in tasks.load_task(Path(task_dir) / f"{name}.jsonl.gz"):
+            words = normalized_words(tasks.item_text(name, item))
+            grams |= _ngrams(words, n)
+            if len(words) < n:
+                short_lengths.add(len(words))
+    return grams, short_lengths
+
+
+def paragraph_overlap(paragraph: str, grams: set, n: int, short_lengths: set[int]) -> float:
+    words = normalized_words(paragraph)
+    candidates = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    hits = sum(gram in grams for gram in candidates)
+    for length in short_lengths:  # whole short items (e.g. "what is 3 4 answer 7")
+        hits += sum(tuple(words[i : i + length]) in grams
+                    for i in range(len(words) - length + 1))
+    return hits / max(len(candidates), 1)
+
+
+class Contamination(AttributeStep):
+    """`decontam__overlap` spans: paragraphs holding task n-grams, scored by their share."""
+
+    name = "decontam"
+    score_digits = 4
+
+    def __init__(self, task_dir, cfg: dict):
+        super().__init__(cfg)
+        self.grams, self.short_lengths = task_ngrams(task_dir, cfg["ngram"])
+
+    def tag(self, doc: dict) -> Spans:
+        spans = []
+        for start, end, paragraph in paragraph_spans(doc["text"]):
+            score = paragraph_overlap(paragraph, self.grams, self.cfg["ngram"], self.short_lengths)
+            if score > 0:
+                spans.append((start, end, score))
+        self.counts["contaminated_paragraphs"] += len(spans)
+        return {"overlap": spans}
+
+
+def decontaminate(docs_path, task_dir, out_path, cfg: dict) -> dict:
+    counts = run_step(Contamination(task_dir, cfg), [docs_path], [out_path])
+    return {"documents": counts["documents"],
+            "contaminated_documents": counts.get(attribute_key("decontam", "overlap"), 0),
+            "contaminated_paragraphs": counts.get("contaminated_paragraphs", 0)}
+
+
+@command("decontam", arg("--docs"), arg("--tasks-dir"), OUT, CFG,
+         job=lambda args: f"decontam/{Path(args.out).name}", inputs=("docs", "tasks_dir"),
+         outputs=("out",))
+def decontam_command(args, job) -> dict:
+    """Spans of one documents shard that hold evaluation items."""
+    return decontaminate(args.docs, args.tasks_dir, args.out, args.cfg)

@@ -1,0 +1,165 @@
+"""WARC/WET → Dolma documents.
+
+FastWARC reads the records (gzip per record or plain). HTML responses: Resiliparse decodes the
+charset and extracts the main text. WET conversion records already hold Common Crawl's text.
+A record that cannot become a document is skipped and counted by reason; a truncated or corrupt
+file ends that file's iteration with a counted error instead of killing the job.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+from fastwarc.warc import ArchiveIterator, WarcRecordType
+from resiliparse.extract.html2text import extract_plain_text
+from resiliparse.parse.encoding import bytes_to_str, detect_encoding
+from resiliparse.parse.html import HTMLTree
+
+from lmforge.io.storage import stable_hash, write_json, write_jsonl_gz
+from lmforge.runner import OUT, arg, command
+
+log = logging.getLogger(__name__)
+
+HTML_TYPES = ("text/html", "application/xhtml+xml")
+
+
+def _iso(date) -> str:
+    return date.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def iter_documents(warc_path: str | Path, source: str, skips: Counter) -> Iterator[dict]:
+    warc_path = Path(warc_path)
+    try:
+        stream = open(warc_path, "rb")
+    except OSError as err:
+        raise FileNotFoundError(f"cannot open WARC {warc_path}: {err}") from None
+    with stream:
+        records = ArchiveIterator(stream, parse_http=True, verify_digests=False)
+        while True:
+            try:
+                record = next(records)
+            except StopIteration:
+                break
+            except Exception as err:  # fastwarc raises on truncated/corrupt gzip members
+                skips["corrupt_file_tail"] += 1
+                log.warning("%s: stopped reading after a corrupt record: %s", warc_path, err)
+                break
+            doc = _to_document(record, warc_path, source, skips)
+            if doc is not None:
+                yield doc
+
+
+def _read_payload(record, skips: Counter) -> bytes | None:
+    try:
+        body = record.reader.read()
+    except Exception:  # a record cut short inside its payload
+        skips["truncated_payload"] += 1
+        return None
+    if not body:
+        skips["empty_payload"] += 1
+        return None
+    return body
+
+
+def _html_text(record, skips: Counter) -> tuple[str, str] | None:
+    """Main text of an HTTP response record holding HTML, and its content type."""
+    if record.http_headers is None:
+        skips["no_http_headers"] += 1
+        return None
+    status = record.http_headers.status_code
+    if status != 200:
+        skips[f"http_status:{status}"] += 1
+        return None
+    content_type = (record.http_headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    if content_type and content_type not in HTML_TYPES:
+        skips["not_html"] += 1
+        return None
+    body = _read_payload(record, skips)
+    if body is None:
+        return None
+    html = _decode_html(body, record.http_headers.get("Content-Type") or "")
+    text = extract_plain_text(HTMLTree.parse(html), main_content=True, alt_texts=False,
+                              links=False, list_bullets=True)
+    return text, content_type or "text/html"
+
+
+def _decode_html(body: bytes, content_type: str) -> str:
+    """The charset the server declared if the bytes decode with it, else UTF-8 if they are
+    valid UTF-8 (a strong signal: resiliparse's detector alone reads some UTF-8 pages as
+    cp1252, turning ’ into â€™), else resiliparse's detection."""
+    declared = content_type.partition("charset=")[2].split(";")[0].strip().strip('"\'')
+    for encoding in (declared, "utf-8"):
+        if encoding:
+            try:
+                return body.decode(encoding)
+            except (LookupError, UnicodeDecodeError):
+                pass
+    return bytes_to_str(body, detect_encoding(body))
+
+
+def _wet_text(record, skips: Counter) -> tuple[str, str] | None:
+    """A WET conversion record: Common Crawl already extracted the text (UTF-8)."""
+    body = _read_payload(record, skips)
+    if body is None:
+        return None
+    return bytes_to_str(body, "utf-8"), "text/plain"
+
+
+def _to_document(record, warc_path: Path, source: str, skips: Counter) -> dict | None:
+    if record.record_type == WarcRecordType.response:
+        extracted = _html_text
+    elif record.record_type == WarcRecordType.conversion:
+        extracted = _wet_text
+    else:
+        skips[f"record_type:{record.record_type}"] += 1
+        return None
+    url = (record.headers.get("WARC-Target-URI") or "").strip().strip("<>")
+    if not url:
+        skips["no_target_uri"] += 1
+        return None
+    result = extracted(record, skips)
+    if result is None:
+        return None
+    text, content_type = result[0].strip(), result[1]
+    if not text:
+        skips["no_text"] += 1
+        return None
+    record_id = record.headers.get("WARC-Record-ID", "")
+    date = _iso(record.record_date) if record.record_date else None
+    return {
+        "id": stable_hash(f"{warc_path.name}/{record_id}/{url}"),
+        "text": text,
+        "source": source,
+        "added": date,
+        "created": date,
+        "metadata": {
+            "url": url,
+            "warc_record_id": record_id,
+            "warc_file": warc_path.name,
+            "content_type": content_type,
+            "length": len(text),
+        },
+    }
+
+
+def extract(warc_path: str | Path, out_path: str | Path, source: str) -> dict:
+    skips: Counter = Counter()
+    kept = write_jsonl_gz(out_path, iter_documents(warc_path, source, skips))
+    for reason, count in sorted(skips.items()):
+        log.info("skipped %d record(s): %s", count, reason)
+    return {"documents": kept, "skipped": dict(sorted(skips.items()))}
+
+
+@command("extract", arg("--warc"), OUT, arg("--report"), arg("--source"),
+         job=lambda args: f"extract/{Path(args.out).name}",
+         params=lambda args: {"warc": args.warc, "source": args.source},
+         inputs=("warc",), outputs=("out", "report"))
+def extract_command(args, job) -> dict:
+    """Documents of one WARC file, with the count of each kind of skipped record."""
+    result = extract(args.warc, args.out, args.source)
+    write_json(args.report, result)
+    return {"documents": result["documents"],
+            **{f"skipped.{k}": v for k, v in result["skipped"].items()}}

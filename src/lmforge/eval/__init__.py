@@ -1,0 +1,1 @@
+"""Evaluation: the language-model interface, tasks, scoring, summaries and effects."""

@@ -1,0 +1,1 @@
+"""Storage (local, HTTP, S3), MLflow tracking and lineage."""

@@ -1,0 +1,1 @@
+"""Post-training: chat format, SFT, DPO, RLVR and promptability."""

@@ -1,0 +1,1 @@
+"""Corpus analyses (WIMBD) over documents and mixes, in DuckDB."""

@@ -1,0 +1,376 @@
+"""WIMBD-style corpus analyses ("What's In My Big Data?", Elazar et al. 2023) in DuckDB.
+
+Two passes. A Python pass over the shards (in parallel, one process per shard) measures what
+needs a model, a regex DuckDB's RE2 cannot run, or set look-ups, per document: tokenizer
+tokens, PII matches by type (the tagger's patterns, which use look-behind), toxic sentences
+(the toxicity tagger's model) and the evaluation items the document contains (13-gram overlap
+and verbatim), into `documents/*.parquet`. Then every analysis is DuckDB SQL over the corpus
+(parsed once into an on-disk scratch table) and that table, under the configured memory limit
+and temp directory, so a corpus larger than memory spills to disk; each result is written as
+`<analysis>.parquet`, then plots and `summary.md`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lmforge.data import pii
+from lmforge.io.storage import (
+    atomic_dir,
+    atomic_path,
+    read_jsonl,
+    write_json,
+    write_text,
+)
+from lmforge.runner import CFG, DOCS, OUT_DIR, arg, command
+from lmforge.stats.report import markdown, plots
+
+PII_KINDS = tuple(pii.PATTERNS)
+ANALYSES = (
+    "summary", "length_histogram", "domains", "schemes", "suffixes", "dates", "languages",
+    "ngrams", "duplicate_texts", "duplicate_urls", "duplicate_cluster_sizes", "pii", "toxic",
+    "contamination",
+)
+PLOTS = ("length_histogram", "domains", "ngrams", "languages", "dates")
+
+
+def sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _sql_list(paths) -> str:
+    # DDL cannot take prepared parameters, so file lists are quoted as SQL literals.
+    return "[" + ", ".join(sql_string(str(p)) for p in paths) + "]"
+
+
+def connect(cfg: dict, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
+    Path(cfg["temp_directory"]).mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(database)
+    con.execute(f"SET memory_limit = '{cfg['memory_limit']}'")
+    con.execute(f"SET threads = {int(cfg['threads'])}")
+    con.execute(f"SET temp_directory = {sql_string(str(cfg['temp_directory']))}")
+    con.execute("SET preserve_insertion_order = false")
+    return con
+
+
+def docs_view(con, paths: list[str], kind: str = "VIEW") -> None:
+    con.execute(
+        f"CREATE OR REPLACE {kind} docs AS SELECT id, text, source, created, metadata.url AS url "
+        f"FROM read_json({_sql_list(paths)}, format='newline_delimited', compression='gzip', "
+        "columns={id: 'VARCHAR', text: 'VARCHAR', source: 'VARCHAR', created: 'VARCHAR', "
+        "metadata: 'STRUCT(url VARCHAR)'})"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Python pass: per-document measurements that need our tokenizer, patterns or models.
+
+
+def task_index(tasks_dir: str | None, n: int) -> tuple[dict, dict]:
+    """n-gram → item ids, and item id → (task, normalised words), for every evaluation item."""
+    from lmforge.data.dedup import normalized_words
+    from lmforge.eval import generated as tasks
+
+    grams: dict[tuple[str, ...], set[str]] = {}
+    items: dict[str, tuple[str, str]] = {}
+    if tasks_dir is None:
+        return grams, items
+    for name in tasks.TASK_NAMES:
+        for item in tasks.load_task(Path(tasks_dir) / f"{name}.jsonl.gz"):
+            words = normalized_words(tasks.item_text(name, item))
+            items[item["id"]] = (name, words)
+            # An item shorter than n is one key, as in decontamination.
+            keys = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)] or [tuple(words)]
+            for key in keys:
+                grams.setdefault(key, set()).add(item["id"])
+    return grams, items
+
+
+def contained_items(text: str, grams: dict, items: dict, n: int, short: set[int]):
+    """Evaluation items sharing an n-gram with the text (short items: whole), and those of
+    them found verbatim; words normalised as in decontamination. Set look-ups in Python: a
+    DuckDB join on zipped 13-gram tuples measured slower."""
+    from lmforge.data.dedup import normalized_words
+
+    words = normalized_words(text)
+    found: set[str] = set()
+    for length in {n} | short:
+        for i in range(len(words) - length + 1):
+            hit = grams.get(tuple(words[i:i + length]))
+            if hit:
+                found |= hit
+    if not found:
+        return [], []
+    normalized = " ".join(words)
+    exact = [item for item in found if " ".join(items[item][1]) in normalized]
+    return sorted(found), sorted(exact)
+
+
+def _measure_shard(args: tuple) -> str:
+    path, out_path, tokenizer_path, tasks_dir, cfg = args
+    from lmforge.data.taggers.toxic import ToxicTagger
+
+    tokenizer = None
+    if tokenizer_path:
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    n = cfg["contamination_ngram"]
+    grams, items = task_index(tasks_dir, n)
+    short = {len(key) for key in grams if len(key) < n}
+    toxic_cfg = {"sentence_threshold": cfg["toxic_sentence_threshold"], "max_toxic_fraction": 1.0}
+    columns: dict[str, list] = {name: [] for name in (
+        "id", "tokenizer_tokens", *(f"pii_{k}" for k in PII_KINDS), "toxic_sentences",
+        "items_ngram", "items_exact")}
+    batch: list[dict] = []
+
+    def flush():
+        if tokenizer is not None:
+            encoded = tokenizer.encode_batch([doc["text"] for doc in batch])
+            columns["tokenizer_tokens"] += [len(e.ids) for e in encoded]
+        else:
+            columns["tokenizer_tokens"] += [None] * len(batch)
+        toxic = ToxicTagger(toxic_cfg).tag_batch(batch)
+        for doc, toxic_attrs in zip(batch, toxic):
+            columns["id"].append(doc["id"])
+            found = pii.find(doc["text"])
+            for kind in PII_KINDS:
+                columns[f"pii_{kind}"].append(len(found[kind]))
+            columns["toxic_sentences"].append(len(toxic_attrs["sentence"]))
+            ngram_items, exact_items = contained_items(doc["text"], grams, items, n, short)
+            columns["items_ngram"].append(ngram_items)
+            columns["items_exact"].append(exact_items)
+        batch.clear()
+
+    for doc in read_jsonl(path):
+        batch.append(doc)
+        if len(batch) == 256:
+            flush()
+    flush()
+    table = pa.table({
+        **columns,
+        "tokenizer_tokens": pa.array(columns["tokenizer_tokens"], pa.int64()),
+        "items_ngram": pa.array(columns["items_ngram"], pa.list_(pa.string())),
+        "items_exact": pa.array(columns["items_exact"], pa.list_(pa.string())),
+    })
+    pq.write_table(table, out_path)
+    return out_path
+
+
+def measure_documents(paths: list[str], out_dir: Path, tokenizer, tasks_dir, cfg: dict,
+                      workers: int) -> Path:
+    """The Python pass: `out_dir/documents/` holds one parquet per shard."""
+    target = out_dir / "documents"
+    with atomic_dir(target) as tmp:
+        jobs = [(str(p), str(tmp / f"{i:05d}.parquet"), tokenizer, tasks_dir, cfg)
+                for i, p in enumerate(paths)]
+        if workers > 1 and len(jobs) > 1:
+            with concurrent.futures.ProcessPoolExecutor(min(workers, len(jobs))) as pool:
+                list(pool.map(_measure_shard, jobs))
+        else:
+            for job in jobs:
+                _measure_shard(job)
+    return target
+
+
+# ---------------------------------------------------------------------------------------------
+# DuckDB analyses.
+
+_WORDS = "string_split_regex(trim(text), '\\s+')"
+QUERIES = {
+    "summary": f"""
+        SELECT count(*) AS documents, coalesce(sum(length(text)), 0) AS characters,
+               coalesce(sum(CASE WHEN trim(text) = '' THEN 0 ELSE len({_WORDS}) END), 0)
+                   AS whitespace_tokens,
+               (SELECT sum(tokenizer_tokens) FROM measured) AS tokenizer_tokens,
+               count(DISTINCT md5(text)) AS distinct_texts, count(DISTINCT url) AS distinct_urls,
+               coalesce(median(length(text)), 0) AS median_characters
+        FROM docs""",
+    "length_histogram": """
+        SELECT floor(log2(greatest(length(text), 1)))::INTEGER AS log2_chars_bucket,
+               count(*) AS documents
+        FROM docs GROUP BY 1 ORDER BY 1""",
+    "domains": """
+        SELECT lower(regexp_extract(url, '^[a-zA-Z][a-zA-Z0-9+.-]*://([^/:?#]+)', 1)) AS domain,
+               count(*) AS documents, sum(length(text)) AS characters
+        FROM docs GROUP BY 1 ORDER BY documents DESC, domain""",
+    "schemes": """
+        SELECT lower(regexp_extract(url, '^([a-zA-Z][a-zA-Z0-9+.-]*)://', 1)) AS scheme,
+               count(*) AS documents
+        FROM docs GROUP BY 1 ORDER BY documents DESC, scheme""",
+    "suffixes": """
+        SELECT lower(regexp_extract(url, '^[a-zA-Z][a-zA-Z0-9+.-]*://[^/:?#]*\\.([a-zA-Z0-9-]+)'
+                                         '(?:[/:?#]|$)', 1)) AS suffix,
+               count(*) AS documents
+        FROM docs GROUP BY 1 ORDER BY documents DESC, suffix""",
+    "dates": """
+        SELECT strftime(try_cast(created AS TIMESTAMP), '%Y-%m-%d') AS created_day,
+               count(*) AS documents
+        FROM docs GROUP BY 1 ORDER BY 1""",
+    "duplicate_texts": """
+        SELECT md5(text) AS text_md5, count(*) AS cluster_size, min(id) AS example_id
+        FROM docs GROUP BY 1 HAVING count(*) > 1 ORDER BY cluster_size DESC, text_md5""",
+    "duplicate_urls": """
+        SELECT url, count(*) AS cluster_size
+        FROM docs WHERE url IS NOT NULL GROUP BY 1 HAVING count(*) > 1
+        ORDER BY cluster_size DESC, url""",
+    "duplicate_cluster_sizes": """
+        SELECT 'text' AS key, cluster_size, count(*) AS clusters FROM duplicate_texts GROUP BY 2
+        UNION ALL
+        SELECT 'url', cluster_size, count(*) FROM duplicate_urls GROUP BY 2
+        ORDER BY key, cluster_size""",
+    "pii": " UNION ALL ".join(
+        f"SELECT '{kind}' AS type, coalesce(sum(pii_{kind}), 0) AS matches, "
+        f"count(*) FILTER (WHERE pii_{kind} > 0) AS documents FROM measured"
+        for kind in PII_KINDS),
+    "toxic": """
+        SELECT coalesce(sum(toxic_sentences), 0) AS toxic_sentences,
+               count(*) FILTER (WHERE toxic_sentences > 0) AS documents_with_toxic_sentences,
+               count(*) AS documents
+        FROM measured""",
+    "contamination": """
+        WITH hits AS (SELECT id, unnest(items_ngram) AS item FROM measured),
+             exact AS (SELECT DISTINCT unnest(items_exact) AS item FROM measured),
+             docs_per_task AS (SELECT task, count(DISTINCT id) AS documents
+                               FROM hits JOIN task_items USING (item) GROUP BY task)
+        SELECT task, count(*) AS items,
+               count(*) FILTER (WHERE item IN (SELECT item FROM hits)) AS contaminated_ngram,
+               count(*) FILTER (WHERE item IN (SELECT item FROM exact)) AS contaminated_exact,
+               contaminated_ngram / count(*) AS share_ngram,
+               contaminated_exact / count(*) AS share_exact,
+               coalesce(any_value(d.documents), 0) AS contaminated_documents
+        FROM task_items LEFT JOIN docs_per_task d USING (task) GROUP BY task ORDER BY task""",
+}
+
+
+def _zipped(column: str, n: int) -> str:
+    """The word n-grams (n ≥ 2) of a list column, as tuples: list_zip of n shifted slices."""
+    slices = [f"{column}[{i}:-{n - i + 1}]" for i in range(1, n)] + [f"{column}[{n}:]"]
+    return f"list_zip({', '.join(slices)})"
+
+
+def _ngram_query(n: int, cfg: dict) -> str:
+    """Most and least common word n-grams: exact counts (DuckDB spills the GROUP BY to disk),
+    or with `method: approximate` DuckDB's bounded-memory approx_top_k (no least common).
+    n-grams are zipped from shifted slices of the word list: list_zip is vectorised, where a
+    lambda per position is an order of magnitude slower."""
+    k = int(cfg["top_k"])
+    if n == 1:
+        grams = f"SELECT unnest({_WORDS}) AS g FROM docs WHERE trim(text) <> ''"
+        as_text = "g"
+    else:
+        grams = (f"SELECT unnest({_zipped('w', n)}) AS g "
+                 f"FROM (SELECT {_WORDS} AS w FROM docs WHERE trim(text) <> '')")
+        as_text = "concat_ws(' ', " + ", ".join(f"g[{i}]" for i in range(1, n + 1)) + ")"
+    if cfg["method"] == "approximate":
+        return (f"SELECT {n} AS n, 'most' AS rank_kind, unnest(approx_top_k({as_text}, {k})) "
+                f"AS ngram, NULL::BIGINT AS count FROM ({grams})")
+    return f"""
+        WITH counts AS (SELECT g, count(*) AS count FROM ({grams}) GROUP BY g)
+        (SELECT {n} AS n, 'most' AS rank_kind, {as_text} AS ngram, count FROM counts
+         ORDER BY count DESC, ngram LIMIT {k})
+        UNION ALL
+        (SELECT {n}, 'least', {as_text} AS ngram, count FROM counts
+         ORDER BY count, ngram LIMIT {k})"""
+
+
+def _languages_query(lang_paths: list[str]) -> str:
+    if not lang_paths:
+        return "SELECT 'not tagged' AS language, count(*) AS documents FROM docs"
+    return f"""
+        WITH lang AS (
+            SELECT DISTINCT ON (id) id, replace(json_keys(attributes)[1], 'lang__', '') AS language
+            FROM read_json({_sql_list(lang_paths)}, format='newline_delimited',
+                           compression='gzip', columns={{id: 'VARCHAR', attributes: 'JSON'}}))
+        SELECT coalesce(lang.language, 'not tagged') AS language, count(*) AS documents
+        FROM docs LEFT JOIN lang USING (id) GROUP BY 1 ORDER BY documents DESC, language"""
+
+
+def corpus_stats(paths: list[str], out_dir: str | Path, cfg: dict, *, tokenizer=None,
+                 tasks_dir=None, lang_paths: list[str] = ()) -> dict:
+    """Every analysis of a corpus: `<analysis>.parquet`, plots, `summary.md`, `summary.json`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    measured = measure_documents([str(p) for p in paths], out_dir, tokenizer, tasks_dir, cfg,
+                                 int(cfg["duckdb"]["threads"]))
+    # The JSON is parsed once into a table in an on-disk scratch database, so the analyses
+    # neither re-read the shards nor hold the corpus in memory.
+    scratch = Path(cfg["duckdb"]["temp_directory"]) / f"stats-{os.getpid()}.duckdb"
+    scratch.unlink(missing_ok=True)
+    try:
+        return _analyse(connect(cfg["duckdb"], str(scratch)), paths, out_dir, measured, cfg,
+                        tasks_dir, lang_paths)
+    finally:
+        scratch.unlink(missing_ok=True)
+        Path(f"{scratch}.wal").unlink(missing_ok=True)
+
+
+def _analyse(con, paths, out_dir: Path, measured: Path, cfg: dict, tasks_dir, lang_paths) -> dict:
+    docs_view(con, [str(p) for p in paths], kind="TABLE")
+    con.execute("CREATE VIEW measured AS SELECT * FROM read_parquet("
+                f"{sql_string(str(measured / '*.parquet'))})")
+    _, items = task_index(tasks_dir, cfg["contamination_ngram"])
+    con.execute("CREATE TABLE task_items (task VARCHAR, item VARCHAR)")
+    if items:
+        con.executemany("INSERT INTO task_items VALUES (?, ?)",
+                        [(task, item) for item, (task, _) in items.items()])
+    queries = dict(QUERIES)
+    queries["ngrams"] = " UNION ALL ".join(
+        f"({_ngram_query(n, cfg['ngrams'])})" for n in range(1, cfg["ngrams"]["max_n"] + 1))
+    queries["languages"] = _languages_query([str(p) for p in lang_paths])
+    frames = {}
+    for name in ANALYSES:
+        con.execute(f"CREATE TABLE {name} AS {queries[name]}")
+        with atomic_path(out_dir / f"{name}.parquet") as tmp:
+            con.execute(f"COPY {name} TO {sql_string(str(tmp))} (FORMAT parquet)")
+        frames[name] = con.table(name).fetchdf()
+    summary = key_numbers(frames)
+    plots(frames, out_dir, cfg["top_k"])
+    write_json(out_dir / "summary.json", summary)
+    write_text(out_dir / "summary.md", markdown(summary, frames, cfg["top_k"]))
+    con.close()
+    return summary
+
+
+def number(value):
+    if value is None or value != value:  # NULL or NaN
+        return None
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def key_numbers(frames: dict) -> dict:
+    summary = {k: number(v) for k, v in frames["summary"].iloc[0].to_dict().items()}
+    dup_texts, dup_urls = frames["duplicate_texts"], frames["duplicate_urls"]
+    summary["duplicate_text_clusters"] = len(dup_texts)
+    summary["documents_in_duplicate_text_clusters"] = int(dup_texts["cluster_size"].sum())
+    summary["duplicate_url_clusters"] = len(dup_urls)
+    summary["documents_in_duplicate_url_clusters"] = int(dup_urls["cluster_size"].sum())
+    summary["domains"] = len(frames["domains"])
+    for row in frames["pii"].itertuples(index=False):
+        summary[f"pii_{row.type}"] = int(row.matches)
+    summary["toxic_sentences"] = int(frames["toxic"]["toxic_sentences"].iloc[0])
+    for row in frames["contamination"].itertuples(index=False):
+        summary[f"contaminated_{row.task}_ngram"] = int(row.contaminated_ngram)
+        summary[f"contaminated_{row.task}_exact"] = int(row.contaminated_exact)
+    return summary
+
+
+@command("stats", DOCS, OUT_DIR, CFG, arg("--tokenizer", default=None),
+         arg("--tasks-dir", default=None), arg("--lang-attributes", nargs="*", default=[]),
+         job=lambda args: f"stats/{Path(args.out_dir).name}",
+         inputs=("docs", "tokenizer", "tasks_dir", "lang_attributes"), outputs=("out_dir",))
+def stats_command(args, job) -> dict:
+    """WIMBD analyses of one corpus (DuckDB), with plots and a summary."""
+    summary = corpus_stats(args.docs, args.out_dir, args.cfg, tokenizer=args.tokenizer,
+                           tasks_dir=args.tasks_dir, lang_paths=args.lang_attributes)
+    logging.getLogger(__name__).info("stats: %s", summary)
+    for name in ("summary.md", *(f"{plot}.png" for plot in PLOTS)):
+        job.log_artifact(Path(args.out_dir) / name)
+    return {k: v for k, v in summary.items() if v is not None}

@@ -1,0 +1,1 @@
+"""Training: the loop, data order, DeepSpeed, plans, launch, growth and reports."""

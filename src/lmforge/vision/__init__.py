@@ -1,0 +1,1 @@
+"""The vision-language branch (Molmo): model, PixMo-style data, evaluation."""
