@@ -11,7 +11,7 @@ PEERS := .venv-peers
 DATATROVE := $(PEERS)/datatrove/.installed
 LM_EVAL := $(PEERS)/lm-eval/.installed
 
-.PHONY: demo experiments test setup peers lint bench-curate bench-stats bench-train bench-eval gpu-wheels \
+.PHONY: demo experiments test test-fast setup peers lint bench-curate bench-stats bench-train bench-eval gpu-wheels \
 	clean
 
 setup: $(STAMP)
@@ -66,6 +66,10 @@ lint: $(STAMP)
 
 test: $(STAMP) $(DATATROVE) $(LM_EVAL) lint
 	$(BIN)/pytest -q
+
+# The inner loop: every test not marked slow (workflow runs, peers, multi-process training).
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not slow"
 
 bench-curate: $(STAMP) $(DATATROVE)
 	$(BIN)/python benchmarks/curate/bench.py

@@ -72,6 +72,16 @@ def demo_crawl(tmp_path_factory, config) -> Path:
     return out
 
 
+def train_config(**values):
+    """A complete training config: small defaults for the keys a test does not set."""
+    from lmforge.train.config import TrainConfig
+
+    base = {"steps": 1, "micro_batch_size": 1, "grad_accum": 1, "lr": 1e-3, "min_lr_ratio": 0.1,
+            "warmup_steps": 0, "weight_decay": 0.0, "grad_clip": 1.0, "zero_stage": 0,
+            "precision": "fp32", "log_every": 1}
+    return TrainConfig.from_dict({**base, **values})
+
+
 def make_docs(texts: list[str], urls: list[str] | None = None, source: str = "test") -> list[dict]:
     urls = urls or [f"https://example.com/{i}" for i in range(len(texts))]
     return [{"id": f"d{i}", "text": t, "source": source, "added": None, "created": None,

@@ -120,12 +120,18 @@ GPU_VARIANTS = (
 def largest_fitting_micro_batch(preset: str, overrides: dict, run: dict) -> tuple[int, dict]:
     """The largest micro-batch `lmforge plan` fits into 90% of this GPU, and its plan."""
     from lmforge.model.hf import preset_config
+    from lmforge.train.config import TrainConfig
     from lmforge.train.plan import device_memory_bytes, estimate
 
     cfg = preset_config(preset, max_seq_len=run["seq"] + 1, **overrides)
     memory = device_memory_bytes("cuda")
     for batch in (4, 2, 1):
-        plan = estimate(cfg, {**run, "micro_batch_size": batch, "grad_accum": 1})
+        # The memory plan reads the layout only: the optimizer settings are the run's own.
+        train = TrainConfig(steps=run["steps"], micro_batch_size=batch, grad_accum=1, lr=1e-3,
+                            min_lr_ratio=0.1, warmup_steps=2, weight_decay=0.1, grad_clip=1.0,
+                            zero_stage=run["zero_stage"], precision=run["precision"],
+                            log_every=1)
+        plan = estimate(cfg, train)
         if plan["total_gib"] * 2**30 <= 0.9 * memory:
             return batch, plan
     sys.exit(f"{preset} does not fit this GPU even at micro-batch 1")

@@ -9,6 +9,7 @@ import yaml
 from lmforge.data.attributes import AttributeStep, attribute_key, run_step
 from lmforge.data.taggers import TAGGERS
 from lmforge.io.storage import read_jsonl, write_jsonl_gz
+
 from conftest import ROOT
 
 
@@ -35,7 +36,8 @@ def test_run_step_keys_rounds_counts_and_keeps_document_order(tmp_path):
     rows = list(read_jsonl(tmp_path / "a.out.gz"))
     assert [r["id"] for r in rows] == ["d0", "d1", "d2"]
     assert rows[0]["attributes"] == {"lengths__chars": [[0, 4, 1.33]]}
-    assert rows[1]["attributes"] == {"lengths__chars": [[0, 0, 0.0]], "lengths__empty": [[0, 0, 1.0]]}
+    assert rows[1]["attributes"] == {"lengths__chars": [[0, 0, 0.0]],
+                                     "lengths__empty": [[0, 0, 1.0]]}
     assert list(read_jsonl(tmp_path / "e.out.gz")) == []
     assert counts == {"documents": 3, "lengths__chars": 3, "lengths__empty": 1, "characters": 6}
     assert attribute_key("lengths", "chars") == "lengths__chars"

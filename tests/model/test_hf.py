@@ -11,6 +11,8 @@ from lmforge.model.hf import build, export_hf, import_hf, preset_config
 from lmforge.model.olmo2 import ModelConfig
 from lmforge.model.olmoe import MoE, MoEConfig, load_balancing_loss, router_z_loss
 
+from conftest import train_config
+
 DENSE = ModelConfig(vocab_size=97, d_model=32, n_layers=2, n_heads=4, mlp_hidden=64,
                     max_seq_len=16, rope_theta=500000.0)
 SPARSE = MoEConfig(vocab_size=97, d_model=32, n_layers=2, n_heads=4, mlp_hidden=24,
@@ -142,7 +144,7 @@ def test_plan_estimates_memory_and_refuses_what_cannot_fit(capsys):
     from lmforge.cli import main as cli
     from lmforge.train.plan import GIB, check_fits, estimate
 
-    train = {"precision": "bf16", "zero_stage": 1, "micro_batch_size": 1, "grad_accum": 1}
+    train = train_config(precision="bf16", zero_stage=1, micro_batch_size=1, grad_accum=1)
     plan = estimate(preset_config("olmo2-7b"), train, world_size=8)
     # bf16 weights and gradients (2 + 2 bytes), fp32 master + AdamW moments (12 bytes) / 8 ranks
     assert plan["weights_gib"] == pytest.approx(plan["parameters"] * 2 / GIB)
@@ -150,13 +152,13 @@ def test_plan_estimates_memory_and_refuses_what_cannot_fit(capsys):
     assert plan["flops_per_step"] == pytest.approx(
         build_meta("olmo2-7b").flops_per_token() * 4096 * 8)
     check_fits(plan, 80 * GIB)  # fits an 80 GB GPU
-    fp32 = estimate(preset_config("olmo2-7b"), {**train, "precision": "fp32", "zero_stage": 0})
+    fp32 = estimate(preset_config("olmo2-7b"), train.replace(precision="fp32", zero_stage=0))
     with pytest.raises(InputError, match="lower micro_batch_size"):
         check_fits(fp32, 80 * GIB)
-    train_json = json.dumps({**train, "precision": "fp32", "zero_stage": 0})
+    train_json = json.dumps(train.replace(precision="fp32", zero_stage=0).to_dict())
     assert cli(["plan", "--preset", "olmo2-7b", "--cfg", train_json,
                 "--device-memory-gib", "80"]) == 2
-    assert cli(["plan", "--preset", "olmoe-1b-7b", "--cfg", json.dumps(train),
+    assert cli(["plan", "--preset", "olmoe-1b-7b", "--cfg", json.dumps(train.to_dict()),
                 "--world-size", "8", "--device-memory-gib", "80"]) == 0
     assert "active parameters per token | 1.2" in capsys.readouterr().out
 
@@ -186,7 +188,7 @@ def test_plan_predicts_the_peak_memory_measured_on_an_h200(preset, overrides, me
     from lmforge.train.plan import estimate
 
     plan = estimate(preset_config(preset, **overrides),
-                    {"precision": "bf16", "zero_stage": 0, "micro_batch_size": 4, "grad_accum": 1})
+                    train_config(precision="bf16", zero_stage=0, micro_batch_size=4, grad_accum=1))
     assert plan["total_gib"] == pytest.approx(measured_gib, rel=0.03)
 
 

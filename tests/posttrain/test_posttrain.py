@@ -13,7 +13,7 @@ from lmforge.posttrain import report as posttrain_report
 from lmforge.posttrain.sft import answer_rows
 from lmforge.train.loop import train
 
-from conftest import tokenizer_corpus
+from conftest import tokenizer_corpus, train_config
 
 TEXTS = [f"Sentence {i} says that the garden has {i % 7} apple trees and a small river nearby. "
          f"The old miller counted {i % 5} sacks of flour before the evening market opened."
@@ -282,10 +282,8 @@ def test_dpo_raises_heldout_reward_accuracy(corpus, tmp_path):
 
     train_pairs, valid_pairs = pairs(TEXTS[:200]), pairs(TEXTS[250:])
     model = _model(tok)
-    cfg = {"loss_type": "dpo_norm", "beta": 2.0, "steps": 30, "micro_batch_size": 8,
-           "grad_accum": 1, "lr": 3e-3, "min_lr_ratio": 0.0, "warmup_steps": 0,
-           "schedule": "linear", "weight_decay": 0.0, "grad_clip": 1.0, "zero_stage": 0,
-           "precision": "fp32", "log_every": 10, "eval_every": 10}
+    cfg = train_config(loss_type="dpo_norm", beta=2.0, steps=30, micro_batch_size=8, lr=3e-3,
+                       min_lr_ratio=0.0, schedule="linear", log_every=10, eval_every=10)
     reference = dpo.reference_logps(model, train_pairs, pad, average=True)
     valid_reference = dpo.reference_logps(model, valid_pairs, pad, average=True)
     summary = train(model, dpo.preference_batches(train_pairs, reference, pad, cfg, seed=0),
@@ -332,8 +330,9 @@ def test_grpo_step_favours_the_verified_response(corpus, monkeypatch):
         (good, True), (bad, True), (endless, False)]])
     record = {"messages": _user("Say it softly."), "dataset": "ifeval",
               "ground_truth": json.dumps({"func_name": "validate_lowercase"})}
-    cfg = {"samples_per_prompt": 3, "max_new_tokens": 4, "temperature": 1.0, "top_p": 1.0,
-           "beta": 0.05, "correct_reward": 10.0, "unterminated_reward": -10.0}
+    cfg = train_config(samples_per_prompt=3, max_new_tokens=4, temperature=1.0, top_p=1.0,
+                       beta=0.05, correct_reward=10.0, unterminated_reward=-10.0,
+                       micro_batch_size=3)
     objective = rlvr.grpo_objective(reference, tok, eos, pad)
     prompt = rlvr.prompt_ids(tok, record)
 
@@ -344,7 +343,6 @@ def test_grpo_step_favours_the_verified_response(corpus, monkeypatch):
 
     before = logps()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    cfg.update(micro_batch_size=3, grad_accum=1)
     loss, parts, tokens = objective(_Engine(model), {"records": [record], "seed": 0,
                                                      "micro_step": 0}, cfg)
     loss.backward()
@@ -359,7 +357,7 @@ def test_grpo_step_favours_the_verified_response(corpus, monkeypatch):
 
 def test_a_step_samples_its_prompts_once_and_splits_the_responses():
     records = [{"id": i} for i in range(40)]
-    cfg = {"samples_per_prompt": 4, "micro_batch_size": 8, "grad_accum": 2}
+    cfg = train_config(samples_per_prompt=4, micro_batch_size=8, grad_accum=2)
     ranks = [rlvr.prompt_batches(records, cfg, seed=5, rank=r, world_size=2) for r in (0, 1)]
     first, second = ranks[0](3, 0), ranks[0](3, 1)
     assert first["records"] == second["records"] and first["seed"] == second["seed"]
@@ -367,7 +365,7 @@ def test_a_step_samples_its_prompts_once_and_splits_the_responses():
     other = ranks[1](3, 0)["records"]
     assert not {r["id"] for r in other} & {r["id"] for r in first["records"]}
     with pytest.raises(ValueError, match="not a multiple of samples_per_prompt 3"):
-        rlvr.prompts_per_rank({**cfg, "samples_per_prompt": 3})
+        rlvr.prompts_per_rank(cfg.replace(samples_per_prompt=3))
 
 
 def test_group_advantages():
@@ -380,7 +378,7 @@ def test_group_advantages():
 def test_rlvr_refuses_sharded_parameters(capsys):
     from lmforge.cli import main
 
-    cfg = {"steps": 1, "micro_batch_size": 4, "grad_accum": 1, "zero_stage": 3}
+    cfg = train_config(micro_batch_size=4, zero_stage=3).to_dict()
     assert main(["rlvr", "--checkpoint", "c", "--train", "t", "--valid", "v", "--tokenizer",
                  "k", "--cfg", json.dumps(cfg), "--seed", "0", "--out", "o", "--metrics",
                  "m"]) == 2

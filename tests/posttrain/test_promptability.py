@@ -98,7 +98,6 @@ def test_prompt_tuning_trains_only_the_prompt_and_fits_the_shots(corpus):
         return torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(),
                                                  ignore_index=-100)
 
-    tuned = promptability.prompt_tune(model, tok, shots, pad, start,
-                                      {"tune_steps": 30, "tune_lr": 3e-2})
+    tuned = promptability.prompt_tune(model, tok, shots, pad, start, steps=30, lr=3e-2)
     assert loss(tuned) < loss(start) - 0.1
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())

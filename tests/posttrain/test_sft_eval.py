@@ -14,7 +14,7 @@ from lmforge.model.olmo2 import ModelConfig, Olmo2, causal_lm_loss
 from lmforge.posttrain.instruct import CONSTRAINT_TEMPLATES, verify_constraint
 from lmforge.posttrain.sft import encode_example, make_sft_data, pack, sft_batches
 
-from conftest import make_docs
+from conftest import make_docs, train_config
 
 TEXTS = [f"Sentence {i} says that the garden has {i % 7} apple trees and a small river nearby."
          for i in range(300)]
@@ -59,7 +59,7 @@ def test_loss_only_on_assistant_tokens(tmp_path):
         "5" + EOS
     write_jsonl_gz(tmp_path / "sft.jsonl.gz", [example] * 3)
     batches, info = sft_batches(tok, tmp_path / "sft.jsonl.gz", 32,
-                                {"micro_batch_size": 2, "grad_accum": 1}, seed=0)
+                                train_config(micro_batch_size=2, grad_accum=1), seed=0)
     inputs, targets, docs = batches(0, 0)
     assert inputs.shape == targets.shape == docs.shape == (2, 31) and info["examples"] == 3
     per_row = 32 // len(ids)

@@ -69,15 +69,21 @@ def test_node_lists_expand_like_scontrol(monkeypatch):
     assert expand_nodelist("node9") == ["node9"]
 
 
-def test_global_batch_size_sets_accumulation_for_the_world_size():
-    cfg = {"micro_batch_size": 4, "global_batch_size": 512}
-    assert resolve_batch(cfg, 32)["grad_accum"] == 4
-    assert resolve_batch(cfg, 128)["grad_accum"] == 1
+def test_global_batch_size_sets_accumulation_for_the_world_size(config):
+    cfg = {**{k: v for k, v in config["pretrain"].items() if k != "grad_accum"},
+           "micro_batch_size": 4, "global_batch_size": 512}
+    assert resolve_batch(cfg, 32).grad_accum == 4
+    assert resolve_batch(cfg, 128).grad_accum == 1
     with pytest.raises(ValueError, match="not a multiple"):
         resolve_batch(cfg, 256)
     with pytest.raises(ValueError, match="contradicts"):
         resolve_batch({**cfg, "grad_accum": 2}, 32)
-    assert resolve_batch({"micro_batch_size": 2, "grad_accum": 3}, 8)["grad_accum"] == 3
+    fixed = {k: v for k, v in cfg.items() if k != "global_batch_size"}
+    assert resolve_batch({**fixed, "micro_batch_size": 2, "grad_accum": 3}, 8).grad_accum == 3
+    with pytest.raises(InputError, match="grad_accum or global_batch_size"):
+        resolve_batch(fixed, 8)
+    with pytest.raises(InputError, match=r"train: unknown key\(s\) \['steps_total'\]"):
+        resolve_batch({**cfg, "steps_total": 3}, 8)
 
 
 def test_warc_inputs_from_globs_urls_and_a_common_crawl_manifest(tmp_path):

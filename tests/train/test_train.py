@@ -10,6 +10,8 @@ from lmforge.train.data import instance_batches
 from lmforge.train.loop import train
 from lmforge.train.optim import lr_lambda, param_groups
 
+from conftest import train_config
+
 TRAIN = {"steps": 12, "micro_batch_size": 4, "grad_accum": 2, "lr": 1e-2, "min_lr_ratio": 0.1,
          "warmup_steps": 2, "weight_decay": 0.1, "grad_clip": 1.0, "zero_stage": 1,
          "precision": "fp32", "log_every": 3}
@@ -281,18 +283,20 @@ def test_without_zero_a_checkpoint_of_two_processes_loads_in_one(tmp_path):
 def test_resuming_refuses_another_config_or_global_batch(tmp_path):
     from lmforge.io.storage import write_json
     from lmforge.train.checkpointing import resume_point
+    from lmforge.train.config import TrainConfig
 
-    cfg = {"steps": 10, "micro_batch_size": 2, "grad_accum": 2, "lr": 1e-2, "zero_stage": 1,
-           "checkpoint_every": 4}
+    cfg = TrainConfig(steps=10, micro_batch_size=2, grad_accum=2, lr=1e-2, min_lr_ratio=0.1,
+                      warmup_steps=0, weight_decay=0.0, grad_clip=1.0, zero_stage=1,
+                      precision="fp32", log_every=1, checkpoint_every=4)
     step = tmp_path / "run.steps" / "step-000004"
     step.mkdir(parents=True)
-    write_json(step / "trainer_state.json", {"step": 4, "config": cfg, "world_size": 2})
-    assert resume_point(tmp_path / "run", {**cfg, "micro_batch_size": 4}, 1)[0] == step
-    assert resume_point(tmp_path / "run", {**cfg, "checkpoint_every": 2}, 2)[0] == step
+    write_json(step / "trainer_state.json", {"step": 4, "config": cfg.to_dict(), "world_size": 2})
+    assert resume_point(tmp_path / "run", cfg.replace(micro_batch_size=4), 1)[0] == step
+    assert resume_point(tmp_path / "run", cfg.replace(checkpoint_every=2), 2)[0] == step
     with pytest.raises(ValueError, match="global batch of 8"):
         resume_point(tmp_path / "run", cfg, 1)
     with pytest.raises(ValueError, match=r"\(lr differ\)"):
-        resume_point(tmp_path / "run", {**cfg, "lr": 1e-3}, 2)
+        resume_point(tmp_path / "run", cfg.replace(lr=1e-3), 2)
 
 
 @pytest.mark.parametrize("zero_stage", [0, 1])
@@ -360,8 +364,8 @@ def test_sum_reduction_adds_the_labelled_tokens_losses():
     inputs = torch.randint(0, 50, (2, 8))
     labels = torch.randint(0, 50, (2, 8))
     labels[0, :5] = -100
-    mean, parts = training_loss(Engine(), inputs, labels, {})
-    total, _ = training_loss(Engine(), inputs, labels, {"loss_reduction": "sum"})
+    mean, parts = training_loss(Engine(), inputs, labels, train_config())
+    total, _ = training_loss(Engine(), inputs, labels, train_config(loss_reduction="sum"))
     by_hand = F.cross_entropy(model(inputs).view(-1, 50), labels.view(-1), ignore_index=-100,
                               reduction="sum")
     assert total.item() == pytest.approx(by_hand.item(), rel=1e-5)

@@ -16,7 +16,7 @@ from lmforge.vision import evaluate as vlm_eval
 from lmforge.vision import molmo as vision
 from lmforge.vision import pixmo
 
-from conftest import tokenizer_corpus
+from conftest import tokenizer_corpus, train_config
 
 SCENES = {"train_images": 24, "eval_images": 6, "max_objects": 4, "image_size": 56}
 ENCODER = {"d_vit": 32, "vit_layers": 2, "vit_heads": 2, "pool_heads": 2,
@@ -204,8 +204,8 @@ def test_the_mixture_samples_by_square_root_of_size_the_same_on_any_world_size(s
                               tokenizer, EOS, cfg, 100) for k in ("pixmo_cap", "vqa")]
     sets[1].rows = sets[1].rows[:6]  # 24 vs 6 examples: drawn 2 : 1
     pad = tokenizer.token_to_id(PAD)
-    one = vision.mixture_batches(sets, {"micro_batch_size": 8, "grad_accum": 1}, 0, pad)
-    two = [vision.mixture_batches(sets, {"micro_batch_size": 4, "grad_accum": 1}, 0, pad,
+    one = vision.mixture_batches(sets, train_config(micro_batch_size=8, grad_accum=1), 0, pad)
+    two = [vision.mixture_batches(sets, train_config(micro_batch_size=4, grad_accum=1), 0, pad,
                                   rank=r, world_size=2) for r in (0, 1)]
     for step in range(3):
         images, inputs, labels = one(step, 0)
@@ -218,7 +218,7 @@ def test_the_mixture_samples_by_square_root_of_size_the_same_on_any_world_size(s
     # Each dataset walks through its own examples: no repeat before an epoch ends.
     vqa_positions = [draws.draw(i)[1] for i in range(3000) if taken[i] == 1]
     assert vqa_positions == list(range(len(vqa_positions)))
-    text_only = vision.mixture_batches(sets, {"micro_batch_size": 8, "grad_accum": 1}, 0, pad,
+    text_only = vision.mixture_batches(sets, train_config(micro_batch_size=8, grad_accum=1), 0, pad,
                                        with_images=False)
     assert all(torch.equal(a, b) for a, b in zip(text_only(1, 0), one(1, 0)[1:]))
 
@@ -277,8 +277,8 @@ def test_the_image_path_carries_what_text_alone_cannot(kind, metric, vlm_floor, 
     for name in ("vlm", "text_only"):
         decoder = _decoder(tokenizer.get_vocab_size(), 128)
         model = vision.Molmo(cfg, decoder) if name == "vlm" else decoder
-        batches = vision.mixture_batches([examples], {"micro_batch_size": 16, "grad_accum": 1},
-                                         0, pad, with_images=name == "vlm")
+        batches = vision.mixture_batches([examples], train_config(micro_batch_size=16), 0, pad,
+                                         with_images=name == "vlm")
         optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
         for step in range(100):
             *images, inputs, labels = batches(step, 0)

@@ -358,18 +358,13 @@ rule promptable:
     resources:
         **launch_resources("promptable"),
     params:
-        cfg=lambda w: json.dumps(
-            {
-                "prompt_tokens": config["promptability"]["prompt_tokens"],
-                **config["promptability"]["train"],
-            },
-            sort_keys=True,
-        ),
+        cfg=cfg_json("promptability", "train"),
+        prompt_tokens=config["promptability"]["prompt_tokens"],
         seed=SEED + 6,
     shell:
         "lmforge launch --nodes {resources.nodes} --processes {resources.processes} -- "
         "lmforge promptable --checkpoint {input.checkpoint} --data {input.data} "
-        "--tokenizer {input.tokenizer} --cfg {params.cfg:q} --seed {params.seed} "
+        "--tokenizer {input.tokenizer} --cfg {params.cfg:q} --prompt-tokens {params.prompt_tokens} --seed {params.seed} "
         "--out {output.checkpoint} --metrics {output.metrics} > {log} 2>&1"
 
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from lmforge.io.storage import read_jsonl, write_jsonl_gz
+from lmforge.settings import Section
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +36,10 @@ class AttributeStep:
     name: str
     score_digits = 6  # the scores' precision in the attribute file
     batch_size = 256
+    Config: type[Section] | None = None  # the step's config section, if it has one
 
-    def __init__(self, cfg: dict | None = None) -> None:
-        self.cfg = cfg or {}
+    def __init__(self, cfg: Section | Mapping | None = None) -> None:
+        self.cfg = self.Config.of(cfg) if self.Config else None
         self.counts: Counter = Counter()  # the step's own numbers, reported with the run's
 
     def begin_shard(self, index: int, docs_path: str | Path) -> None:

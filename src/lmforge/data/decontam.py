@@ -8,12 +8,22 @@ and the mixer can drop the document (or the span) on it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from lmforge.data.attributes import AttributeStep, Spans, attribute_key, run_step
 from lmforge.data.dedup import normalized_words, paragraph_spans
 from lmforge.eval import generated as tasks
 from lmforge.runner import CFG, OUT, arg, command
+from lmforge.settings import Section
+
+
+@dataclass(frozen=True)
+class DecontamConfig(Section):
+    SECTION = "curate.decontam"
+
+    ngram: int  # words per n-gram shared with an evaluation item
 
 
 def _ngrams(words: list[str], n: int) -> set[tuple[str, ...]]:
@@ -50,22 +60,23 @@ class Contamination(AttributeStep):
 
     name = "decontam"
     score_digits = 4
+    Config = DecontamConfig
 
-    def __init__(self, task_dir, cfg: dict):
+    def __init__(self, task_dir, cfg: DecontamConfig | Mapping):
         super().__init__(cfg)
-        self.grams, self.short_lengths = task_ngrams(task_dir, cfg["ngram"])
+        self.grams, self.short_lengths = task_ngrams(task_dir, self.cfg.ngram)
 
     def tag(self, doc: dict) -> Spans:
         spans = []
         for start, end, paragraph in paragraph_spans(doc["text"]):
-            score = paragraph_overlap(paragraph, self.grams, self.cfg["ngram"], self.short_lengths)
+            score = paragraph_overlap(paragraph, self.grams, self.cfg.ngram, self.short_lengths)
             if score > 0:
                 spans.append((start, end, score))
         self.counts["contaminated_paragraphs"] += len(spans)
         return {"overlap": spans}
 
 
-def decontaminate(docs_path, task_dir, out_path, cfg: dict) -> dict:
+def decontaminate(docs_path, task_dir, out_path, cfg: DecontamConfig | Mapping) -> dict:
     counts = run_step(Contamination(task_dir, cfg), [docs_path], [out_path])
     return {"documents": counts["documents"],
             "contaminated_documents": counts.get(attribute_key("decontam", "overlap"), 0),

@@ -12,7 +12,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -21,6 +22,37 @@ import numpy as np
 from lmforge.data.attributes import AttributeStep, Spans, attribute_key, run_step
 from lmforge.io.storage import atomic_path, read_jsonl
 from lmforge.runner import CFG, DOCS, OUT, OUTS, arg, command
+from lmforge.settings import Section
+
+
+@dataclass(frozen=True)
+class NgramOverlapConfig(Section):
+    SECTION = "curate.dedup.paragraphs.by_ngram"
+
+    ngram_length: int
+    stride: int
+    overlap_threshold: float
+    skip_short_paragraphs: bool
+
+
+@dataclass(frozen=True)
+class ParagraphDedupConfig(Section):
+    SECTION = "curate.dedup.paragraphs"
+
+    expected_paragraphs: int
+    false_positive_rate: float
+    by_ngram: NgramOverlapConfig | None = None  # None: exact paragraphs
+
+
+@dataclass(frozen=True)
+class MinhashConfig(Section):
+    SECTION = "curate.dedup.minhash"
+
+    ngram: int
+    bands: int
+    rows: int
+    seed: int
+    min_jaccard: float
 
 
 def normalize_url(url: str) -> str:
@@ -76,17 +108,17 @@ def paragraph_spans(text: str) -> Iterator[tuple[int, int, str]]:
         yield start, offset, paragraph
 
 
-def _paragraph_ngrams(paragraph: str, cfg: dict) -> list[str]:
+def _paragraph_ngrams(paragraph: str, cfg: NgramOverlapConfig) -> list[str]:
     """dolma's `by_ngram` keys: word n-grams every `stride` words; a paragraph shorter than n
     is one key unless `skip_short_paragraphs`."""
     words = paragraph.split()
-    n = cfg["ngram_length"]
+    n = cfg.ngram_length
     if len(words) < n:
-        return [] if cfg["skip_short_paragraphs"] else [" ".join(words)]
-    return [" ".join(words[i : i + n]) for i in range(0, len(words) - n + 1, cfg["stride"])]
+        return [] if cfg.skip_short_paragraphs else [" ".join(words)]
+    return [" ".join(words[i : i + n]) for i in range(0, len(words) - n + 1, cfg.stride)]
 
 
-def _ngram_overlap(paragraph: str, bloom, cfg: dict) -> float | None:
+def _ngram_overlap(paragraph: str, bloom, cfg: NgramOverlapConfig) -> float | None:
     """Share of the paragraph's n-grams already in the filter (then all are added)."""
     grams = _paragraph_ngrams(paragraph, cfg)
     if not grams:
@@ -104,13 +136,14 @@ class ParagraphDuplicates(AttributeStep):
 
     name = "dedup_para"
     score_digits = 4
+    Config = ParagraphDedupConfig
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: ParagraphDedupConfig | Mapping):
         from rbloom import Bloom
 
         super().__init__(cfg)
-        self.bloom = Bloom(cfg["expected_paragraphs"], cfg["false_positive_rate"], _hash128)
-        self.by_ngram = cfg.get("by_ngram")
+        self.bloom = Bloom(self.cfg.expected_paragraphs, self.cfg.false_positive_rate, _hash128)
+        self.by_ngram = self.cfg.by_ngram
 
     def tag(self, doc: dict) -> Spans:
         spans = []
@@ -120,7 +153,7 @@ class ParagraphDuplicates(AttributeStep):
             self.counts["paragraphs"] += 1
             if self.by_ngram:
                 overlap = _ngram_overlap(paragraph, self.bloom, self.by_ngram)
-                if overlap is not None and overlap >= self.by_ngram["overlap_threshold"]:
+                if overlap is not None and overlap >= self.by_ngram.overlap_threshold:
                     spans.append((start, end, overlap))
             elif paragraph in self.bloom:
                 spans.append((start, end, 1))
@@ -131,7 +164,8 @@ class ParagraphDuplicates(AttributeStep):
         return {"paragraph": spans}
 
 
-def dedup_paragraphs(docs_paths: list, out_paths: list, cfg: dict) -> dict:
+def dedup_paragraphs(docs_paths: list, out_paths: list,
+                     cfg: ParagraphDedupConfig | Mapping) -> dict:
     step = ParagraphDuplicates(cfg)
     counts = run_step(step, docs_paths, out_paths)
     return {"documents": counts["documents"], "paragraphs": counts.get("paragraphs", 0),
@@ -156,16 +190,17 @@ def shingles(text: str, n: int) -> list[bytes]:
     return sorted({" ".join(words[i : i + n]).encode("utf-8") for i in range(len(words) - n + 1)})
 
 
-def minhash_signatures(docs_path, out_path, cfg: dict) -> dict:
+def minhash_signatures(docs_path, out_path, cfg: MinhashConfig | Mapping) -> dict:
     """One shard's MinHash signatures (uint64, bands × rows permutations) and document ids."""
+    cfg = MinhashConfig.of(cfg)
     from datasketch import MinHash
 
-    num_perm = cfg["bands"] * cfg["rows"]
-    template = MinHash(num_perm=num_perm, seed=cfg["seed"])
+    num_perm = cfg.bands * cfg.rows
+    template = MinHash(num_perm=num_perm, seed=cfg.seed)
     ids, signatures = [], []
     for doc in read_jsonl(docs_path):
         minhash = template.copy()
-        minhash.update_batch(shingles(doc["text"], cfg["ngram"]))
+        minhash.update_batch(shingles(doc["text"], cfg.ngram))
         ids.append(doc["id"])
         signatures.append(minhash.hashvalues.astype(np.uint64))
     matrix = np.stack(signatures) if signatures else np.zeros((0, num_perm), dtype=np.uint64)
@@ -181,8 +216,9 @@ class NearDuplicates(AttributeStep):
 
     name = "dedup_minhash"
     score_digits = 4
+    Config = MinhashConfig
 
-    def __init__(self, signature_paths: list, cfg: dict):
+    def __init__(self, signature_paths: list, cfg: MinhashConfig | Mapping):
         super().__init__(cfg)
         self.loaded = []
         for path in signature_paths:
@@ -199,9 +235,9 @@ class NearDuplicates(AttributeStep):
         index, self.index = self.index, self.index + 1
         if index >= len(ids) or doc["id"] != ids[index]:
             raise ValueError(f"{self.docs_path}: signatures are stale (document order differs)")
-        per_band = self.cfg["rows"]
+        per_band = self.cfg.rows
         keys = [(b, sigs[index, b * per_band : (b + 1) * per_band].tobytes())
-                for b in range(self.cfg["bands"])]
+                for b in range(self.cfg.bands)]
         best, collided = 0.0, False
         for key in keys:
             if key in self.buckets:
@@ -210,7 +246,7 @@ class NearDuplicates(AttributeStep):
                 best = max(best, float(np.mean(other == sigs[index])))
                 collided = True
         # min_jaccard 0: any shared band decides (datatrove's rule), never no band.
-        if collided and best >= self.cfg["min_jaccard"]:
+        if collided and best >= self.cfg.min_jaccard:
             self.counts["duplicates"] += 1
             return {"duplicate": [(0, len(doc["text"]), best)]}
         self.counts["candidates_rejected"] += collided
@@ -219,7 +255,8 @@ class NearDuplicates(AttributeStep):
         return {}
 
 
-def dedup_minhash(signature_paths: list, docs_paths: list, out_paths: list, cfg: dict) -> dict:
+def dedup_minhash(signature_paths: list, docs_paths: list, out_paths: list,
+                  cfg: MinhashConfig | Mapping) -> dict:
     if len(signature_paths) != len(docs_paths):
         raise ValueError("one signatures file per documents shard is required")
     counts = run_step(NearDuplicates(signature_paths, cfg), docs_paths, out_paths)

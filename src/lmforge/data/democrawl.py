@@ -12,6 +12,7 @@ import io
 import logging
 import random
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -23,6 +24,17 @@ from lmforge.data import sources
 from lmforge.eval import generated as tasks
 from lmforge.io.storage import atomic_path, write_jsonl_gz
 from lmforge.runner import CFG, OUT_DIR, SEED, arg, command
+from lmforge.settings import Section
+
+
+@dataclass(frozen=True)
+class DemoCrawlConfig(Section):
+    SECTION = "crawl.demo"
+
+    shards: int
+    date: str  # the crawl's first capture time, ISO 8601 in UTC
+    paragraphs_per_page: list[int]  # min and max
+    inject: dict[str, int | float]  # how many pages of each labelled defect
 
 DOMAINS = [
     "pynotes.example.com", "docs-mirror.example.org", "learnpython.example.net",
@@ -209,10 +221,11 @@ def _perturb(rng: random.Random, paragraphs: list[str], rate: float = 0.02) -> l
     return [" ".join(para) for para in words]
 
 
-def build_pages(cfg: dict, task_items: dict[str, list[dict]], seed: int) -> list[Page]:
+def build_pages(cfg: DemoCrawlConfig, task_items: dict[str, list[dict]], seed: int
+                ) -> list[Page]:
     rng = random.Random(seed)
-    inject = cfg["inject"]
-    clean = _clean_pages(rng, tuple(cfg["paragraphs_per_page"]))
+    inject = cfg.inject
+    clean = _clean_pages(rng, tuple(cfg.paragraphs_per_page))
     needed = sum(inject[k] for k in ("exact_duplicates", "near_duplicates", "url_duplicates",
                                       "pii", "toxic", "contamination"))
     if needed > len(clean) // 2:
@@ -275,14 +288,16 @@ def _record_id(seed: int, index: int) -> str:
     return f"<urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, f'lmforge-demo/{seed}/{index}')}>"
 
 
-def write_demo_crawl(out_dir: str | Path, cfg: dict, task_dir: str | Path, seed: int) -> dict:
+def write_demo_crawl(out_dir: str | Path, cfg: DemoCrawlConfig | Mapping, task_dir: str | Path,
+                     seed: int) -> dict:
     """Write `shard-XXXX.warc.gz` files and `labels.jsonl.gz`; returns counts by kind."""
+    cfg = DemoCrawlConfig.of(cfg)
     out_dir = Path(out_dir)
     items = {name: tasks.load_task(Path(task_dir) / f"{name}.jsonl.gz")
              for name in tasks.TASK_NAMES}
     pages = build_pages(cfg, items, seed)
-    start = datetime.strptime(cfg["date"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-    n_shards = cfg["shards"]
+    start = datetime.strptime(cfg.date, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    n_shards = cfg.shards
     shards: list[list[int]] = [list(range(s, len(pages), n_shards)) for s in range(n_shards)]
     # Within each duplicate group the copy met first (shard order, then position) is the
     # original; the later ones are the duplicates a first-occurrence dedup must remove.

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmforge.data import pii
@@ -21,6 +23,28 @@ from lmforge.io.storage import (
     write_text,
 )
 from lmforge.runner import CFG, OUT, OUT_JSON, OUT_MD, arg, command
+from lmforge.settings import Section
+
+
+@dataclass(frozen=True)
+class ExcludeRule(Section):
+    SECTION = "mixes.<mix>.exclude"
+
+    reason: str
+    attribute: str  # `<tagger>__<type>`
+    when: str = "present"  # present, missing, or below `threshold`
+    threshold: float | None = None
+
+
+@dataclass(frozen=True)
+class MixConfig(Section):
+    SECTION = "mixes.<mix>"
+
+    exclude: list[ExcludeRule]
+    mask_pii: bool
+    max_shard_bytes: int
+    remove_spans: list[str] = field(default_factory=list)
+    sample_weights: dict[str, float] = field(default_factory=dict)
 
 
 def _aligned(docs_path: Path, attr_paths: list[Path]):
@@ -42,26 +66,26 @@ def _aligned(docs_path: Path, attr_paths: list[Path]):
             raise InputError(f"{path}: more rows than documents in {docs_path}")
 
 
-def drop_reason(attributes: dict, rules: list[dict]) -> str | None:
+def drop_reason(attributes: dict, rules: list[ExcludeRule | Mapping]) -> str | None:
     """The first rule that drops the document: attribute present, missing, or (`below`) its
     document score under `threshold` (a missing score counts as below)."""
-    for rule in rules:
-        spans = attributes.get(rule["attribute"])
-        when = rule.get("when", "present")
+    for rule in map(ExcludeRule.of, rules):
+        spans = attributes.get(rule.attribute)
+        when = rule.when
         if when == "below":
-            if not spans or spans[0][2] < rule["threshold"]:
-                return rule["reason"]
+            if not spans or spans[0][2] < rule.threshold:
+                return rule.reason
         elif bool(spans) == (when == "present"):
-            return rule["reason"]
+            return rule.reason
     return None
 
 
-def edit_spans(attributes: dict, cfg: dict) -> tuple[list[tuple[int, int, str]], int, int]:
+def edit_spans(attributes: dict, cfg: MixConfig) -> tuple[list[tuple[int, int, str]], int, int]:
     """Spans to delete (`remove_spans` attributes) and PII spans to mask, as replacements."""
-    removed = [(int(start), int(end), "") for name in cfg.get("remove_spans", [])
+    removed = [(int(start), int(end), "") for name in cfg.remove_spans
                for start, end, _ in attributes.get(name) or []]
     masked = []
-    if cfg["mask_pii"]:
+    if cfg.mask_pii:
         masked = [(int(start), int(end), pii.MASKS[key.split("__", 1)[1]])
                   for key, values in attributes.items()
                   if key.startswith("pii__") and key.split("__", 1)[1] in pii.MASKS
@@ -77,9 +101,10 @@ def sample_copies(doc: dict, weights: dict[str, float]) -> int:
     return whole + (stable_fraction(f"sample/{doc['id']}") < weight - whole)
 
 
-def mix_shard(docs_path, attr_paths, out_dir, funnel_path, cfg: dict) -> dict:
+def mix_shard(docs_path, attr_paths, out_dir, funnel_path, cfg: MixConfig | Mapping) -> dict:
     """Mix one documents shard into `out_dir/part-NNNNN.jsonl.gz` (parts of at most
     `max_shard_bytes`); write and return its funnel."""
+    cfg = MixConfig.of(cfg)
     funnel: Counter = Counter()
 
     def kept():
@@ -87,7 +112,7 @@ def mix_shard(docs_path, attr_paths, out_dir, funnel_path, cfg: dict) -> dict:
             tokens = len(doc["text"].split())
             funnel["documents_in"] += 1
             funnel["tokens_in"] += tokens
-            reason = drop_reason(attributes, cfg["exclude"])
+            reason = drop_reason(attributes, cfg.exclude)
             if reason is not None:
                 funnel[f"dropped_documents:{reason}"] += 1
                 funnel[f"dropped_tokens:{reason}"] += tokens
@@ -104,7 +129,7 @@ def mix_shard(docs_path, attr_paths, out_dir, funnel_path, cfg: dict) -> dict:
                     funnel["dropped_tokens:empty_after_span_removal"] += tokens
                     continue
                 doc = {**doc, "text": text}
-            copies = sample_copies(doc, cfg.get("sample_weights", {}))
+            copies = sample_copies(doc, cfg.sample_weights)
             if copies == 0:
                 funnel["dropped_documents:downsampled"] += 1
                 funnel["dropped_tokens:downsampled"] += len(doc["text"].split())
@@ -116,22 +141,23 @@ def mix_shard(docs_path, attr_paths, out_dir, funnel_path, cfg: dict) -> dict:
                 funnel["tokens_out"] += len(doc["text"].split())
                 yield doc
 
-    parts = write_jsonl_gz_parts(out_dir, kept(), cfg["max_shard_bytes"])
+    parts = write_jsonl_gz_parts(out_dir, kept(), cfg.max_shard_bytes)
     funnel["output_parts"] = len(parts)
     result = dict(sorted(funnel.items()))
     write_json(funnel_path, result)
     return result
 
 
-def summarize_funnel(funnel_paths: list[str | Path], rules: list[dict]) -> tuple[dict, str]:
+def summarize_funnel(funnel_paths: list[str | Path], rules: list[ExcludeRule | Mapping]
+                     ) -> tuple[dict, str]:
     """Add the per-shard funnels; return the total and a markdown table in rule order."""
     total: Counter = Counter()
     for path in funnel_paths:
         total.update(read_json(path))
     lines = ["| step | documents | whitespace tokens |", "| --- | ---: | ---: |",
              f"| in | {total['documents_in']} | {total['tokens_in']} |"]
-    for rule in rules:
-        reason = rule["reason"]
+    for rule in map(ExcludeRule.of, rules):
+        reason = rule.reason
         lines.append(f"| drop: {reason} | -{total[f'dropped_documents:{reason}']} | "
                      f"-{total[f'dropped_tokens:{reason}']} |")
     for step in ("empty_after_span_removal", "downsampled"):
@@ -164,7 +190,7 @@ def mix_command(args, job) -> dict:
          inputs=("inputs",), outputs=("out_json", "out_md"), artifacts=("out_md",))
 def funnel_command(args, job) -> dict:
     """The mix's funnel over all its shards: documents kept and removed by each filter."""
-    total, table = summarize_funnel(args.inputs, args.cfg["exclude"])
+    total, table = summarize_funnel(args.inputs, MixConfig.of(args.cfg).exclude)
     write_json(args.out_json, total)
     write_text(args.out_md, table)
     return {k.replace(":", "."): v for k, v in total.items()}

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,17 @@ from lmforge.io.storage import (
     write_json,
 )
 from lmforge.runner import CFG, DOCS, OUT, SEED, arg, command
+from lmforge.settings import Section
+
+
+@dataclass(frozen=True)
+class QualityConfig(Section):
+    SECTION = "curate.quality"
+
+    reference: str  # the reference corpus the classifier learns to recognise
+    n_features: int
+    l2: float
+    epochs: int
 
 
 def _vectorizer(n_features: int):
@@ -49,10 +62,11 @@ def reference_documents(reference: str, words_per_doc: int = 150) -> list[str]:
     return docs
 
 
-def train_classifier(docs_paths: list, out_path, cfg: dict, seed: int) -> dict:
+def train_classifier(docs_paths: list, out_path, cfg: QualityConfig | Mapping, seed: int) -> dict:
+    cfg = QualityConfig.of(cfg)
     from sklearn.linear_model import SGDClassifier
 
-    positives = reference_documents(cfg["reference"])
+    positives = reference_documents(cfg.reference)
     crawl = [doc["text"] for path in docs_paths for doc in read_jsonl(path)]
     if not positives or not crawl:
         raise ValueError("the quality classifier needs reference text and crawl documents")
@@ -61,14 +75,14 @@ def train_classifier(docs_paths: list, out_path, cfg: dict, seed: int) -> dict:
     texts = positives + negatives
     labels = np.array([1] * len(positives) + [0] * len(negatives))
     held_out = np.array([stable_fraction(f"{seed}/quality/{i}") < 0.2 for i in range(len(texts))])
-    features = _vectorizer(cfg["n_features"]).transform(texts)
-    model = SGDClassifier(loss="log_loss", alpha=cfg["l2"], max_iter=cfg["epochs"], tol=None,
+    features = _vectorizer(cfg.n_features).transform(texts)
+    model = SGDClassifier(loss="log_loss", alpha=cfg.l2, max_iter=cfg.epochs, tol=None,
                           random_state=seed)
     model.fit(features[~held_out], labels[~held_out])
     accuracy = float((model.predict(features[held_out]) == labels[held_out]).mean())
     with atomic_path(out_path) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, coef=model.coef_[0].astype(np.float32),
-                 intercept=np.float32(model.intercept_[0]), n_features=cfg["n_features"])
+                 intercept=np.float32(model.intercept_[0]), n_features=cfg.n_features)
     return {"positives": len(positives), "negatives": len(negatives),
             "held_out_accuracy": accuracy, "held_out_examples": int(held_out.sum())}
 

@@ -13,11 +13,39 @@ corpus is the one the crawl injects on purpose (and labels).
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from lmforge.data import sources
 from lmforge.io.storage import read_jsonl, write_jsonl_gz
 from lmforge.runner import CFG, OUT_DIR, command
+from lmforge.settings import Section
+
+
+@dataclass(frozen=True)
+class ClozeTaskConfig(Section):
+    SECTION = "tasks.cloze_mc"
+
+    items: int
+    choices: int
+
+
+@dataclass(frozen=True)
+class ArithTaskConfig(Section):
+    SECTION = "tasks.arith_gen"
+
+    items: int
+    max_operand: int
+
+
+@dataclass(frozen=True)
+class TasksConfig(Section):
+    SECTION = "tasks"
+
+    seed: int
+    cloze_mc: ClozeTaskConfig
+    arith_gen: ArithTaskConfig
 
 TASK_NAMES = ("cloze_mc", "arith_gen")
 
@@ -104,12 +132,13 @@ def eval_arith_pairs(n_items: int, max_operand: int, seed: int) -> list[tuple[in
     return random.Random(seed).sample(everything, n_items)
 
 
-def make_tasks(out_dir: str | Path, cfg: dict) -> dict[str, int]:
+def make_tasks(out_dir: str | Path, cfg: TasksConfig | Mapping) -> dict[str, int]:
+    cfg = TasksConfig.of(cfg)
     out_dir = Path(out_dir)
     counts = {}
-    cloze = cloze_items(cfg["cloze_mc"]["items"], cfg["cloze_mc"]["choices"], cfg["seed"])
+    cloze = cloze_items(cfg.cloze_mc.items, cfg.cloze_mc.choices, cfg.seed)
     counts["cloze_mc"] = write_jsonl_gz(out_dir / "cloze_mc.jsonl.gz", cloze)
-    arith = arith_items(cfg["arith_gen"]["items"], cfg["arith_gen"]["max_operand"], cfg["seed"])
+    arith = arith_items(cfg.arith_gen.items, cfg.arith_gen.max_operand, cfg.seed)
     counts["arith_gen"] = write_jsonl_gz(out_dir / "arith_gen.jsonl.gz", arith)
     counts["reference_docs"] = write_jsonl_gz(out_dir / "reference_docs.jsonl.gz",
                                               reference_documents())

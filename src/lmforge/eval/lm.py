@@ -36,15 +36,19 @@ class Scored:
 
 class LanguageModel:
     """`hidden` maps token ids (batch × length) to the last hidden states, `head` any of their
-    positions to logits: `head(hidden(ids))` are the model's logits."""
+    positions to logits: `head(hidden(ids))` are the model's logits. `continue_ids(ids, n,
+    stop)` is the model's own greedy generation: at most n new token ids, without the closing
+    end-of-text, ending early where `stop(new ids)` is true."""
 
     def __init__(self, name: str, hidden: Callable[[torch.Tensor], torch.Tensor],
                  head: Callable[[torch.Tensor], torch.Tensor],
                  encode: Callable[[str], list[int]], decode: Callable[[list[int]], str],
-                 eot_id: int, max_length: int, batch_size: int = 16):
+                 eot_id: int, max_length: int, batch_size: int = 16,
+                 continue_ids: Callable[[list[int], int, Callable], list[int]] | None = None):
         self.name, self.hidden, self.head = name, hidden, head
         self.encode, self.decode = encode, decode
         self.eot_id, self.max_length, self.batch_size = eot_id, max_length, batch_size
+        self.continue_ids = continue_ids
 
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
         return self.head(self.hidden(ids))
@@ -118,22 +122,18 @@ class LanguageModel:
                     offset += n
         return [scored[(tuple(c + x), len(x))] for c, x in pairs]
 
-    @torch.no_grad()
     def generate(self, prompt: str, stop: Sequence[str], max_new_tokens: int) -> str:
         """Greedy continuation of `prompt`, cut at the first stop sequence or end of text."""
-        ids = self.encode(prompt) or [self.eot_id]
-        new: list[int] = []
-        for _ in range(max_new_tokens):
-            window = torch.tensor([(ids + new)[-self.max_length:]])
-            next_id = int(self.head(self.hidden(window)[0, -1]).argmax())
-            if next_id == self.eot_id:
-                break
-            new.append(next_id)
-            text = self.decode(new)
-            cut = min((text.find(s) for s in stop if s in text), default=-1)
-            if cut >= 0:
-                return text[:cut]
-        return self.decode(new)
+        if self.continue_ids is None:
+            raise InputError(f"{self.name} cannot generate")
+
+        def stopped(new: list[int]) -> bool:
+            return any(s in self.decode(new) for s in stop)
+
+        text = self.decode(self.continue_ids(self.encode(prompt) or [self.eot_id],
+                                             max_new_tokens, stopped))
+        cut = min((text.find(s) for s in stop if s in text), default=-1)
+        return text[:cut] if cut >= 0 else text
 
 
 def load(path: str | Path, tokenizer: str | Path | None = None, name: str | None = None,
@@ -156,9 +156,15 @@ def load(path: str | Path, tokenizer: str | Path | None = None, name: str | None
 
     model = load_model(path).eval()
     tok = load_tokenizer(tokenizer)
+    eot = tok.token_to_id(EOS)
+
+    def continue_ids(ids: list[int], max_new_tokens: int, stop) -> list[int]:
+        [(new, ended)] = model.generate([ids], max_new_tokens, eot, stop=stop)
+        return new[:-1] if ended else new
+
     return LanguageModel(name, model.hidden_states, model.head,
                          lambda text: tok.encode(text, add_special_tokens=False).ids,
-                         tok.decode, tok.token_to_id(EOS), model.cfg.max_seq_len, batch_size)
+                         tok.decode, eot, model.cfg.max_seq_len, batch_size, continue_ids)
 
 
 def _transformers_model(path: Path, name: str, batch_size: int) -> LanguageModel:
@@ -173,10 +179,17 @@ def _transformers_model(path: Path, name: str, batch_size: int) -> LanguageModel
     max_length = next((getattr(model.config, key) for key in
                        ("max_position_embeddings", "n_positions", "seq_length")
                        if getattr(model.config, key, None)), 2048)
+    def continue_ids(ids: list[int], max_new_tokens: int, stop) -> list[int]:
+        # transformers' own greedy generation (its KV cache); stop strings are cut afterwards.
+        out = model.generate(torch.tensor([ids[-max_length:]]), max_new_tokens=max_new_tokens,
+                             do_sample=False, eos_token_id=eot, pad_token_id=eot)
+        new = out[0, len(ids[-max_length:]):].tolist()
+        return new[:new.index(eot)] if eot in new else new
+
     lm = LanguageModel(name, lambda ids: model.base_model(input_ids=ids).last_hidden_state,
                        model.get_output_embeddings(),
                        lambda text: tok.encode(text, add_special_tokens=False),
-                       lambda ids: tok.decode(ids), eot, max_length, batch_size)
+                       lambda ids: tok.decode(ids), eot, max_length, batch_size, continue_ids)
     # Some architectures scale or cap the head's output (Gemma 2, Cohere): then use the full
     # forward pass, whose logits are the model's by definition.
     probe = torch.tensor([[eot] * 4])

@@ -88,6 +88,16 @@ class Lineage:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.client, self.experiment_ids = client, experiment_ids
         self._records: dict[str, dict] = {}
+        self._writers: dict[Path, list] = {}
+
+    def _runs_writing(self, path: Path) -> list:
+        """Runs that recorded `path` among their outputs, newest first."""
+        if path not in self._writers:
+            key = OUTPUT_TAG + path_key(path)
+            self._writers[path] = self.client.search_runs(
+                self.experiment_ids, f"tags.`{key}` != ''",
+                order_by=["attributes.start_time DESC"])
+        return self._writers[path]
 
     def _record(self, run_id: str) -> dict:
         if run_id not in self._records:
@@ -98,10 +108,7 @@ class Lineage:
     def producer(self, path: str, sha256: str):
         """(run, recorded output) whose output holds `path` with this content, or None."""
         for candidate in [Path(path), *Path(path).parents]:
-            key = OUTPUT_TAG + path_key(candidate)
-            runs = self.client.search_runs(self.experiment_ids, f"tags.`{key}` != ''",
-                                           order_by=["attributes.start_time DESC"])
-            for run in runs:
+            for run in self._runs_writing(candidate):
                 for items in self._record(run.info.run_id)["outputs"].values():
                     for item in items:
                         if item["path"] == str(candidate) and _content(item, path) == sha256:

@@ -84,7 +84,10 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, mask=None):
+    def forward(self, x, cos, sin, mask=None, cache=None):
+        """`cache` (lmforge.model.generation.LayerCache): the keys and values of the tokens
+        before these, which these attend to; without a mask, new tokens after the first see
+        every cached one."""
         batch, seq, _ = x.shape
         q = self.q_norm(self.q_proj(x))
         k = self.k_norm(self.k_proj(x))
@@ -92,8 +95,12 @@ class Attention(nn.Module):
         q, k, v = (t.view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
                    for t in (q, k, v))
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = (F.scaled_dot_product_attention(q, k, v, is_causal=True) if mask is None
-               else F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+        if cache is not None:
+            k, v = cache.extend(k, v)
+        if mask is not None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=seq == k.shape[2])
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
 
 
@@ -116,8 +123,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
         self.post_feedforward_layernorm = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, mask=None):
-        h = x + self.post_attention_layernorm(self.self_attn(x, cos, sin, mask))
+    def forward(self, x, cos, sin, mask=None, cache=None):
+        h = x + self.post_attention_layernorm(self.self_attn(x, cos, sin, mask, cache))
         return h + self.post_feedforward_layernorm(self.mlp(h))
 
 
@@ -178,6 +185,13 @@ class Decoder(nn.Module):
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.model.norm(x))
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int, eos: int, **options
+                 ) -> list[tuple[list[int], bool]]:
+        """New tokens for each prompt, with a KV cache (lmforge.model.generation.generate)."""
+        from lmforge.model.generation import generate
+
+        return generate(self, prompts, max_new_tokens, eos, **options)
 
 
 class Olmo2(Decoder):

@@ -84,8 +84,8 @@ class MoEBlock(nn.Module):
         self.input_layernorm = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, mask=None):
-        h = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+    def forward(self, x, cos, sin, mask=None, cache=None):
+        h = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
         moe_out, router_logits = self.mlp(self.post_attention_layernorm(h))
         return h + moe_out, router_logits
 

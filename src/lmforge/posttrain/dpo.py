@@ -10,7 +10,7 @@ Tulu 3's choice); `dpo` sums them (Rafailov et al.). The implicit reward of a re
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,7 @@ from lmforge.data.tokenize import EOS, PAD, load_tokenizer
 from lmforge.io.storage import InputError
 from lmforge.posttrain import chat
 from lmforge.runner import rank_and_world
+from lmforge.train.config import TrainConfig
 from lmforge.train.job import post_training_command, train_job
 
 log = logging.getLogger(__name__)
@@ -102,24 +103,26 @@ def dpo_loss(policy: torch.Tensor, reference: torch.Tensor, beta: float
                   "reward_accuracy": (rewards[:, 0] > rewards[:, 1]).float().mean()}
 
 
-def check_loss_type(cfg: dict) -> bool:
+def check_loss_type(cfg: TrainConfig) -> bool:
     """Whether log-probabilities are length-normalised (dpo_norm)."""
-    if cfg["loss_type"] not in LOSS_TYPES:
-        raise ValueError(f"dpo loss_type {cfg['loss_type']!r} is not one of {LOSS_TYPES}")
-    return cfg["loss_type"] == "dpo_norm"
+    if cfg.loss_type not in LOSS_TYPES:
+        raise ValueError(f"dpo loss_type {cfg.loss_type!r} is not one of {LOSS_TYPES}")
+    return cfg.loss_type == "dpo_norm"
 
 
-def preference_batches(pairs: list, reference: torch.Tensor, pad: int, cfg: dict, seed: int,
-                       rank: int = 0, world_size: int = 1) -> Callable[[int, int], tuple]:
+def preference_batches(pairs: list, reference: torch.Tensor, pad: int,
+                       cfg: TrainConfig | Mapping, seed: int, rank: int = 0, world_size: int = 1
+                       ) -> Callable[[int, int], tuple]:
     """Micro-batches (inputs, labels, reference log-probabilities) of `micro_batch_size` pairs
     in a seeded order per epoch; a step's global batch is split across ranks."""
+    cfg = TrainConfig.of(cfg)
     from lmforge.train.data import epoch_order
 
-    micro = cfg["micro_batch_size"]
+    micro = cfg.micro_batch_size
     take = epoch_order(len(pairs), seed)
 
     def batch(step: int, micro_step: int) -> tuple:
-        start = (step * cfg["grad_accum"] * world_size + micro_step * world_size + rank) * micro
+        start = cfg.micro_batch_start(step, micro_step, rank, world_size)
         chosen = take(start, micro)
         inputs, labels = rows([pairs[i] for i in chosen], pad)
         return inputs, labels, reference[chosen]
@@ -127,25 +130,25 @@ def preference_batches(pairs: list, reference: torch.Tensor, pad: int, cfg: dict
     return batch
 
 
-def objective(engine, batch: tuple, cfg: dict) -> tuple[torch.Tensor, dict[str, float], int]:
+def objective(engine, batch: tuple, cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, float], int]:
     """One DPO micro-batch on the shared trainer: policy log-probabilities of both sides in
     one forward pass, against the cached reference ones."""
     inputs, labels, reference = (t.to(engine.device) for t in batch)
     logps = sequence_logps(engine(inputs), labels, check_loss_type(cfg))
     policy = logps.view(2, -1).T
-    loss, stats = dpo_loss(policy, reference, cfg["beta"])
+    loss, stats = dpo_loss(policy, reference, cfg.beta)
     return loss, {"loss": loss.item(), **{k: v.item() for k, v in stats.items()}}, int(
         (labels != -100).sum())
 
 
-def heldout_fn(pairs: list, reference: torch.Tensor, pad: int, cfg: dict
+def heldout_fn(pairs: list, reference: torch.Tensor, pad: int, cfg: TrainConfig
                ) -> Callable[[torch.nn.Module, torch.device], dict]:
     """Held-out pairs' DPO loss, reward accuracy and margin (the in-loop evaluation)."""
     average = check_loss_type(cfg)
 
     def heldout(model: torch.nn.Module, device) -> dict:
-        policy = reference_logps(model, pairs, pad, average, cfg["micro_batch_size"])
-        loss, stats = dpo_loss(policy, reference, cfg["beta"])
+        policy = reference_logps(model, pairs, pad, average, cfg.micro_batch_size)
+        loss, stats = dpo_loss(policy, reference, cfg.beta)
         return {"valid_loss": loss.item(), "valid_reward_accuracy": stats["reward_accuracy"].item(),
                 "valid_reward_margin": stats["reward_margin"].item()}
 
@@ -162,7 +165,7 @@ def dpo_command(args, job) -> dict:
     tokenizer = load_tokenizer(args.tokenizer)
     pad, average = tokenizer.token_to_id(PAD), check_loss_type(args.cfg)
     # Inputs drop the last token; max_seq_len caps the pairs kept (Tulu 3: 2048).
-    max_len = min(model.cfg.max_seq_len, args.cfg.get("max_seq_len", model.cfg.max_seq_len)) + 1
+    max_len = min(model.cfg.max_seq_len, (args.cfg.max_seq_len or model.cfg.max_seq_len)) + 1
     train_pairs, too_long = encode_pairs(tokenizer, read_records(args.train, "preference"),
                                          max_len)
     valid_pairs, _ = encode_pairs(tokenizer, read_records(args.valid, "preference"), max_len)

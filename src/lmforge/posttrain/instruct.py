@@ -25,15 +25,35 @@ import json
 import random
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from lmforge.data import sources
 from lmforge.data.tokenize import is_valid_doc
 from lmforge.eval import generated as tasks
+from lmforge.eval.generated import TasksConfig
 from lmforge.io.storage import InputError, read_jsonl, write_jsonl_gz
 from lmforge.posttrain import chat
 from lmforge.runner import CFG, OUT_DIR, SEED, VALID_FRACTION, arg, command, json_object
+from lmforge.settings import Section
+
+
+@dataclass(frozen=True)
+class SkillCounts(Section):
+    SECTION = "skill counts"
+
+    arithmetic: int
+    constraint: int
+
+
+@dataclass(frozen=True)
+class InstructDataConfig(Section):
+    SECTION = "instruct_data"
+
+    preference_pairs: SkillCounts
+    rlvr_prompts: SkillCounts
+    heldout: SkillCounts
 
 
 def _checked(path: str | Path, index: int, check: Callable[[dict], None], record: dict
@@ -192,13 +212,15 @@ def arithmetic_question(a: int, b: int, rng: random.Random) -> str:
     return rng.choice(WORD_PROBLEMS).format(a=a, b=b, name=rng.choice(NAMES))
 
 
-def training_pairs(tasks_cfg: dict) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+def training_pairs(tasks_cfg: TasksConfig | Mapping
+                   ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """Operand pairs to train on and those the arith_gen evaluation holds out."""
-    arith = tasks_cfg["arith_gen"]
-    held = tasks.eval_arith_pairs(arith["items"], arith["max_operand"], tasks_cfg["seed"])
+    tasks_cfg = TasksConfig.of(tasks_cfg)
+    arith = tasks_cfg.arith_gen
+    held = tasks.eval_arith_pairs(arith.items, arith.max_operand, tasks_cfg.seed)
     held_set = set(held)
-    train = [(a, b) for a in range(arith["max_operand"] + 1)
-             for b in range(arith["max_operand"] + 1) if (a, b) not in held_set]
+    train = [(a, b) for a in range(arith.max_operand + 1)
+             for b in range(arith.max_operand + 1) if (a, b) not in held_set]
     return train, held
 
 
@@ -300,26 +322,28 @@ def preference_records(pairs: list[tuple[int, int]], sentences: list[list[str]],
     return records
 
 
-def make_posttrain_data(mix_paths: list[str], out_dir: str | Path, cfg: dict, tasks_cfg: dict,
+def make_posttrain_data(mix_paths: list[str], out_dir: str | Path,
+                        cfg: InstructDataConfig | Mapping, tasks_cfg: TasksConfig | Mapping,
                         seed: int, valid_fraction: float) -> dict:
     """Preference pairs and RLVR prompts, for training and held out: held-out arithmetic uses
     the arith_gen evaluation's operand pairs, held-out constraints the held-out documents."""
+    cfg = InstructDataConfig.of(cfg)
     out_dir = Path(out_dir)
     rng = random.Random(seed)
     train_pairs, held_pairs = training_pairs(tasks_cfg)
     train_sentences, held_sentences = corpus_sentences(mix_paths, seed, valid_fraction)
     if not train_sentences or not held_sentences:
         raise InputError("the mix has no sentences of 8-24 words for instructions")
-    pref, rlvr, held = cfg["preference_pairs"], cfg["rlvr_prompts"], cfg["heldout"]
+    pref, rlvr, held = cfg.preference_pairs, cfg.rlvr_prompts, cfg.heldout
     sets = {
-        "preference_train": preference_records(train_pairs, train_sentences, pref["arithmetic"],
-                                               pref["constraint"], rng),
-        "preference_valid": preference_records(held_pairs, held_sentences, held["arithmetic"],
-                                               held["constraint"], rng),
-        "rlvr_train": rlvr_records(train_pairs, train_sentences, rlvr["arithmetic"],
-                                   rlvr["constraint"], rng),
-        "rlvr_valid": rlvr_records(held_pairs, held_sentences, held["arithmetic"],
-                                   held["constraint"], rng),
+        "preference_train": preference_records(train_pairs, train_sentences, pref.arithmetic,
+                                               pref.constraint, rng),
+        "preference_valid": preference_records(held_pairs, held_sentences, held.arithmetic,
+                                               held.constraint, rng),
+        "rlvr_train": rlvr_records(train_pairs, train_sentences, rlvr.arithmetic,
+                                   rlvr.constraint, rng),
+        "rlvr_valid": rlvr_records(held_pairs, held_sentences, held.arithmetic,
+                                   held.constraint, rng),
     }
     counts = {name: write_jsonl_gz(out_dir / f"{name}.jsonl.gz", records)
               for name, records in sets.items()}

@@ -18,7 +18,8 @@ backwards, a transfer the comparison should not count.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,32 @@ from lmforge.runner import (
     command,
     rank_and_world,
 )
+from lmforge.settings import Section
+from lmforge.train.config import TrainConfig
 from lmforge.train.job import TRAIN_CFG, train_job
+
+
+@dataclass(frozen=True)
+class PromptTasksConfig(Section):
+    SECTION = "promptability.tasks"
+
+    train_per_task: int
+    shot_pool: int
+    test_per_task: int
+
+
+@dataclass(frozen=True)
+class PromptTuningConfig(Section):
+    """The promptability section's evaluation settings (its `train`, `tasks` and `from` are
+    the promptable stage's)."""
+
+    SECTION = "promptability"
+
+    prompt_tokens: int
+    shots: int
+    shot_sets: int
+    tune_steps: int
+    tune_lr: float
 
 CHOICES = [" yes", " no"]
 
@@ -113,23 +139,24 @@ def task_items(task: str, n: int, sentences: list[list[str]], rng: random.Random
     return items
 
 
-def make_prompt_tasks(mix_paths: list[str], out_dir: str | Path, cfg: dict, seed: int,
-                      valid_fraction: float) -> dict:
+def make_prompt_tasks(mix_paths: list[str], out_dir: str | Path, cfg: PromptTasksConfig | Mapping,
+                      seed: int, valid_fraction: float) -> dict:
     """The training mixture (train.jsonl.gz, training documents' sentences) and each held-out
     task's few-shot pool and test set (heldout.jsonl.gz, held-out documents' sentences)."""
+    cfg = PromptTasksConfig.of(cfg)
     rng = random.Random(seed)
     train_sentences, held_sentences = instruct.corpus_sentences(mix_paths, seed, valid_fraction)
     if not train_sentences or not held_sentences:
         raise InputError("the mix has no sentences of 8-24 words for prompted tasks")
     mixture = [item for task in TRAIN_TASKS
-               for item in task_items(task, cfg["train_per_task"], train_sentences, rng)]
+               for item in task_items(task, cfg.train_per_task, train_sentences, rng)]
     rng.shuffle(mixture)
     heldout = []
     for task in HELDOUT_TASKS:
         heldout += [{**item, "split": "shots"} for item in
-                    task_items(task, cfg["shot_pool"], train_sentences, rng)]
+                    task_items(task, cfg.shot_pool, train_sentences, rng)]
         heldout += [{**item, "split": "test"} for item in
-                    task_items(task, cfg["test_per_task"], held_sentences, rng)]
+                    task_items(task, cfg.test_per_task, held_sentences, rng)]
     out_dir = Path(out_dir)
     return {"train": write_jsonl_gz(out_dir / "train.jsonl.gz", mixture),
             "heldout": write_jsonl_gz(out_dir / "heldout.jsonl.gz", heldout)}
@@ -182,18 +209,19 @@ def encode(tokenizer, item: dict, choice: int) -> tuple[list[int], list[int]]:
     return context, whole[len(context):]
 
 
-def mixture_batches(tokenizer, items: list[dict], pad: int, cfg: dict, seed: int,
+def mixture_batches(tokenizer, items: list[dict], pad: int, cfg: TrainConfig | Mapping, seed: int,
                     rank: int = 0, world_size: int = 1) -> Callable[[int, int], tuple]:
     """(inputs, labels) micro-batches of the prompted mixture, the loss on the gold answer's
     tokens, in a seeded order per epoch; a step's global batch is split across ranks."""
+    cfg = TrainConfig.of(cfg)
     from lmforge.train.data import epoch_order
 
     encoded = [encode(tokenizer, item, item["gold"]) for item in items]
-    micro = cfg["micro_batch_size"]
+    micro = cfg.micro_batch_size
     take = epoch_order(len(encoded), seed)
 
     def batch(step: int, micro_step: int) -> tuple:
-        start = (step * cfg["grad_accum"] * world_size + micro_step * world_size + rank) * micro
+        start = cfg.micro_batch_start(step, micro_step, rank, world_size)
         return answer_rows([encoded[i] for i in take(start, micro)], pad)
 
     return batch
@@ -223,15 +251,15 @@ def accuracy_per_item(model, tokenizer, items: list[dict], pad: int,
 
 
 def prompt_tune(model: Olmo2, tokenizer, shots: list[dict], pad: int, prompt: torch.Tensor,
-                cfg: dict) -> torch.Tensor:
-    """Few-shot prompt tuning: only the soft prompt trains (Adam, `tune_steps` full-batch
+                steps: int, lr: float) -> torch.Tensor:
+    """Few-shot prompt tuning: only the soft prompt trains (Adam, `steps` full-batch
     steps on the shots' gold answers), the model stays frozen."""
     for param in model.parameters():
         param.requires_grad_(False)
     prompt = torch.nn.Parameter(prompt.clone().float())
-    optimizer = torch.optim.Adam([prompt], lr=cfg["tune_lr"])
+    optimizer = torch.optim.Adam([prompt], lr=lr)
     inputs, labels = answer_rows([encode(tokenizer, s, s["gold"]) for s in shots], pad)
-    for _ in range(cfg["tune_steps"]):
+    for _ in range(steps):
         logits = model(inputs, prefix=prompt)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
         optimizer.zero_grad()
@@ -241,31 +269,33 @@ def prompt_tune(model: Olmo2, tokenizer, shots: list[dict], pad: int, prompt: to
 
 
 def evaluate(models: dict[str, tuple[Olmo2, torch.Tensor | None]], tokenizer, heldout: list[dict],
-             pad: int, cfg: dict, seed: int) -> dict:
+             pad: int, cfg: PromptTuningConfig | Mapping, seed: int) -> dict:
     """Per held-out task and model: zero-shot accuracy (the model's learned prompt, or none)
     and few-shot prompt-tuning accuracy (mean over `shot_sets` draws of `shots` examples),
     with 95% bootstrap intervals over the test items."""
+    cfg = PromptTuningConfig.of(cfg)
     from lmforge.posttrain.report import bootstrap
 
     report: dict = {"zero_shot": {}, "prompt_tuning": {}}
-    n_tokens = cfg["prompt_tokens"]
+    n_tokens = cfg.prompt_tokens
     for task in HELDOUT_TASKS:
         test = [i for i in heldout if i["task"] == task and i["split"] == "test"]
         pool = [i for i in heldout if i["task"] == task and i["split"] == "shots"]
-        if not test or len(pool) < cfg["shots"]:
+        if not test or len(pool) < cfg.shots:
             raise InputError(f"{task}: {len(test)} test items and {len(pool)} shots "
-                             f"(needs {cfg['shots']})")
+                             f"(needs {cfg.shots})")
         zero, tuned = {}, {}
         for name, (model, prompt) in models.items():
             model.eval()
             zero[name] = accuracy_per_item(model, tokenizer, test, pad, prompt)
             draws = []
-            for draw in range(cfg["shot_sets"]):
-                shots = random.Random(seed * 1000 + draw).sample(pool, cfg["shots"])
+            for draw in range(cfg.shot_sets):
+                shots = random.Random(seed * 1000 + draw).sample(pool, cfg.shots)
                 start = prompt if prompt is not None else initial_prompt(model, n_tokens,
                                                                          seed + draw)
                 torch.manual_seed(seed + draw)
-                learned = prompt_tune(model, tokenizer, shots, pad, start, cfg)
+                learned = prompt_tune(model, tokenizer, shots, pad, start, cfg.tune_steps,
+                                      cfg.tune_lr)
                 draws.append(accuracy_per_item(model, tokenizer, test, pad, learned))
             tuned[name] = np.mean(draws, axis=0)
         baseline = next(iter(models))
@@ -308,15 +338,17 @@ def prompt_tasks_command(args, job) -> dict:
     return make_prompt_tasks(args.mixes, args.out_dir, args.cfg, args.seed, args.valid_fraction)
 
 
-@command("promptable", CHECKPOINT, arg("--data"), TOKENIZER, TRAIN_CFG, SEED, OUT, METRICS,
-         params=lambda args: {**args.cfg, "from": args.checkpoint, "seed": args.seed},
+@command("promptable", CHECKPOINT, arg("--data"), TOKENIZER, TRAIN_CFG,
+         arg("--prompt-tokens", type=int), SEED, OUT, METRICS,
+         params=lambda args: {**args.cfg.to_dict(), "prompt_tokens": args.prompt_tokens,
+                              "from": args.checkpoint, "seed": args.seed},
          inputs=("checkpoint", "data", "tokenizer"), outputs=("out", "metrics"))
 def promptable_command(args, job) -> dict:
     """Multi-task continued pretraining with a trainable soft prompt (Wu et al. 2022)."""
     from lmforge.model.checkpoint import load_model
 
     decoder = load_model(args.checkpoint)
-    model = SoftPrompted(decoder, initial_prompt(decoder, args.cfg["prompt_tokens"], args.seed))
+    model = SoftPrompted(decoder, initial_prompt(decoder, args.prompt_tokens, args.seed))
     tokenizer = load_tokenizer(args.tokenizer)
     items = read_items(args.data)
     batches = mixture_batches(tokenizer, items, tokenizer.token_to_id(PAD), args.cfg, args.seed,

@@ -14,7 +14,7 @@ current one and the importance ratio is 1 (written out so the gradient is the PP
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from lmforge.data.tokenize import EOS, PAD, load_tokenizer
 from lmforge.posttrain import chat, instruct
 from lmforge.posttrain.sft import answer_rows
 from lmforge.runner import rank_and_world
+from lmforge.train.config import TrainConfig
 from lmforge.train.job import post_training_command, train_job
 
 SAMPLING_KEYS = ("samples_per_prompt", "temperature", "top_p", "max_new_tokens")
@@ -33,50 +34,15 @@ def prompt_ids(tokenizer, record: dict) -> list[int]:
     return chat.encode(tokenizer, record["messages"], EOS, add_generation_prompt=True)[0]
 
 
-def _next_tokens(logits: torch.Tensor, temperature: float, top_p: float,
-                 generator: torch.Generator | None) -> torch.Tensor:
-    if temperature == 0:
-        return logits.argmax(-1)
-    probs = F.softmax(logits.float().cpu() / temperature, -1)
-    if top_p < 1:
-        sorted_probs, order = probs.sort(-1, descending=True)
-        outside = sorted_probs.cumsum(-1) - sorted_probs > top_p
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs.masked_fill(outside, 0))
-    return torch.multinomial(probs, 1, generator=generator)[:, 0].to(logits.device)
-
-
-@torch.no_grad()
 def sample(model: torch.nn.Module, prompts: list[list[int]], n: int, max_new_tokens: int,
            temperature: float, top_p: float, eos: int, pad: int,
            generator: torch.Generator | None = None) -> list[list[tuple[list[int], bool]]]:
-    """n responses to each prompt, decoded together: each response's token ids (with the
-    closing end-of-text when there is one) and whether it ended. Prompts are left-padded and
-    the padding is a document of its own (doc id -1), so every prompt attends to itself only
-    and starts at position 0. Temperature 0 is greedy decoding."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    width = max(map(len, prompts))
-    ids = torch.full((len(prompts) * n, width), pad, dtype=torch.long)
-    docs = torch.full_like(ids, -1)
-    for index, prompt in enumerate(prompts):
-        ids[index * n:(index + 1) * n, width - len(prompt):] = torch.tensor(prompt)
-        docs[index * n:(index + 1) * n, width - len(prompt):] = 0
-    ids, docs = ids.to(device), docs.to(device)
-    responses: list[list[int]] = [[] for _ in range(len(ids))]
-    ended = [False] * len(ids)
-    for _ in range(min(max_new_tokens, model.cfg.max_seq_len - width)):
-        chosen = _next_tokens(model(ids, doc_ids=docs)[:, -1], temperature, top_p, generator)
-        for row, token in enumerate(chosen.tolist()):
-            if not ended[row]:
-                responses[row].append(token)
-                ended[row] = token == eos
-        if all(ended):
-            break
-        ids = torch.cat([ids, chosen[:, None]], 1)
-        docs = torch.cat([docs, torch.zeros_like(chosen)[:, None]], 1)
-    model.train(was_training)
-    pairs = list(zip(responses, ended))
+    """n responses to each prompt, decoded together by the model's KV-cache generation: each
+    response's token ids (with the closing end-of-text when there is one) and whether it
+    ended. Temperature 0 is greedy decoding."""
+    rows = [prompt for prompt in prompts for _ in range(n)]
+    pairs = model.generate(rows, max_new_tokens, eos, pad=pad, temperature=temperature,
+                           top_p=top_p, generator=generator)
     return [pairs[index * n:(index + 1) * n] for index in range(len(prompts))]
 
 
@@ -85,12 +51,12 @@ def response_text(tokenizer, response: list[int], eos: int) -> str:
 
 
 def rewards(tokenizer, record: dict, responses: list[tuple[list[int], bool]], eos: int,
-            cfg: dict) -> tuple[list[float], list[bool]]:
+            cfg: TrainConfig) -> tuple[list[float], list[bool]]:
     """Each response's reward and whether it counts as correct (ended, and accepted by the
     verifier); an unterminated response gets `unterminated_reward` whatever it says."""
     correct = [ended and instruct.verify(record, response_text(tokenizer, ids, eos))
                for ids, ended in responses]
-    scores = [cfg["correct_reward"] * ok if ended else cfg["unterminated_reward"]
+    scores = [cfg.correct_reward * ok if ended else cfg.unterminated_reward
               for ok, (_, ended) in zip(correct, responses)]
     return scores, correct
 
@@ -106,14 +72,14 @@ def _token_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
                         labels.clamp(min=0)[..., None])[..., 0]
 
 
-def prompts_per_rank(cfg: dict) -> int:
+def prompts_per_rank(cfg: TrainConfig) -> int:
     """Prompts each process samples per optimizer step: the step's responses
     (micro_batch_size × grad_accum per process) over samples_per_prompt."""
-    responses = cfg["micro_batch_size"] * cfg["grad_accum"]
-    prompts, rest = divmod(responses, cfg["samples_per_prompt"])
+    responses = cfg.micro_batch_size * cfg.grad_accum
+    prompts, rest = divmod(responses, cfg.samples_per_prompt)
     if rest or not prompts:
         raise ValueError(f"each process trains on {responses} responses per step, not a "
-                         f"multiple of samples_per_prompt {cfg['samples_per_prompt']}")
+                         f"multiple of samples_per_prompt {cfg.samples_per_prompt}")
     return prompts
 
 
@@ -127,11 +93,11 @@ def grpo_objective(reference: torch.nn.Module, tokenizer, eos: int, pad: int
         param.requires_grad_(False)
     rollouts: dict[int, dict] = {}
 
-    def rollout(engine, batch: dict, cfg: dict) -> dict:
+    def rollout(engine, batch: dict, cfg: TrainConfig) -> dict:
         generator = torch.Generator().manual_seed(batch["seed"])
         prompts = [prompt_ids(tokenizer, record) for record in batch["records"]]
-        groups = sample(engine.module, prompts, cfg["samples_per_prompt"], cfg["max_new_tokens"],
-                        cfg["temperature"], cfg["top_p"], eos, pad, generator)
+        groups = sample(engine.module, prompts, cfg.samples_per_prompt, cfg.max_new_tokens,
+                        cfg.temperature, cfg.top_p, eos, pad, generator)
         sequences, scores, correct, ended = [], [], [], []
         for record, prompt, responses in zip(batch["records"], prompts, groups):
             reward, ok = rewards(tokenizer, record, responses, eos, cfg)
@@ -144,13 +110,13 @@ def grpo_objective(reference: torch.nn.Module, tokenizer, eos: int, pad: int
                 "stats": {"reward": float(np.mean(scores)), "accuracy": float(np.mean(correct)),
                           "unterminated": 1 - float(np.mean(ended))}}
 
-    def objective(engine, batch: dict, cfg: dict):
+    def objective(engine, batch: dict, cfg: TrainConfig):
         if batch["seed"] not in rollouts:
             rollouts.clear()
             rollouts[batch["seed"]] = rollout(engine, batch, cfg)
         step = rollouts[batch["seed"]]
-        part = slice(batch["micro_step"] * cfg["micro_batch_size"],
-                     (batch["micro_step"] + 1) * cfg["micro_batch_size"])
+        part = slice(batch["micro_step"] * cfg.micro_batch_size,
+                     (batch["micro_step"] + 1) * cfg.micro_batch_size)
         advantages = step["advantages"][part].to(engine.device)
         inputs, labels = (t.to(engine.device) for t in answer_rows(step["sequences"][part], pad))
         mask = (labels != -100).float()
@@ -159,7 +125,7 @@ def grpo_objective(reference: torch.nn.Module, tokenizer, eos: int, pad: int
             ref = _token_logps(reference.to(engine.device)(inputs), labels)
         ratio = torch.exp(policy - policy.detach())
         kl = torch.exp(ref - policy) - (ref - policy) - 1
-        per_token = -advantages[:, None] * ratio + cfg["beta"] * kl
+        per_token = -advantages[:, None] * ratio + cfg.beta * kl
         lengths = mask.sum(-1).clamp(min=1)
         loss = ((per_token * mask).sum(-1) / lengths).mean()
         return loss, {"loss": loss.item(), **step["stats"],
@@ -169,11 +135,12 @@ def grpo_objective(reference: torch.nn.Module, tokenizer, eos: int, pad: int
     return objective
 
 
-def prompt_batches(records: list[dict], cfg: dict, seed: int, rank: int = 0,
+def prompt_batches(records: list[dict], cfg: TrainConfig | Mapping, seed: int, rank: int = 0,
                    world_size: int = 1) -> Callable[[int, int], dict]:
     """Each micro-batch names its step's prompts for this process (in a seeded order per
     epoch), the seed their sampling uses (a run, or a resumed one, draws the same responses)
     and which slice of the step's responses it trains on."""
+    cfg = TrainConfig.of(cfg)
     from lmforge.train.data import epoch_order
 
     per_rank = prompts_per_rank(cfg)
@@ -223,7 +190,7 @@ def rlvr_command(args, job) -> dict:
     from lmforge.model.checkpoint import load_model
     from lmforge.posttrain.instruct import read_records
 
-    if args.cfg["zero_stage"] == 3:
+    if args.cfg.zero_stage == 3:
         raise ValueError("rlvr samples from the policy's whole weights on each process: "
                          "zero_stage 3 (sharded parameters) is not supported, use 1 or 2")
     model, reference = load_model(args.checkpoint), load_model(args.checkpoint)
@@ -233,4 +200,4 @@ def rlvr_command(args, job) -> dict:
     return train_job(job, model, prompt_batches(records, args.cfg, args.seed, *rank_and_world()),
                      args, {"data.prompts": len(records)},
                      objective=grpo_objective(reference, tokenizer, eos, pad),
-                     heldout=heldout_fn(tokenizer, valid, eos, pad, args.cfg["max_new_tokens"]))
+                     heldout=heldout_fn(tokenizer, valid, eos, pad, args.cfg.max_new_tokens))

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,16 +34,29 @@ from lmforge.runner import (
     json_object,
     rank_and_world,
 )
+from lmforge.settings import Section
+from lmforge.train.config import TrainConfig
 from lmforge.train.job import TRAIN_CFG, train_job
+
+
+@dataclass(frozen=True)
+class SftDataConfig(Section):
+    SECTION = "sft"
+
+    arithmetic_examples: int
+    completion_examples: int
+    constraint_examples: int
 
 log = logging.getLogger(__name__)
 
 
-def make_sft_data(mix_paths: list[str], out_path: str | Path, cfg: dict, tasks_cfg: dict,
+def make_sft_data(mix_paths: list[str], out_path: str | Path, cfg: SftDataConfig | Mapping,
+                  tasks_cfg: Mapping,
                   seed: int, valid_fraction: float) -> dict:
     """Conversations in open-instruct's `messages` format: sums (bare and as word problems),
     sentence completions, and completions under a checkable constraint
     (lmforge.posttrain.instruct)."""
+    cfg = SftDataConfig.of(cfg)
     rng = random.Random(seed)
     pairs, _ = instruct.training_pairs(tasks_cfg)
     sentences, _ = instruct.corpus_sentences(mix_paths, seed, valid_fraction)
@@ -54,17 +68,17 @@ def make_sft_data(mix_paths: list[str], out_path: str | Path, cfg: dict, tasks_c
                              {"role": "assistant", "content": answer}], "skill": skill}
 
     examples = [example(instruct.arithmetic_question(a, b, rng), str(a + b), "arithmetic")
-                for a, b in instruct.draw(pairs, cfg["arithmetic_examples"], rng)]
+                for a, b in instruct.draw(pairs, cfg.arithmetic_examples, rng)]
     examples += [example(*instruct.completion_prompt(words), "completion")
-                 for words in instruct.draw(sentences, cfg["completion_examples"], rng)]
-    for words in instruct.draw(sentences, cfg["constraint_examples"], rng):
+                 for words in instruct.draw(sentences, cfg.completion_examples, rng)]
+    for words in instruct.draw(sentences, cfg.constraint_examples, rng):
         name = rng.choice(sorted(instruct.CONSTRAINT_TEMPLATES))
         prompt, _, answer = instruct.constrained_example(words, name)
         examples.append(example(prompt, answer, "constraint"))
     rng.shuffle(examples)
     write_jsonl_gz(out_path, examples)
-    return {"examples": len(examples), "arithmetic": cfg["arithmetic_examples"],
-            "completion": cfg["completion_examples"], "constraint": cfg["constraint_examples"]}
+    return {"examples": len(examples), "arithmetic": cfg.arithmetic_examples,
+            "completion": cfg.completion_examples, "constraint": cfg.constraint_examples}
 
 
 def encode_example(tokenizer, example: dict, max_len: int) -> tuple[list[int], list[bool]] | None:
@@ -123,11 +137,13 @@ def answer_rows(pairs: list[tuple[list[int], list[int]]], pad: int
     return ids[:, :-1], labels[:, 1:]
 
 
-def sft_batches(tokenizer, data_path: str | Path, max_len: int, cfg: dict, seed: int,
-                rank: int = 0, world_size: int = 1) -> tuple[Callable[[int, int], tuple], dict]:
+def sft_batches(tokenizer, data_path: str | Path, max_len: int, cfg: TrainConfig | Mapping,
+                seed: int, rank: int = 0, world_size: int = 1
+                ) -> tuple[Callable[[int, int], tuple], dict]:
     """Micro-batches of packed rows (inputs, labels, doc_ids): each epoch shuffles the examples
     with the seed and packs them; each step's global batch is split across ranks as in
     pretraining. Without `packing` every example is a row of its own."""
+    cfg = TrainConfig.of(cfg)
     pad = tokenizer.token_to_id(PAD)
     encoded, too_long = [], 0
     for example in read_jsonl(data_path):
@@ -140,14 +156,14 @@ def sft_batches(tokenizer, data_path: str | Path, max_len: int, cfg: dict, seed:
         raise ValueError(f"{data_path}: no SFT example fits in {max_len} tokens")
     if too_long:
         log.warning("%s: %d examples longer than %d tokens skipped", data_path, too_long, max_len)
-    micro = cfg["micro_batch_size"]
+    micro = cfg.micro_batch_size
     epochs: list[list] = []
 
     def rows_of(epoch: int) -> list:
         while len(epochs) <= epoch:
             order = np.random.default_rng([seed, len(epochs)]).permutation(len(encoded))
             shuffled = [encoded[int(i)] for i in order]
-            epochs.append(pack(shuffled, max_len, pad) if cfg.get("packing", True)
+            epochs.append(pack(shuffled, max_len, pad) if cfg.packing
                           else [pack([e], max_len, pad)[0] for e in shuffled])
         return epochs[epoch]
 
@@ -159,7 +175,7 @@ def sft_batches(tokenizer, data_path: str | Path, max_len: int, cfg: dict, seed:
         return rows_of(epoch)[index]
 
     def batch(step: int, micro_step: int):
-        start = (step * cfg["grad_accum"] * world_size + micro_step * world_size + rank) * micro
+        start = cfg.micro_batch_start(step, micro_step, rank, world_size)
         return tuple(torch.stack(parts) for parts in zip(*(row(start + i) for i in range(micro))))
 
     rows = len(rows_of(0))
@@ -176,7 +192,7 @@ def sft_data_command(args, job) -> dict:
 
 
 @command("sft", CHECKPOINT, arg("--data"), TOKENIZER, TRAIN_CFG, SEED, OUT, METRICS,
-         params=lambda args: {**args.cfg, "from": args.checkpoint, "seed": args.seed},
+         params=lambda args: {**args.cfg.to_dict(), "from": args.checkpoint, "seed": args.seed},
          inputs=("checkpoint", "data", "tokenizer"), outputs=("out", "metrics"))
 def sft_command(args, job) -> dict:
     """Supervised fine-tuning on the assistant turns of the conversations."""

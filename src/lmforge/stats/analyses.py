@@ -12,27 +12,23 @@ and temp directory, so a corpus larger than memory spills to disk; each result i
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import duckdb
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from lmforge.data import pii
 from lmforge.io.storage import (
-    atomic_dir,
     atomic_path,
-    read_jsonl,
     write_json,
     write_text,
 )
 from lmforge.runner import CFG, DOCS, OUT_DIR, arg, command
+from lmforge.stats.config import DuckDBConfig, NgramsConfig, StatsConfig
+from lmforge.stats.measure import PII_KINDS, measure_documents, task_index
 from lmforge.stats.report import markdown, plots
 
-PII_KINDS = tuple(pii.PATTERNS)
 ANALYSES = (
     "summary", "length_histogram", "domains", "schemes", "suffixes", "dates", "languages",
     "ngrams", "duplicate_texts", "duplicate_urls", "duplicate_cluster_sizes", "pii", "toxic",
@@ -50,12 +46,13 @@ def _sql_list(paths) -> str:
     return "[" + ", ".join(sql_string(str(p)) for p in paths) + "]"
 
 
-def connect(cfg: dict, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
-    Path(cfg["temp_directory"]).mkdir(parents=True, exist_ok=True)
+def connect(cfg: DuckDBConfig | Mapping, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
+    cfg = DuckDBConfig.of(cfg)
+    Path(cfg.temp_directory).mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(database)
-    con.execute(f"SET memory_limit = '{cfg['memory_limit']}'")
-    con.execute(f"SET threads = {int(cfg['threads'])}")
-    con.execute(f"SET temp_directory = {sql_string(str(cfg['temp_directory']))}")
+    con.execute(f"SET memory_limit = '{cfg.memory_limit}'")
+    con.execute(f"SET threads = {int(cfg.threads)}")
+    con.execute(f"SET temp_directory = {sql_string(str(cfg.temp_directory))}")
     con.execute("SET preserve_insertion_order = false")
     return con
 
@@ -71,113 +68,6 @@ def docs_view(con, paths: list[str], kind: str = "VIEW") -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Python pass: per-document measurements that need our tokenizer, patterns or models.
-
-
-def task_index(tasks_dir: str | None, n: int) -> tuple[dict, dict]:
-    """n-gram → item ids, and item id → (task, normalised words), for every evaluation item."""
-    from lmforge.data.dedup import normalized_words
-    from lmforge.eval import generated as tasks
-
-    grams: dict[tuple[str, ...], set[str]] = {}
-    items: dict[str, tuple[str, str]] = {}
-    if tasks_dir is None:
-        return grams, items
-    for name in tasks.TASK_NAMES:
-        for item in tasks.load_task(Path(tasks_dir) / f"{name}.jsonl.gz"):
-            words = normalized_words(tasks.item_text(name, item))
-            items[item["id"]] = (name, words)
-            # An item shorter than n is one key, as in decontamination.
-            keys = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)] or [tuple(words)]
-            for key in keys:
-                grams.setdefault(key, set()).add(item["id"])
-    return grams, items
-
-
-def contained_items(text: str, grams: dict, items: dict, n: int, short: set[int]):
-    """Evaluation items sharing an n-gram with the text (short items: whole), and those of
-    them found verbatim; words normalised as in decontamination. Set look-ups in Python: a
-    DuckDB join on zipped 13-gram tuples measured slower."""
-    from lmforge.data.dedup import normalized_words
-
-    words = normalized_words(text)
-    found: set[str] = set()
-    for length in {n} | short:
-        for i in range(len(words) - length + 1):
-            hit = grams.get(tuple(words[i:i + length]))
-            if hit:
-                found |= hit
-    if not found:
-        return [], []
-    normalized = " ".join(words)
-    exact = [item for item in found if " ".join(items[item][1]) in normalized]
-    return sorted(found), sorted(exact)
-
-
-def _measure_shard(args: tuple) -> str:
-    path, out_path, tokenizer_path, tasks_dir, cfg = args
-    from lmforge.data.taggers.toxic import ToxicTagger
-
-    tokenizer = None
-    if tokenizer_path:
-        from tokenizers import Tokenizer
-
-        tokenizer = Tokenizer.from_file(str(tokenizer_path))
-    n = cfg["contamination_ngram"]
-    grams, items = task_index(tasks_dir, n)
-    short = {len(key) for key in grams if len(key) < n}
-    toxic_cfg = {"sentence_threshold": cfg["toxic_sentence_threshold"], "max_toxic_fraction": 1.0}
-    columns: dict[str, list] = {name: [] for name in (
-        "id", "tokenizer_tokens", *(f"pii_{k}" for k in PII_KINDS), "toxic_sentences",
-        "items_ngram", "items_exact")}
-    batch: list[dict] = []
-
-    def flush():
-        if tokenizer is not None:
-            encoded = tokenizer.encode_batch([doc["text"] for doc in batch])
-            columns["tokenizer_tokens"] += [len(e.ids) for e in encoded]
-        else:
-            columns["tokenizer_tokens"] += [None] * len(batch)
-        toxic = ToxicTagger(toxic_cfg).tag_batch(batch)
-        for doc, toxic_attrs in zip(batch, toxic):
-            columns["id"].append(doc["id"])
-            found = pii.find(doc["text"])
-            for kind in PII_KINDS:
-                columns[f"pii_{kind}"].append(len(found[kind]))
-            columns["toxic_sentences"].append(len(toxic_attrs["sentence"]))
-            ngram_items, exact_items = contained_items(doc["text"], grams, items, n, short)
-            columns["items_ngram"].append(ngram_items)
-            columns["items_exact"].append(exact_items)
-        batch.clear()
-
-    for doc in read_jsonl(path):
-        batch.append(doc)
-        if len(batch) == 256:
-            flush()
-    flush()
-    table = pa.table({
-        **columns,
-        "tokenizer_tokens": pa.array(columns["tokenizer_tokens"], pa.int64()),
-        "items_ngram": pa.array(columns["items_ngram"], pa.list_(pa.string())),
-        "items_exact": pa.array(columns["items_exact"], pa.list_(pa.string())),
-    })
-    pq.write_table(table, out_path)
-    return out_path
-
-
-def measure_documents(paths: list[str], out_dir: Path, tokenizer, tasks_dir, cfg: dict,
-                      workers: int) -> Path:
-    """The Python pass: `out_dir/documents/` holds one parquet per shard."""
-    target = out_dir / "documents"
-    with atomic_dir(target) as tmp:
-        jobs = [(str(p), str(tmp / f"{i:05d}.parquet"), tokenizer, tasks_dir, cfg)
-                for i, p in enumerate(paths)]
-        if workers > 1 and len(jobs) > 1:
-            with concurrent.futures.ProcessPoolExecutor(min(workers, len(jobs))) as pool:
-                list(pool.map(_measure_shard, jobs))
-        else:
-            for job in jobs:
-                _measure_shard(job)
-    return target
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,12 +146,12 @@ def _zipped(column: str, n: int) -> str:
     return f"list_zip({', '.join(slices)})"
 
 
-def _ngram_query(n: int, cfg: dict) -> str:
+def _ngram_query(n: int, cfg: NgramsConfig) -> str:
     """Most and least common word n-grams: exact counts (DuckDB spills the GROUP BY to disk),
     or with `method: approximate` DuckDB's bounded-memory approx_top_k (no least common).
     n-grams are zipped from shifted slices of the word list: list_zip is vectorised, where a
     lambda per position is an order of magnitude slower."""
-    k = int(cfg["top_k"])
+    k = int(cfg.top_k)
     if n == 1:
         grams = f"SELECT unnest({_WORDS}) AS g FROM docs WHERE trim(text) <> ''"
         as_text = "g"
@@ -269,7 +159,7 @@ def _ngram_query(n: int, cfg: dict) -> str:
         grams = (f"SELECT unnest({_zipped('w', n)}) AS g "
                  f"FROM (SELECT {_WORDS} AS w FROM docs WHERE trim(text) <> '')")
         as_text = "concat_ws(' ', " + ", ".join(f"g[{i}]" for i in range(1, n + 1)) + ")"
-    if cfg["method"] == "approximate":
+    if cfg.method == "approximate":
         return (f"SELECT {n} AS n, 'most' AS rank_kind, unnest(approx_top_k({as_text}, {k})) "
                 f"AS ngram, NULL::BIGINT AS count FROM ({grams})")
     return f"""
@@ -293,37 +183,39 @@ def _languages_query(lang_paths: list[str]) -> str:
         FROM docs LEFT JOIN lang USING (id) GROUP BY 1 ORDER BY documents DESC, language"""
 
 
-def corpus_stats(paths: list[str], out_dir: str | Path, cfg: dict, *, tokenizer=None,
-                 tasks_dir=None, lang_paths: list[str] = ()) -> dict:
+def corpus_stats(paths: list[str], out_dir: str | Path, cfg: StatsConfig | Mapping, *,
+                 tokenizer=None, tasks_dir=None, lang_paths: list[str] = ()) -> dict:
     """Every analysis of a corpus: `<analysis>.parquet`, plots, `summary.md`, `summary.json`."""
+    cfg = StatsConfig.of(cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     measured = measure_documents([str(p) for p in paths], out_dir, tokenizer, tasks_dir, cfg,
-                                 int(cfg["duckdb"]["threads"]))
+                                 int(cfg.duckdb.threads))
     # The JSON is parsed once into a table in an on-disk scratch database, so the analyses
     # neither re-read the shards nor hold the corpus in memory.
-    scratch = Path(cfg["duckdb"]["temp_directory"]) / f"stats-{os.getpid()}.duckdb"
+    scratch = Path(cfg.duckdb.temp_directory) / f"stats-{os.getpid()}.duckdb"
     scratch.unlink(missing_ok=True)
     try:
-        return _analyse(connect(cfg["duckdb"], str(scratch)), paths, out_dir, measured, cfg,
+        return _analyse(connect(cfg.duckdb, str(scratch)), paths, out_dir, measured, cfg,
                         tasks_dir, lang_paths)
     finally:
         scratch.unlink(missing_ok=True)
         Path(f"{scratch}.wal").unlink(missing_ok=True)
 
 
-def _analyse(con, paths, out_dir: Path, measured: Path, cfg: dict, tasks_dir, lang_paths) -> dict:
+def _analyse(con, paths, out_dir: Path, measured: Path, cfg: StatsConfig, tasks_dir,
+             lang_paths) -> dict:
     docs_view(con, [str(p) for p in paths], kind="TABLE")
     con.execute("CREATE VIEW measured AS SELECT * FROM read_parquet("
                 f"{sql_string(str(measured / '*.parquet'))})")
-    _, items = task_index(tasks_dir, cfg["contamination_ngram"])
+    _, items = task_index(tasks_dir, cfg.contamination_ngram)
     con.execute("CREATE TABLE task_items (task VARCHAR, item VARCHAR)")
     if items:
         con.executemany("INSERT INTO task_items VALUES (?, ?)",
                         [(task, item) for item, (task, _) in items.items()])
     queries = dict(QUERIES)
     queries["ngrams"] = " UNION ALL ".join(
-        f"({_ngram_query(n, cfg['ngrams'])})" for n in range(1, cfg["ngrams"]["max_n"] + 1))
+        f"({_ngram_query(n, cfg.ngrams)})" for n in range(1, cfg.ngrams.max_n + 1))
     queries["languages"] = _languages_query([str(p) for p in lang_paths])
     frames = {}
     for name in ANALYSES:
@@ -332,9 +224,9 @@ def _analyse(con, paths, out_dir: Path, measured: Path, cfg: dict, tasks_dir, la
             con.execute(f"COPY {name} TO {sql_string(str(tmp))} (FORMAT parquet)")
         frames[name] = con.table(name).fetchdf()
     summary = key_numbers(frames)
-    plots(frames, out_dir, cfg["top_k"])
+    plots(frames, out_dir, cfg.top_k)
     write_json(out_dir / "summary.json", summary)
-    write_text(out_dir / "summary.md", markdown(summary, frames, cfg["top_k"]))
+    write_text(out_dir / "summary.md", markdown(summary, frames, cfg.top_k))
     con.close()
     return summary
 

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 from lmforge.io.storage import atomic_path, document_files, write_text
 from lmforge.runner import CFG, DOCS, OUT_DIR, arg, command
 from lmforge.stats.analyses import connect, docs_view, number, sql_string
+from lmforge.stats.config import StatsConfig
 from lmforge.stats.report import table
 
 
-def corpus_overlap(a_paths: list[str], b_paths: list[str], out_dir: str | Path, cfg: dict,
-                   names: tuple[str, str] = ("a", "b")) -> dict:
+def corpus_overlap(a_paths: list[str], b_paths: list[str], out_dir: str | Path,
+                   cfg: StatsConfig | Mapping, names: tuple[str, str] = ("a", "b")) -> dict:
     """How much of corpus B is in corpus A and the reverse, by exact text and by URL."""
+    cfg = StatsConfig.of(cfg)
     out_dir = Path(out_dir)
-    con = connect(cfg["duckdb"])
+    con = connect(cfg.duckdb)
     tables = {}
     for name, paths in (("a", a_paths), ("b", b_paths)):
         docs_view(con, [str(p) for p in paths])

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from lmforge.io.storage import atomic_dir, write_json
+from lmforge.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +71,11 @@ RESUMABLE_CHANGES = ("micro_batch_size", "grad_accum", "compile", "peak_flops",
                      "checkpoint_every", "keep_last")
 
 
-def global_batch(cfg: dict, world_size: int) -> int:
-    return cfg["micro_batch_size"] * cfg["grad_accum"] * world_size
+def global_batch(cfg: TrainConfig, world_size: int) -> int:
+    return cfg.micro_batch_size * cfg.grad_accum * world_size
 
 
-def resume_point(checkpoint_dir, cfg: dict, world_size: int) -> tuple[Path, dict] | None:
+def resume_point(checkpoint_dir, cfg: TrainConfig, world_size: int) -> tuple[Path, dict] | None:
     """The newest complete intermediate checkpoint and its trainer state, if this run may
     continue it: the same training config up to RESUMABLE_CHANGES and the same global batch,
     so the data order (a function of the step) continues exactly."""
@@ -84,12 +85,14 @@ def resume_point(checkpoint_dir, cfg: dict, world_size: int) -> tuple[Path, dict
     latest = saved[-1]
     state = json.loads((latest / "trainer_state.json").read_text())
     fixed = lambda c: {k: v for k, v in c.items() if k not in RESUMABLE_CHANGES}  # noqa: E731
-    changed = sorted(k for k in fixed(state["config"]) | fixed(cfg)
-                     if state["config"].get(k) != cfg.get(k))
+    current = cfg.to_dict()
+    changed = sorted(k for k in fixed(state["config"]) | fixed(current)
+                     if state["config"].get(k) != current.get(k))
     if changed:
         raise ValueError(f"{latest} was written with another training config ({', '.join(changed)}"
                          f" differ); remove {latest.parent} to start over")
-    before = global_batch(state["config"], state["world_size"])
+    saved_cfg = state["config"]
+    before = saved_cfg["micro_batch_size"] * saved_cfg["grad_accum"] * state["world_size"]
     if before != global_batch(cfg, world_size):
         raise ValueError(f"{latest} was written with a global batch of {before} instances; "
                          f"choose micro_batch_size × grad_accum × processes = {before} to resume")

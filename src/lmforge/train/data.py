@@ -4,29 +4,32 @@ continues, split over ranks; and the fixed held-out set of the in-loop loss."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
 
 from lmforge.model.olmo2 import causal_lm_loss
+from lmforge.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, ...]
 
 
-def instance_batches(tokens: np.ndarray, seq_len: int, cfg: dict, seed: int, rank: int = 0,
-                     world_size: int = 1, first_instance: int = 0) -> Callable[[int, int], Batch]:
+def instance_batches(tokens: np.ndarray, seq_len: int, cfg: TrainConfig | Mapping, seed: int,
+                     rank: int = 0, world_size: int = 1, first_instance: int = 0
+                     ) -> Callable[[int, int], Batch]:
     """OLMo's data order: the token array cut into `seq_len` instances, shuffled per epoch by a
     seeded permutation; each optimizer step takes the next global batch, split across ranks.
     `first_instance` continues an order another stage began (a grown model after its small
     one), so a staged run and a from-scratch run see the same instances."""
+    cfg = TrainConfig.of(cfg)
     n_instances = len(tokens) // seq_len
     if n_instances == 0:
         raise ValueError(f"{len(tokens)} tokens make no instance of {seq_len} tokens")
-    micro = cfg["micro_batch_size"]
-    per_step = micro * cfg["grad_accum"] * world_size
+    micro = cfg.micro_batch_size
+    per_step = micro * cfg.grad_accum * world_size
     orders: dict[int, np.ndarray] = {}
 
     def order(epoch: int) -> np.ndarray:

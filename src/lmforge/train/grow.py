@@ -286,8 +286,8 @@ def stage_schedule(n_params: list[float], batch_tokens: float, target_loss: floa
 @command("grow", CHECKPOINT, TOKENS_DIR, TRAIN_CFG, SEED, OUT, METRICS,
          arg("--operator", choices=sorted(OPERATORS)), arg("--factor", type=int),
          arg("--width-noise", type=float),
-         params=lambda args: {**args.cfg, "operator": args.operator, "factor": args.factor,
-                              "from": args.checkpoint, "seed": args.seed},
+         params=lambda args: {**args.cfg.to_dict(), "operator": args.operator,
+                              "factor": args.factor, "from": args.checkpoint, "seed": args.seed},
          inputs=("checkpoint", "tokens_dir"), outputs=("out", "metrics"))
 def grow_command(args, job) -> dict:
     """Grow a trained model with its optimizer state (depth or width) and continue training

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from lmforge.data.tokenize import open_tokens
+from lmforge.io.storage import InputError
 from lmforge.runner import (
     CHECKPOINT,
     METRICS,
@@ -18,35 +19,36 @@ from lmforge.runner import (
     json_object,
     rank_and_world,
 )
+from lmforge.train.config import TrainConfig
 from lmforge.train.data import heldout_loss_fn, instance_batches
 from lmforge.train.loop import train
 from lmforge.train.optim import resolve_batch
 
 
-def training_cfg(text: str) -> dict:
+def training_cfg(text: str) -> TrainConfig:
     """`--cfg` of a training command: micro-batches and accumulation resolved for this world."""
     try:
         return resolve_batch(json_object(text), rank_and_world()[1])
-    except ValueError as err:
+    except (ValueError, InputError) as err:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
 TRAIN_CFG = arg("--cfg", type=training_cfg)
 
 
-def token_batches(tokens_dir: str, model, cfg: dict, seed: int, first_instance: int = 0):
+def token_batches(tokens_dir: str, model, cfg: TrainConfig, seed: int, first_instance: int = 0):
     tokens = open_tokens(Path(tokens_dir) / "train.npy", Path(tokens_dir) / "meta.json")
     return instance_batches(tokens, model.cfg.max_seq_len, cfg, seed, *rank_and_world(),
                             first_instance=first_instance)
 
 
-def heldout(tokens_dir: str, model, cfg: dict):
+def heldout(tokens_dir: str, model, cfg: TrainConfig):
     """The in-loop held-out loss over the mix's valid split, when `eval_every` asks for it."""
-    if not cfg.get("eval_every"):
+    if not cfg.eval_every:
         return None
     tokens = open_tokens(Path(tokens_dir) / "valid.npy", Path(tokens_dir) / "meta.json")
-    return heldout_loss_fn(tokens, model.cfg.max_seq_len, cfg.get("eval_instances", 64),
-                           cfg["micro_batch_size"])
+    return heldout_loss_fn(tokens, model.cfg.max_seq_len, cfg.eval_instances,
+                           cfg.micro_batch_size)
 
 
 def train_job(job, model, batches, args, extra_metrics: dict, **train_args) -> dict:
@@ -63,6 +65,7 @@ def post_training_command(name: str):
     """Declare `lmforge <name>`: train from --checkpoint on --train, with --valid held out."""
     return command(name, CHECKPOINT, arg("--train"), arg("--valid"), TOKENIZER, TRAIN_CFG, SEED,
                    OUT, METRICS,
-                   params=lambda args: {**args.cfg, "from": args.checkpoint, "seed": args.seed},
+                   params=lambda args: {**args.cfg.to_dict(), "from": args.checkpoint,
+                                        "seed": args.seed},
                    inputs=("checkpoint", "train", "valid", "tokenizer"),
                    outputs=("out", "metrics"))

@@ -14,7 +14,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -31,6 +31,7 @@ from lmforge.train.checkpointing import (
     shared_atomic_dir,
     universal_checkpoint,
 )
+from lmforge.train.config import TrainConfig
 from lmforge.train.data import Batch
 from lmforge.train.metrics import peak_flops, write_metrics
 from lmforge.train.optim import (
@@ -59,7 +60,7 @@ def _ensure_distributed_env() -> None:
                       MASTER_PORT=str(port))
 
 
-def training_loss(engine, inputs, labels, cfg: dict, doc_ids=None
+def training_loss(engine, inputs, labels, cfg: TrainConfig, doc_ids=None
                   ) -> tuple[torch.Tensor, dict[str, float]]:
     """Cross-entropy plus OLMo's z-loss on the output logits (weight `z_loss`, 1e-5 in OLMo 2)
     and, for OLMoE, the router's load-balancing and z-losses; the parts for logging (the
@@ -71,14 +72,14 @@ def training_loss(engine, inputs, labels, cfg: dict, doc_ids=None
     else:
         logits, aux = engine(inputs, doc_ids=doc_ids), {}
     ce, log_partition_sq = cross_entropy_and_z_loss(logits, labels)
-    z_loss = cfg.get("z_loss", 0.0) * log_partition_sq
-    scale = int((labels != -100).sum()) if cfg.get("loss_reduction", "mean") == "sum" else 1
+    z_loss = cfg.z_loss * log_partition_sq
+    scale = int((labels != -100).sum()) if cfg.loss_reduction == "sum" else 1
     total = (ce + z_loss) * scale + sum(aux.values())
     return total, {"loss": ce.item(), "z_loss": z_loss.item(),
                    **{k: v.item() for k, v in aux.items()}}
 
 
-def language_modeling(engine, batch: Batch, cfg: dict
+def language_modeling(engine, batch: Batch, cfg: TrainConfig
                       ) -> tuple[torch.Tensor, dict[str, float], int]:
     """The default objective: (inputs, labels) or, for packed documents, (inputs, labels,
     doc_ids) under training_loss."""
@@ -99,13 +100,13 @@ def _across_ranks(window: dict[str, float], tokens: int, world_size: int):
     return ({k: float(v) / world_size for k, v in zip(names, values)}, int(values[-1]))
 
 
-def train(model: Olmo2, batches: Callable[[int, int], object], cfg: dict, seed: int,
-          checkpoint_dir: str | Path, metrics_path: str | Path, tracker=None,
+def train(model: Olmo2, batches: Callable[[int, int], object], cfg: TrainConfig | Mapping,
+          seed: int, checkpoint_dir: str | Path, metrics_path: str | Path, tracker=None,
           start=None,
           heldout: Callable[[torch.nn.Module, torch.device], float | dict] | None = None,
           first_instance: int = 0, objective: Objective = language_modeling,
           lr_scale: dict[str, float] | None = None) -> dict:
-    """Train for cfg['steps'] optimizer steps; write the checkpoint and a metrics CSV atomically.
+    """Train for cfg.steps optimizer steps; write the checkpoint and a metrics CSV atomically.
 
     Every `checkpoint_every` steps the full engine state goes to `<checkpoint_dir>.steps/`
     (the newest `keep_last` are kept); a restarted run resumes from the newest one and, as the
@@ -120,6 +121,7 @@ def train(model: Olmo2, batches: Callable[[int, int], object], cfg: dict, seed: 
     columns). `objective` turns a micro-batch into the loss (default: language modeling).
     The trainer state records where the data order stops (`next_instance`), for a stage that
     continues it."""
+    cfg = TrainConfig.of(cfg)
     _ensure_distributed_env()
     if torch.cuda.is_available():  # one device per process on a node
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
@@ -128,31 +130,31 @@ def train(model: Olmo2, batches: Callable[[int, int], object], cfg: dict, seed: 
     from lmforge.train.plan import check_fits, device_memory_bytes, estimate, markdown
 
     world_size = int(os.environ.get("WORLD_SIZE", 1))
-    eval_every = cfg.get("eval_every", 0)
+    eval_every = cfg.eval_every
     if eval_every and heldout is None:
         raise ValueError("eval_every is set but this stage has no held-out tokens to evaluate")
-    if eval_every % cfg["log_every"]:
+    if eval_every % cfg.log_every:
         raise ValueError(f"eval_every {eval_every} is not a multiple of log_every "
-                         f"{cfg['log_every']}")
+                         f"{cfg.log_every}")
     plan = estimate(model.cfg, cfg, world_size)
     log.info("plan:\n%s", markdown(plan))
     check_fits(plan, device_memory_bytes("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(seed)
-    if cfg.get("compile"):
+    if cfg.compile:
         compile_blocks(model)
     deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl",
                                verbose=False)
     optimizer = torch.optim.AdamW(
-        param_groups(model, cfg["weight_decay"], cfg.get("decay_embeddings", False),
-                     cfg.get("decay_norms", True), cfg["lr"],
+        param_groups(model, cfg.weight_decay, cfg.decay_embeddings,
+                     cfg.decay_norms, cfg.lr,
                      start.lr_scale if start is not None else lr_scale),
-        lr=cfg["lr"], betas=(0.9, 0.95), eps=1e-8)
+        lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, cfg))
     resume = resume_point(checkpoint_dir, cfg, world_size)
     # ZeRO shards the optimizer state per rank: another number of processes needs its
     # universal form. Without ZeRO every rank holds it whole and any world size loads it.
     reshard = (resume is not None and resume[1]["world_size"] != world_size
-               and cfg["zero_stage"] > 0)
+               and cfg.zero_stage > 0)
     ds_config = deepspeed_config(cfg, world_size)
     if reshard:
         ds_config["checkpoint"] = {"load_universal": True}
@@ -172,21 +174,21 @@ def train(model: Olmo2, batches: Callable[[int, int], object], cfg: dict, seed: 
                  resumed["world_size"], world_size)
         first_step, rows, tokens_seen = resumed["step"], resumed["rows"], resumed["tokens_seen"]
         window, window_tokens = resumed["window"], resumed["window_tokens"]
-    every = cfg.get("checkpoint_every", 0)
+    every = cfg.checkpoint_every
     peak = peak_flops(engine.device, cfg)
-    for step in range(first_step, cfg["steps"]):
-        for micro_step in range(cfg["grad_accum"]):
+    for step in range(first_step, cfg.steps):
+        for micro_step in range(cfg.grad_accum):
             loss, parts, trained_tokens = objective(engine, batches(step, micro_step), cfg)
             engine.backward(loss)
             engine.step()
             for name, value in parts.items():
-                window[name] = window.get(name, 0.0) + value / cfg["grad_accum"]
+                window[name] = window.get(name, 0.0) + value / cfg.grad_accum
             window_tokens += trained_tokens
         grad_norm = engine.get_global_grad_norm()  # before clipping
         window["grad_norm"] = window.get("grad_norm", 0.0) + (
             float(grad_norm) if grad_norm is not None else math.nan)
-        if (step + 1) % cfg["log_every"] == 0 or step + 1 == cfg["steps"]:
-            n = (step % cfg["log_every"]) + 1
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            n = (step % cfg.log_every) + 1
             window, window_tokens = _across_ranks(window, window_tokens, world_size)
             tokens_seen += window_tokens
             tokens_per_s = window_tokens / max(time.perf_counter() - window_start, 1e-9)
@@ -196,7 +198,7 @@ def train(model: Olmo2, batches: Callable[[int, int], object], cfg: dict, seed: 
                    "flops": tokens_seen * engine.module.flops_per_token(),
                    "mfu": engine.module.flops_per_token() * tokens_per_s / world_size / peak
                    if peak else None}
-            if eval_every and ((step + 1) % eval_every == 0 or step + 1 == cfg["steps"]):
+            if eval_every and ((step + 1) % eval_every == 0 or step + 1 == cfg.steps):
                 scores = heldout(engine.module, engine.device)
                 row.update(scores if isinstance(scores, dict) else {"valid_loss": scores})
             rows.append(row)
@@ -205,25 +207,26 @@ def train(model: Olmo2, batches: Callable[[int, int], object], cfg: dict, seed: 
                 tracker.log_metrics({f"train/{k}": v for k, v in row.items()
                                      if k != "step" and v is not None}, step=step + 1)
             window, window_tokens, window_start = {}, 0, time.perf_counter()
-        if every and (step + 1) % every == 0 and step + 1 < cfg["steps"]:
+        if every and (step + 1) % every == 0 and step + 1 < cfg.steps:
             save_step(engine, checkpoint_dir, step + 1, {
                 "step": step + 1, "rows": rows, "tokens_seen": tokens_seen, "window": window,
-                "window_tokens": window_tokens, "seed": seed, "config": cfg,
+                "window_tokens": window_tokens, "seed": seed, "config": cfg.to_dict(),
                 "world_size": world_size},
-                cfg.get("keep_last", 1))
-    summary = {"steps": cfg["steps"], "resumed_from_step": first_step, "tokens_seen": tokens_seen,
+                cfg.keep_last)
+    summary = {"steps": cfg.steps, "resumed_from_step": first_step, "tokens_seen": tokens_seen,
                "final_loss": rows[-1]["loss"], "seconds": time.perf_counter() - started}
     summary.update({f"final_{k}": v for k, v in rows[-1].items() if k.startswith("valid_")})
-    moments = full_moments(engine) if cfg.get("save_moments") else None
+    moments = full_moments(engine) if cfg.save_moments else None
     with shared_atomic_dir(checkpoint_dir) as tmp:
         # Full engine state (optimizer moments, scheduler, step) for exact continuation.
         engine.save_checkpoint(str(tmp / "deepspeed"), tag="final")
         if is_rank0():
             save_model(engine.module, tmp)
             if moments is not None:
-                save_moments(moments, (start.step if start else 0) + cfg["steps"], tmp)
-            next_instance = first_instance + cfg["steps"] * global_batch(cfg, world_size)
-            write_json(tmp / "trainer_state.json", {**summary, "seed": seed, "config": cfg,
+                save_moments(moments, (start.step if start else 0) + cfg.steps, tmp)
+            next_instance = first_instance + cfg.steps * global_batch(cfg, world_size)
+            write_json(tmp / "trainer_state.json", {**summary, "seed": seed,
+                                                    "config": cfg.to_dict(),
                                                     "next_instance": next_instance,
                                                     "world_size": world_size})
     if is_rank0():

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from lmforge.io.storage import atomic_path, save_figure
+from lmforge.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 # Dense bf16 peak FLOP/s per device, from the vendors' data sheets (no sparsity).
@@ -16,11 +17,11 @@ PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e1
                    "A10G": 125e12}
 
 
-def peak_flops(device, cfg: dict) -> float | None:
+def peak_flops(device, cfg: TrainConfig) -> float | None:
     """Peak FLOP/s of one device for MFU: `peak_flops` from the config, else the data-sheet
     figure of a known GPU; None (no MFU) on a CPU without a configured figure."""
-    if cfg.get("peak_flops"):
-        return float(cfg["peak_flops"])
+    if cfg.peak_flops:
+        return float(cfg.peak_flops)
     if torch.cuda.is_available() and torch.device(device).type == "cuda":
         name = torch.cuda.get_device_name(device)
         return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)

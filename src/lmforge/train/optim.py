@@ -5,29 +5,33 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 
 import torch
 
+from lmforge.io.storage import InputError
 from lmforge.model.olmo2 import Olmo2
 from lmforge.model.olmoe import Olmoe
+from lmforge.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 
-def lr_lambda(step: int, cfg: dict) -> float:
+def lr_lambda(step: int, cfg: TrainConfig | Mapping) -> float:
     """Linear warm-up, then cosine (OLMo 2 pretraining) or linear (OLMo 2 mid-training anneal)
     decay to min_lr_ratio × lr over `schedule_steps` (default: this stage's steps). A stage
     that continues an earlier one's schedule (a grown model) starts at `schedule_offset` and
     may re-warm linearly over `rewarm_steps`. With a fixed global batch, steps measure tokens."""
-    rewarm = cfg.get("rewarm_steps", 0)
+    cfg = TrainConfig.of(cfg)
+    rewarm = cfg.rewarm_steps
     factor = min(1.0, (step + 1) / rewarm) if rewarm else 1.0
-    step += cfg.get("schedule_offset", 0)
-    warmup, total = cfg["warmup_steps"], cfg.get("schedule_steps", cfg["steps"])
+    step += cfg.schedule_offset
+    warmup, total = cfg.warmup_steps, cfg.total_schedule_steps
     if step < warmup:
         return factor * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    floor = cfg["min_lr_ratio"]
-    if cfg.get("schedule", "cosine") == "linear":
+    floor = cfg.min_lr_ratio
+    if cfg.schedule == "linear":
         return factor * (floor + (1 - floor) * (1 - progress))
     return factor * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
@@ -122,30 +126,33 @@ def compile_blocks(model: Olmo2 | Olmoe) -> None:
         block.compile()
 
 
-def resolve_batch(cfg: dict, world_size: int) -> dict:
+def resolve_batch(cfg: TrainConfig | Mapping, world_size: int) -> TrainConfig:
     """Set grad_accum from `global_batch_size` (instances per optimizer step, as OLMo's configs
     give it), so the same config trains the same batches on any number of processes."""
-    if "global_batch_size" not in cfg:
+    cfg = TrainConfig.of(cfg)
+    if cfg.global_batch_size is None:
+        if cfg.grad_accum is None:
+            raise InputError("train: give grad_accum or global_batch_size")
         return cfg
-    per_pass = cfg["micro_batch_size"] * world_size
-    accum, rest = divmod(cfg["global_batch_size"], per_pass)
+    per_pass = cfg.micro_batch_size * world_size
+    accum, rest = divmod(cfg.global_batch_size, per_pass)
     if rest or accum < 1:
-        raise ValueError(f"global_batch_size {cfg['global_batch_size']} is not a multiple of "
-                         f"micro_batch_size {cfg['micro_batch_size']} × {world_size} processes")
-    if cfg.get("grad_accum", accum) != accum:
-        raise ValueError(f"grad_accum {cfg['grad_accum']} contradicts global_batch_size "
-                         f"{cfg['global_batch_size']} on {world_size} processes (needs {accum})")
-    return {**cfg, "grad_accum": accum}
+        raise ValueError(f"global_batch_size {cfg.global_batch_size} is not a multiple of "
+                         f"micro_batch_size {cfg.micro_batch_size} × {world_size} processes")
+    if cfg.grad_accum not in (None, accum):
+        raise ValueError(f"grad_accum {cfg.grad_accum} contradicts global_batch_size "
+                         f"{cfg.global_batch_size} on {world_size} processes (needs {accum})")
+    return cfg.replace(grad_accum=accum)
 
 
-def deepspeed_config(cfg: dict, world_size: int) -> dict:
+def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
     return {
-        "train_micro_batch_size_per_gpu": cfg["micro_batch_size"],
-        "gradient_accumulation_steps": cfg["grad_accum"],
-        "train_batch_size": cfg["micro_batch_size"] * cfg["grad_accum"] * world_size,
-        "gradient_clipping": cfg["grad_clip"],
-        "zero_optimization": {"stage": cfg["zero_stage"]},
-        "bf16": {"enabled": cfg["precision"] == "bf16"},
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "train_batch_size": cfg.micro_batch_size * cfg.grad_accum * world_size,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "bf16": {"enabled": cfg.precision == "bf16"},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }

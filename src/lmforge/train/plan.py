@@ -21,6 +21,7 @@ FLOPs per step: the model's training FLOPs per token times the tokens of one glo
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -28,34 +29,37 @@ import torch
 from lmforge.io.storage import InputError
 from lmforge.model.olmo2 import ModelConfig
 from lmforge.runner import arg, command, json_object
+from lmforge.train.config import TrainConfig
 
 GIB = 1024**3
 
 
-def estimate(model_cfg: ModelConfig, train_cfg: dict, world_size: int = 1) -> dict:
+def estimate(model_cfg: ModelConfig, train_cfg: TrainConfig | Mapping, world_size: int = 1
+             ) -> dict:
+    train_cfg = TrainConfig.of(train_cfg)
     from lmforge.model.hf import build
 
     with torch.device("meta"):
         model = build(model_cfg)
     params = model.num_params(non_embedding=False)
-    bf16 = train_cfg["precision"] == "bf16"
+    bf16 = train_cfg.precision == "bf16"
     width = 2 if bf16 else 4
-    stage = train_cfg["zero_stage"]
+    stage = train_cfg.zero_stage
     shard = lambda stage_from: world_size if stage >= stage_from else 1  # noqa: E731
     weights = params * width / shard(3)
     grads = params * width / shard(2)
     optimizer = params * ((4 if bf16 else 0) + 8) / shard(1)
     # A DPO micro-batch holds both sides of each pair; RLVR keeps the frozen reference model
     # beside the policy.
-    rows = train_cfg["micro_batch_size"] * (2 if "loss_type" in train_cfg else 1)
-    if "samples_per_prompt" in train_cfg:
+    rows = train_cfg.micro_batch_size * (2 if train_cfg.loss_type is not None else 1)
+    if train_cfg.samples_per_prompt is not None:
         weights += params * width
-    tokens = min(model_cfg.max_seq_len, train_cfg.get("max_seq_len", model_cfg.max_seq_len)) * rows
+    tokens = min(model_cfg.max_seq_len, train_cfg.max_seq_len or model_cfg.max_seq_len) * rows
     dtype = torch.bfloat16 if bf16 else torch.float32
     activations = tokens * (model_cfg.n_layers * block_activation_bytes_per_token(model_cfg, dtype)
                             + model_cfg.d_model * (4 + 2 * width)
                             + model_cfg.vocab_size * (4 + 3 * 4 + width))
-    tokens_per_step = tokens * train_cfg["grad_accum"] * world_size
+    tokens_per_step = tokens * train_cfg.grad_accum * world_size
     return {
         "parameters": params,
         "active_parameters": model.num_params(non_embedding=False, active=True)
@@ -205,7 +209,7 @@ def _global_batch_of(config: dict, stage: str) -> int:
     world = _world_size(config, stage)
     cfg = resolve_batch(config["pretrain"] if stage == "pretrain" else config["grow"]["train"],
                         world)
-    return cfg["micro_batch_size"] * cfg["grad_accum"] * world
+    return cfg.micro_batch_size * cfg.grad_accum * world
 
 
 def baseline_train_config(config: dict) -> dict:
@@ -267,15 +271,15 @@ def workflow_plan(config: dict, mfu: float = 0.4) -> list[dict]:
         world = _world_size(config, stage)
         cfg = resolve_batch(stage_train_config(config, stage), world)
         plan = estimate(stage_model_config(config, stage in GROWN_STAGES), cfg, world)
-        peak = cfg.get("peak_flops") or (H100_BF16_FLOPS if launch["gpus_per_node"] else None)
-        flops = plan["flops_per_step"] * cfg["steps"]
+        peak = cfg.peak_flops or (H100_BF16_FLOPS if launch["gpus_per_node"] else None)
+        flops = plan["flops_per_step"] * cfg.steps
         hours = flops / (world * peak * mfu) / 3600 if peak else None
         rows.append({"stage": stage, "nodes": launch["nodes"], "processes": world,
-                     "gpus": launch["nodes"] * launch["gpus_per_node"], "steps": cfg["steps"],
+                     "gpus": launch["nodes"] * launch["gpus_per_node"], "steps": cfg.steps,
                      "gpu_memory_gib": launch.get("gpu_memory_gib", 80)
                      if launch["gpus_per_node"] else None,
-                     "grad_accum": cfg["grad_accum"],
-                     "tokens": plan["tokens_per_step"] * cfg["steps"], "flops": flops,
+                     "grad_accum": cfg.grad_accum,
+                     "tokens": plan["tokens_per_step"] * cfg.steps, "flops": flops,
                      "hours": hours,
                      "gpu_hours": hours * launch["nodes"] * launch["gpus_per_node"]
                      if hours else None, **plan})

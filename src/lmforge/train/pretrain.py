@@ -51,7 +51,7 @@ def init_model_command(args, job) -> dict:
 
 @command("pretrain", arg("--init"), TOKENS_DIR, TRAIN_CFG, SEED, OUT, METRICS,
          arg("--job-name", default="pretrain"), job=lambda args: args.job_name,
-         params=lambda args: {**args.cfg, "init": args.init, "seed": args.seed},
+         params=lambda args: {**args.cfg.to_dict(), "init": args.init, "seed": args.seed},
          inputs=("init", "tokens_dir"), outputs=("out", "metrics"))
 def pretrain_command(args, job) -> dict:
     """Train a model on the mix's tokens from its initial checkpoint."""

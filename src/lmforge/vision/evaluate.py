@@ -44,26 +44,14 @@ def generate(model: torch.nn.Module, tokenizer, prompts: list[str], images: list
     for indices in by_length.values():
         for start in range(0, len(indices), batch_size):
             chunk = indices[start:start + batch_size]
-            ids = torch.tensor([contexts[i] for i in chunk])
             prefix = None
             if isinstance(model, Molmo):
                 crops = np.stack([multi_crop(images[i], model.vision_cfg) for i in chunk])
                 prefix = model.image_embeddings(torch.from_numpy(crops))
-            room = decoder.cfg.max_seq_len - ids.shape[1] - (0 if prefix is None
-                                                             else prefix.shape[1])
-            out: list[list[int]] = [[] for _ in chunk]
-            done = [False] * len(chunk)
-            for _ in range(min(max_new_tokens, room)):
-                chosen = decoder(ids, prefix=prefix)[:, -1].argmax(-1)
-                for row, token in enumerate(chosen.tolist()):
-                    done[row] = done[row] or token == eos_id
-                    if not done[row]:
-                        out[row].append(token)
-                if all(done):
-                    break
-                ids = torch.cat([ids, chosen[:, None]], 1)
-            for row, index in enumerate(chunk):
-                answers[index] = tokenizer.decode(out[row])
+            generated = decoder.generate([contexts[i] for i in chunk], max_new_tokens, eos_id,
+                                         prefix=prefix)
+            for (tokens, ended), index in zip(generated, chunk):
+                answers[index] = tokenizer.decode(tokens[:-1] if ended else tokens)
     model.train(was_training)
     return answers
 

@@ -18,7 +18,7 @@ connector and our OLMo 2 / OLMoE decoder as the language model.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from PIL import Image
 from torch import nn
 
 from lmforge.io.storage import InputError
+from lmforge.train.config import TrainConfig
 
 VISION_CONFIG = "vision_config.json"
 VISION_WEIGHTS = "vision.safetensors"
@@ -244,7 +245,7 @@ class Molmo(nn.Module):
         return {VISION_CONFIG: asdict(self.vision_cfg)}
 
 
-def objective(engine, batch: tuple, cfg: dict) -> tuple[torch.Tensor, dict[str, float], int]:
+def objective(engine, batch: tuple, cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, float], int]:
     """Cross-entropy (and z-loss) on the answer tokens of (images, inputs, labels) rows; an
     OLMoE decoder adds its router losses."""
     from lmforge.model.olmo2 import cross_entropy_and_z_loss
@@ -256,7 +257,7 @@ def objective(engine, batch: tuple, cfg: dict) -> tuple[torch.Tensor, dict[str, 
     else:
         logits, aux = engine(inputs, images), {}
     ce, log_partition_sq = cross_entropy_and_z_loss(logits, labels)
-    z_loss = cfg.get("z_loss", 0.0) * log_partition_sq
+    z_loss = cfg.z_loss * log_partition_sq
     return ce + z_loss + sum(aux.values()), {
         "loss": ce.item(), "z_loss": z_loss.item(), **{k: v.item() for k, v in aux.items()}
     }, int((labels != -100).sum())
@@ -349,23 +350,24 @@ def sqrt_mixture(sizes: dict[str, int]) -> dict[str, float]:
     return {name: float(root / total) for name, root in roots.items()}
 
 
-def mixture_batches(datasets: list[ExampleSet], cfg: dict, seed: int, pad: int,
+def mixture_batches(datasets: list[ExampleSet], cfg: TrainConfig | Mapping, seed: int, pad: int,
                     with_images: bool = True, rank: int = 0, world_size: int = 1
                     ) -> Callable[[int, int], tuple]:
     """(images, inputs, labels) micro-batches — (inputs, labels) without images, the
     text-only baseline — each instance from a dataset drawn by the √size mixture, in that
     dataset's own seeded order per epoch; a step's global batch is split across ranks, and
     instance i is the same for any world size."""
+    cfg = TrainConfig.of(cfg)
     from lmforge.posttrain.sft import answer_rows
     from lmforge.train.data import epoch_order
 
     weights = sqrt_mixture({str(i): len(d) for i, d in enumerate(datasets)})
     draws = MixtureDraws(seed, np.array(list(weights.values())))
     orders = [epoch_order(len(d), seed + i) for i, d in enumerate(datasets)]
-    micro = cfg["micro_batch_size"]
+    micro = cfg.micro_batch_size
 
     def batch(step: int, micro_step: int) -> tuple:
-        start = (step * cfg["grad_accum"] * world_size + micro_step * world_size + rank) * micro
+        start = cfg.micro_batch_start(step, micro_step, rank, world_size)
         rows = []
         for index in range(start, start + micro):
             which, position = draws.draw(index)

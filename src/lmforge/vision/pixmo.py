@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -28,6 +30,17 @@ from PIL import Image, ImageDraw
 
 from lmforge.io.storage import InputError, atomic_dir, read_jsonl, write_jsonl_gz
 from lmforge.runner import CFG, OUT_DIR, SEED, command
+from lmforge.settings import Section
+
+
+@dataclass(frozen=True)
+class ScenesConfig(Section):
+    SECTION = "vision.scenes"
+
+    train_images: int
+    eval_images: int
+    max_objects: int
+    image_size: int  # pixels per side
 
 COLORS = {"red": (215, 45, 45), "green": (40, 160, 70), "blue": (45, 85, 215),
           "yellow": (225, 190, 30)}
@@ -136,19 +149,20 @@ def question(objects: list[dict], rng: random.Random) -> dict:
     return {"question": f"Is there a {color} {shape}?", "answer": "yes" if present else "no"}
 
 
-def make_scenes(out_dir: str | Path, cfg: dict, seed: int) -> dict[str, int]:
+def make_scenes(out_dir: str | Path, cfg: ScenesConfig | Mapping, seed: int) -> dict[str, int]:
     """`train` and `eval` scenes: PNG images under images/ and each kind's records per split
     (`<kind>.<split>.jsonl.gz`), written as one directory that appears atomically."""
+    cfg = ScenesConfig.of(cfg)
     rng = random.Random(seed)
     counts = {}
     with atomic_dir(out_dir) as tmp:
         (tmp / "images").mkdir()
         for split in ("train", "eval"):
             records: dict[str, list] = {kind: [] for kind in KINDS}
-            for index in range(cfg[f"{split}_images"]):
-                objects, counted = sample_scene(rng, cfg["max_objects"])
+            for index in range(getattr(cfg, f"{split}_images")):
+                objects, counted = sample_scene(rng, cfg.max_objects)
                 name = f"images/{split}-{index:05d}.png"
-                render(objects, cfg["image_size"], rng.randint(110, 160)).save(tmp / name)
+                render(objects, cfg.image_size, rng.randint(110, 160)).save(tmp / name)
                 for kind, rows in scene_records(name, objects, counted, rng).items():
                     records[kind] += rows
             for kind, rows in records.items():

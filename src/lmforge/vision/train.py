@@ -43,7 +43,7 @@ def example_sets(scenes: str, kinds: list[str], tokenizer, text_tokens: int,
          arg("--scenes"), arg("--datasets", nargs="+"), arg("--vision", type=json_object),
          arg("--max-seq-len", type=int), TOKENIZER, TRAIN_CFG, SEED, OUT, METRICS,
          job=lambda args: f"vlm_{args.stage}",
-         params=lambda args: {**args.cfg, "from": args.checkpoint, "seed": args.seed},
+         params=lambda args: {**args.cfg.to_dict(), "from": args.checkpoint, "seed": args.seed},
          inputs=("checkpoint", "scenes", "tokenizer"), outputs=("out", "metrics"))
 def vlm_command(args, job) -> dict:
     """Train the vision-language model (caption, finetune) or its text-only baseline."""
@@ -64,7 +64,7 @@ def vlm_command(args, job) -> dict:
                                     args.stage != "text_only", *rank_and_world())
     mixture = molmo.sqrt_mixture({s.kind: len(s) for s in sets})
     # The LM's rate (lm_lr_scale × lr) applies to the text-only baseline's every weight too.
-    lm_scale = args.cfg.get("lm_lr_scale", 1.0)
+    lm_scale = args.cfg.lm_lr_scale
     train_args = {"lr_scale": {name: lm_scale for name, _ in model.named_parameters()
                                if args.stage == "text_only" or name.startswith("decoder.")}}
     if args.stage != "text_only":

@@ -4,8 +4,33 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from lmforge.data.attributes import AttributeStep, Spans, register_tagger
+from lmforge.settings import Section
+
+
+@dataclass(frozen=True)
+class GopherConfig(Section):
+    SECTION = "curate.gopher"
+
+    words: str
+    min_words: int
+    max_words: int
+    min_mean_word_length: float
+    max_mean_word_length: float
+    max_symbol_word_ratio: float
+    max_bullet_lines_ratio: float
+    max_ellipsis_lines_ratio: float
+    min_alpha_words_ratio: float
+    min_stop_words: int
+    max_dup_line_fraction: float
+    max_dup_para_fraction: float
+    max_dup_line_char_fraction: float
+    max_dup_para_char_fraction: float
+    max_top_ngram_char_fraction: dict[str, float]  # n → limit
+    max_dup_ngram_char_fraction: dict[str, float]
 
 STOP_WORDS = {"the", "be", "to", "of", "and", "that", "have", "with"}
 
@@ -116,30 +141,31 @@ def gopher_signals(text: str, words_mode: str = "whitespace") -> dict[str, float
     return signals
 
 
-def gopher_failures(signals: dict[str, float], cfg: dict) -> list[str]:
+def gopher_failures(signals: dict[str, float], cfg: GopherConfig | Mapping) -> list[str]:
     """Names of the Gopher rules a document breaks, under the thresholds in `cfg`."""
+    cfg = GopherConfig.of(cfg)
     checks = {
-        "word_count": not cfg["min_words"] <= signals["word_count"] <= cfg["max_words"],
-        "mean_word_length": not cfg["min_mean_word_length"]
+        "word_count": not cfg.min_words <= signals["word_count"] <= cfg.max_words,
+        "mean_word_length": not cfg.min_mean_word_length
         <= signals["mean_word_length"]
-        <= cfg["max_mean_word_length"],
+        <= cfg.max_mean_word_length,
         # "symbol-to-word ratio greater than 0.1 for either the hash symbol or the ellipsis"
-        "hash_word_ratio": signals["hash_word_ratio"] > cfg["max_symbol_word_ratio"],
-        "ellipsis_word_ratio": signals["ellipsis_word_ratio"] > cfg["max_symbol_word_ratio"],
-        "bullet_lines_ratio": signals["bullet_lines_ratio"] > cfg["max_bullet_lines_ratio"],
-        "ellipsis_lines_ratio": signals["ellipsis_lines_ratio"] > cfg["max_ellipsis_lines_ratio"],
-        "alpha_words_ratio": signals["alpha_words_ratio"] < cfg["min_alpha_words_ratio"],
-        "stop_words": signals["stop_words"] < cfg["min_stop_words"],
-        "dup_line_fraction": signals["dup_line_fraction"] > cfg["max_dup_line_fraction"],
-        "dup_para_fraction": signals["dup_para_fraction"] > cfg["max_dup_para_fraction"],
+        "hash_word_ratio": signals["hash_word_ratio"] > cfg.max_symbol_word_ratio,
+        "ellipsis_word_ratio": signals["ellipsis_word_ratio"] > cfg.max_symbol_word_ratio,
+        "bullet_lines_ratio": signals["bullet_lines_ratio"] > cfg.max_bullet_lines_ratio,
+        "ellipsis_lines_ratio": signals["ellipsis_lines_ratio"] > cfg.max_ellipsis_lines_ratio,
+        "alpha_words_ratio": signals["alpha_words_ratio"] < cfg.min_alpha_words_ratio,
+        "stop_words": signals["stop_words"] < cfg.min_stop_words,
+        "dup_line_fraction": signals["dup_line_fraction"] > cfg.max_dup_line_fraction,
+        "dup_para_fraction": signals["dup_para_fraction"] > cfg.max_dup_para_fraction,
         "dup_line_char_fraction": signals["dup_line_char_fraction"]
-        > cfg["max_dup_line_char_fraction"],
+        > cfg.max_dup_line_char_fraction,
         "dup_para_char_fraction": signals["dup_para_char_fraction"]
-        > cfg["max_dup_para_char_fraction"],
+        > cfg.max_dup_para_char_fraction,
     }
-    for n, limit in cfg["max_top_ngram_char_fraction"].items():
+    for n, limit in cfg.max_top_ngram_char_fraction.items():
         checks[f"top_{n}gram_char_fraction"] = signals[f"top_{n}gram_char_fraction"] > limit
-    for n, limit in cfg["max_dup_ngram_char_fraction"].items():
+    for n, limit in cfg.max_dup_ngram_char_fraction.items():
         checks[f"dup_{n}gram_char_fraction"] = signals[f"dup_{n}gram_char_fraction"] > limit
     return [name for name, failed in checks.items() if failed]
 
@@ -148,9 +174,11 @@ def gopher_failures(signals: dict[str, float], cfg: dict) -> list[str]:
 class GopherTagger(AttributeStep):
     """Gopher quality and repetition signals, the rules each breaks, and one reject flag."""
 
+    Config = GopherConfig
+
     def tag(self, doc: dict) -> Spans:
         end = len(doc["text"])
-        signals = gopher_signals(doc["text"], self.cfg["words"])
+        signals = gopher_signals(doc["text"], self.cfg.words)
         spans: Spans = {name: [(0, end, value)] for name, value in signals.items()}
         failures = gopher_failures(signals, self.cfg)
         for name in failures:

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 
 from lmforge.data.attributes import AttributeStep, Spans, register_tagger
+from lmforge.settings import Section
+
+
+@dataclass(frozen=True)
+class ToxicConfig(Section):
+    SECTION = "curate.toxic"
+
+    sentence_threshold: float
+    max_toxic_fraction: float
 
 _SENTENCE_SPAN = re.compile(r"[^\s][^.!?\n]*(?:[.!?]+|$)", re.MULTILINE)
 
@@ -30,6 +40,8 @@ class ToxicTagger(AttributeStep):
     `sentence_threshold`, the share of characters in them as `toxic__fraction`, and
     `toxic__reject` above `max_toxic_fraction`."""
 
+    Config = ToxicConfig
+
     def tag_batch(self, docs: list[dict]) -> list[Spans]:
         # One model call for the whole batch: per call, scikit-learn's input checks cost about
         # 10 ms, far more than scoring one page.
@@ -42,10 +54,10 @@ class ToxicTagger(AttributeStep):
             text = doc["text"]
             toxic = [(start, end, float(score))
                      for (start, end), score in zip(doc_spans, scores)
-                     if score >= self.cfg["sentence_threshold"]]
+                     if score >= self.cfg.sentence_threshold]
             fraction = sum(end - start for start, end, _ in toxic) / max(len(text), 1)
             found: Spans = {"fraction": [(0, len(text), fraction)], "sentence": toxic}
-            if fraction > self.cfg["max_toxic_fraction"]:
+            if fraction > self.cfg.max_toxic_fraction:
                 found["reject"] = [(0, len(text), 1.0)]
             out.append(found)
         return out

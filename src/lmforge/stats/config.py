@@ -1,0 +1,37 @@
+"""The `stats` section: DuckDB's limits, the n-gram counts, the contamination n-gram."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lmforge.settings import Section
+
+
+@dataclass(frozen=True)
+class DuckDBConfig(Section):
+    SECTION = "stats.duckdb"
+
+    memory_limit: str  # DuckDB spills to temp_directory beyond it
+    threads: int
+    temp_directory: str
+
+
+@dataclass(frozen=True)
+class NgramsConfig(Section):
+    SECTION = "stats.ngrams"
+
+    max_n: int
+    top_k: int
+    method: str  # exact or approximate
+
+
+@dataclass(frozen=True)
+class StatsConfig(Section):
+    SECTION = "stats"
+
+    duckdb: DuckDBConfig
+    top_k: int
+    ngrams: NgramsConfig
+    contamination_ngram: int
+    toxic_sentence_threshold: float
+    overlap: list[list[str]] = field(default_factory=list)

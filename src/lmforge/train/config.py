@@ -1,0 +1,64 @@
+"""The `train` section every training stage shares (pretrain, grow, SFT, DPO, RLVR, the
+promptable, vision and mid-training runs), with every default in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lmforge.settings import Section
+
+
+@dataclass(frozen=True)
+class TrainConfig(Section):
+    SECTION = "train"
+
+    steps: int
+    micro_batch_size: int
+    lr: float
+    min_lr_ratio: float
+    warmup_steps: int
+    weight_decay: float
+    grad_clip: float
+    zero_stage: int
+    precision: str
+    log_every: int
+    # Instances per optimizer step; grad_accum follows from it and the world size.
+    global_batch_size: int | None = None
+    grad_accum: int | None = None
+    checkpoint_every: int = 0
+    keep_last: int = 1
+    schedule: str = "cosine"
+    schedule_steps: int | None = None  # None: this stage's steps
+    schedule_offset: int = 0
+    rewarm_steps: int = 0
+    z_loss: float = 0.0
+    decay_embeddings: bool = False
+    decay_norms: bool = True
+    save_moments: bool = False
+    loss_reduction: str = "mean"
+    packing: bool = True
+    lm_lr_scale: float = 1.0
+    eval_every: int = 0
+    eval_instances: int = 64
+    compile: bool = False
+    peak_flops: float | None = None
+    # DPO
+    max_seq_len: int | None = None  # None: the model's context
+    loss_type: str | None = None
+    beta: float | None = None  # DPO's β, or RLVR's KL penalty
+    # RLVR
+    samples_per_prompt: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_new_tokens: int | None = None
+    correct_reward: float | None = None
+    unterminated_reward: float | None = None
+
+    @property
+    def total_schedule_steps(self) -> int:
+        return self.schedule_steps or self.steps
+
+    def micro_batch_start(self, step: int, micro_step: int, rank: int, world_size: int) -> int:
+        """The first example of a rank's micro-batch in a stage's example order."""
+        return ((step * self.grad_accum * world_size + micro_step * world_size + rank)
+                * self.micro_batch_size)
