@@ -87,7 +87,10 @@ def command(name: str, *arguments, job: str | Callable | None = None, params=Non
     def register(func):
         if name in REGISTRY:
             raise ValueError(f"command {name} is declared twice")
-        job_name = job if callable(job) else (lambda args, fixed=job or name: fixed)
+        # The run's name: `job` (a string or a function of the arguments), else the command's
+        # name as the rules spell it (make-tasks → make_tasks).
+        fixed = job or name.replace("-", "_")
+        job_name = job if callable(job) else (lambda args: fixed)
         REGISTRY[name] = Command(name, func, arguments, job_name if tracked else None, params,
                                  inputs, outputs, artifacts)
         return func
@@ -133,19 +136,25 @@ def execute(cmd: Command, args: argparse.Namespace) -> int | None:
         if isinstance(getattr(args, name, None), list):
             setattr(args, name, document_files(getattr(args, name)))
     if cmd.job is None or rank_and_world()[0] != 0:
-        return cmd.run(args, UntrackedJob())
+        return _status(cmd.run(args, UntrackedJob()))
     from lmforge.io import lineage, tracking
 
     params = cmd.params(args) if cmd.params else getattr(args, "cfg", None)
     with tracking.job_run(cmd.job(args), params) as job:
-        inputs = lineage.describe(_paths(args, cmd.inputs))
-        metrics = cmd.run(args, job)
-        if metrics:
-            job.log_metrics(metrics)
+        result = cmd.run(args, job)
+        if isinstance(result, dict):
+            job.log_metrics(result)
         for name in cmd.artifacts:
             job.log_artifact(getattr(args, name))
-        lineage.record(job, inputs, lineage.describe(_paths(args, cmd.outputs)))
-    return None
+        # After the run: a command may name more inputs it found (evaluate's task files).
+        lineage.record(job, lineage.describe(_paths(args, cmd.inputs)),
+                       lineage.describe(_paths(args, cmd.outputs)))
+    return _status(result)
+
+
+def _status(result) -> int | None:
+    """A command returns its metrics, or an exit status (launch, lineage)."""
+    return result if isinstance(result, int) and not isinstance(result, bool) else None
 
 
 def main(name: str, argv: list[str]) -> int:

@@ -2,9 +2,13 @@
 
 import sys
 
+import pytest
+
 from conftest import ROOT, require_peer, require_shared
 
 sys.path.insert(0, str(ROOT / "benchmarks" / "curate"))
+
+pytestmark = pytest.mark.slow  # runs a peer tool's pipeline
 
 
 def test_gopher_and_c4_agree_with_datatrove_on_99_percent(config):

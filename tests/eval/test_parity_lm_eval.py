@@ -9,6 +9,8 @@ from conftest import ROOT, require_peer
 
 sys.path.insert(0, str(ROOT / "benchmarks" / "evaluate"))
 
+pytestmark = pytest.mark.slow  # runs a peer tool's pipeline
+
 
 # OpenBookQA's first 150 of 500 questions (the benchmark, make bench-eval, scores them all).
 @pytest.mark.parametrize("task, limit", [("copa", None), ("openbookqa", 150)])

@@ -85,3 +85,24 @@ def test_describe_hashes_directories_by_their_listing(tmp_path):
     assert lineage.describe_path(tmp_path / "d")["sha256"] != before["sha256"]
     assert lineage.describe({"models": ["name=" + str(tmp_path / "d"), "no-such-path"]}) == {
         "models": [lineage.describe_path(tmp_path / "d")]}
+
+
+def test_snakemakes_directory_marker_is_not_content(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d/x").write_text("1")
+    before = lineage.describe_path(tmp_path / "d")
+    (tmp_path / "d/.snakemake_timestamp").write_text("")
+    assert lineage.describe_path(tmp_path / "d") == before
+
+
+def test_a_command_that_returns_metrics_exits_zero_on_every_rank(monkeypatch, mlflow_store,
+                                                                 tmp_path):
+    monkeypatch.chdir(tmp_path)
+    Path("crawl.txt").write_text("alpha\n")
+    for rank in ("1", "0"):
+        monkeypatch.setenv("RANK", rank)
+        assert runner.main("test-lineage-split", ["--source", "crawl.txt", "--out-dir",
+                                                  f"parts-{rank}"]) == 0
+    names = [r.info.run_name for r in open_client().search_runs(
+        [e.experiment_id for e in open_client().search_experiments()])]
+    assert names == ["split"]  # rank 1 ran untracked

@@ -194,6 +194,7 @@ def _sample(chain, rows: int, length: int, seed: int):
     return ids[:, :-1], ids[:, 1:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_width_growth_learns_more_than_the_small_model(seed, one_thread):
     """On a language that needs more than the small model's capacity, the width-grown model ends
@@ -349,6 +350,7 @@ def _heldout_curve(model, optimizer, batches, heldout, every: int, step: int, fl
     return curve
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_depth_staged_training_reaches_the_baseline_loss_with_less_compute(seed, one_thread):
     """Staged training (Shen et al. 2022) on the Markov-chain language: a 1-layer model

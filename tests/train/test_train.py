@@ -163,6 +163,7 @@ train(model, batches, cfg, 1, sys.argv[1], sys.argv[2])
 """
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_same_losses_and_weights(tmp_path):
     import signal
     import subprocess
@@ -239,6 +240,7 @@ def _ranked(tmp_path, name: str, processes: int, crash_at_step: int = -1, zero_s
     return subprocess.run([sys.executable, *args], env=env, capture_output=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_and_a_checkpoint_of_two_resumes_in_one(tmp_path):
     import csv
 
@@ -266,6 +268,7 @@ def test_two_processes_match_one_and_a_checkpoint_of_two_resumes_in_one(tmp_path
     assert state["resumed_from_step"] == 4 and state["world_size"] == 1
 
 
+@pytest.mark.slow
 def test_without_zero_a_checkpoint_of_two_processes_loads_in_one(tmp_path):
     """ZeRO-0 keeps the whole optimizer state on every rank: no universal conversion needed."""
     import csv

@@ -254,6 +254,7 @@ def test_scores_of_captions_points_counts_and_answers():
 LEARNABLE = [("vqa", "accuracy", 0.9, 0.45), ("pixmo_cap", "token_f1", 0.95, 0.85)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind, metric, vlm_floor, text_ceiling", LEARNABLE)
 def test_the_image_path_carries_what_text_alone_cannot(kind, metric, vlm_floor, text_ceiling,
                                                         tmp_path, tokenizer):

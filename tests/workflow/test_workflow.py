@@ -164,9 +164,13 @@ def test_one_artifact_rebuilds_alone_and_code_change_reruns_its_stage(repo, fini
                     str(repo / "fast.yaml"))
     assert "1 of 1 steps (100%) done" in out.stderr
     # Snakemake compares checksums as well as times: an edit, not a touch, is a change.
-    with open(repo / "src/lmforge/stats/analyses.py", "a") as handle:
-        handle.write("\n# an edit to the stats stage\n")
-    plan = snakemake(repo, finished, "-n", "--configfile", str(repo / "fast.yaml")).stdout
+    stage = repo / "src/lmforge/stats/analyses.py"
+    original = stage.read_bytes()
+    try:
+        stage.write_bytes(original + b"\n# an edit to the stats stage\n")
+        plan = snakemake(repo, finished, "-n", "--configfile", str(repo / "fast.yaml")).stdout
+    finally:
+        stage.write_bytes(original)  # the other tests share this copy
     # the evaluation summary reads the mix's contamination table
     assert set(_planned_jobs(plan)) == {"stats", "overlap", "eval_summary", "all"}
 

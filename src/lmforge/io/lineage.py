@@ -23,6 +23,8 @@ from lmforge.runner import arg, command
 RECORD = "lineage.json"
 OUTPUT_TAG = "lmforge.output."
 CHUNK = 1 << 20
+# Snakemake marks a finished directory output with this file, after the job's run.
+IGNORED = {".snakemake_timestamp"}
 
 
 def file_sha256(path: Path) -> str:
@@ -38,7 +40,7 @@ def describe_path(path: str | Path) -> dict:
     path = Path(path).absolute()
     if path.is_dir():
         files = {str(p.relative_to(path)): file_sha256(p)
-                 for p in sorted(path.rglob("*")) if p.is_file()}
+                 for p in sorted(path.rglob("*")) if p.is_file() and p.name not in IGNORED}
         listing = "".join(f"{name}\0{sha}\n" for name, sha in files.items())
         return {"path": str(path), "sha256": hashlib.sha256(listing.encode()).hexdigest(),
                 "files": files}
