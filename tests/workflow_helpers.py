@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from lmforge.train.plan import merge_config
+from lmforge.train.stages import merge_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DISTRIBUTED_ENV = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}

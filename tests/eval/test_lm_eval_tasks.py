@@ -17,8 +17,8 @@ from lmforge.eval.formats import (
     read_records,
 )
 from lmforge.eval.lm import load
+from lmforge.eval.specs import TaskSpec
 from lmforge.eval.tasks import (
-    TaskSpec,
     choice_metrics,
     extract_answer,
     gsm8k_instances,
@@ -295,7 +295,7 @@ def test_task_specs_are_checked(tmp_path):
 
 
 def test_workflow_task_specs_name_what_is_wrong():
-    from lmforge.eval.evaluate import workflow_task_specs
+    from lmforge.eval.specs import workflow_task_specs
 
     cfg = {"tasks": ["cloze_mc", "arc"], "max_ppl_tokens": 10, "max_new_tokens": 4,
            "extra_tasks": {"arc": {"kind": "choice", "format": "arc", "path": "arc.jsonl"}}}

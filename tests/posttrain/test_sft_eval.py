@@ -7,7 +7,8 @@ from lmforge.data.tokenize import ASSISTANT, EOS, PAD, load_tokenizer, train_tok
 from lmforge.eval import generated as tasks
 from lmforge.eval.evaluate import write_summary
 from lmforge.eval.lm import load
-from lmforge.eval.tasks import TaskSpec, run_task, token_perplexity
+from lmforge.eval.specs import TaskSpec
+from lmforge.eval.tasks import run_task, token_perplexity
 from lmforge.io.storage import read_jsonl, write_json, write_jsonl_gz
 from lmforge.model.checkpoint import save_model
 from lmforge.model.olmo2 import ModelConfig, Olmo2, causal_lm_loss

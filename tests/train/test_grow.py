@@ -305,7 +305,7 @@ def test_growth_report_interpolates_the_compute_to_equal_loss(tmp_path):
 
 
 def test_baseline_trains_pretraining_settings_for_the_staged_instances():
-    from lmforge.train.plan import baseline_train_config, merged_config
+    from lmforge.train.stages import baseline_train_config, merged_config
 
     config = merged_config([], ROOT / "config" / "config.yaml")
     cfg = baseline_train_config(config)
@@ -319,7 +319,7 @@ def test_baseline_trains_pretraining_settings_for_the_staged_instances():
 
 
 def test_continuing_the_schedule_refuses_contradicting_settings():
-    from lmforge.train.plan import grow_train_config, merged_config, pretrain_train_config
+    from lmforge.train.stages import grow_train_config, merged_config, pretrain_train_config
 
     config = merged_config([], ROOT / "config" / "config.yaml")
     total = config["pretrain"]["steps"] + config["grow"]["train"]["steps"]

@@ -9,8 +9,8 @@ import pytest
 
 from lmforge.data.warc_inputs import warc_inputs
 from lmforge.io.storage import InputError
+from lmforge.train.config import resolve_batch
 from lmforge.train.launch import LaunchError, expand_nodelist, job_resources, plan, rendezvous_env
-from lmforge.train.optim import resolve_batch
 
 SELF = ["python", "-m", "lmforge.cli", "launch"]
 CMD = ["lmforge", "pretrain", "--out", "x"]

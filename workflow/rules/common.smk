@@ -9,13 +9,13 @@ from lmforge.data.quality import QualityScores
 from lmforge.data.taggers import TAGGERS as TAGGER_REGISTRY
 from lmforge.io import tracking
 from lmforge.train.launch import job_resources
-from lmforge.train.plan import (
+from lmforge.train.stages import (
     baseline_train_config,
     grow_train_config,
     pretrain_train_config,
 )
 from lmforge.data.warc_inputs import is_remote, warc_inputs
-from lmforge.eval.evaluate import workflow_task_specs
+from lmforge.eval.specs import workflow_task_specs
 from lmforge.stats.analyses import ANALYSES as STATS_ANALYSES, PLOTS as STATS_PLOTS
 
 R = config["results"]

@@ -15,42 +15,12 @@ from pathlib import Path
 import yaml
 
 from lmforge.eval.lm import LanguageModel, load
-from lmforge.eval.tasks import TaskSpec, run_task
+from lmforge.eval.specs import TaskSpec
+from lmforge.eval.tasks import run_task
 from lmforge.io.storage import InputError, atomic_path, read_json, write_json, write_text
 from lmforge.runner import OUT, OUT_DIR, OUT_JSON, OUT_MD, arg, command, json_object
 
 WORKFLOW_TASKS = ("heldout_ppl", "heldout_domains", "reference_bpb", "cloze_mc", "arith_gen")
-
-
-def workflow_task_specs(eval_cfg: dict, tasks_dir: str, tokens_dir: str, heldout_docs: str
-                        ) -> dict[str, dict]:
-    """The spec of every task in `evaluate.tasks`: the workflow's own (over its generated
-    files) or one of `evaluate.extra_tasks` (local files in a benchmark's format)."""
-    builtin = {
-        "heldout_ppl": {"kind": "token_perplexity", "format": "memmap", "path": tokens_dir,
-                        "limit": eval_cfg["max_ppl_tokens"]},
-        "heldout_domains": {"kind": "perplexity", "format": "documents", "path": heldout_docs,
-                            "domain_field": "url_host"},
-        "reference_bpb": {"kind": "perplexity", "format": "documents",
-                          "path": f"{tasks_dir}/reference_docs.jsonl.gz", "domain_field": "source"},
-        "cloze_mc": {"kind": "choice", "format": "lmforge_cloze",
-                     "path": f"{tasks_dir}/cloze_mc.jsonl.gz"},
-        "arith_gen": {"kind": "generate", "format": "lmforge_arith",
-                      "path": f"{tasks_dir}/arith_gen.jsonl.gz", "stop": ["\n"],
-                      "max_new_tokens": eval_cfg["max_new_tokens"]},
-    }
-    extra = eval_cfg.get("extra_tasks", {})
-    clash = sorted(set(extra) & set(builtin))
-    if clash:
-        raise InputError(f"evaluate.extra_tasks redefines the workflow's tasks {clash}")
-    specs = {}
-    for name in eval_cfg["tasks"]:
-        if name not in builtin and name not in extra:
-            raise InputError(f"evaluate.tasks names {name!r}, which is neither a workflow task "
-                             f"{list(builtin)} nor in evaluate.extra_tasks")
-        specs[name] = builtin.get(name) or extra[name]
-        TaskSpec.from_config(name, specs[name])  # checked before any job runs
-    return specs
 
 
 def evaluate_pair(model: LanguageModel, spec: TaskSpec, out: str | Path,

@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 import random
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -41,6 +40,7 @@ from lmforge.eval.formats import (
     with_few_shot,
 )
 from lmforge.eval.lm import LanguageModel
+from lmforge.eval.specs import DEFAULT_PRIMARY, TaskSpec
 from lmforge.io.storage import InputError
 
 NORMALISATIONS = ("raw", "per_token", "per_char", "uncond")
@@ -237,46 +237,6 @@ def token_perplexity(model: LanguageModel, tokens_dir: str | Path, max_tokens: i
 
 # ---------------------------------------------------------------------------------------------
 # Task specifications (config) → results
-
-
-@dataclass
-class TaskSpec:
-    """One task of an evaluation matrix: `kind` choice | generate | perplexity, `format` one of
-    the readers above, `path` its local data."""
-
-    name: str
-    kind: str
-    format: str
-    path: str
-    formulation: str = "rc"
-    primary_metric: str | None = None
-    num_shots: int = 0
-    shots_path: str | None = None
-    seed: int = 1234
-    limit: int | None = None
-    stop: list[str] = field(default_factory=lambda: ["\n\n", "Question:"])
-    max_new_tokens: int = 256
-    domain_field: str = "source"
-
-    @classmethod
-    def from_config(cls, name: str, values: dict) -> TaskSpec:
-        try:
-            spec = cls(name=name, **values)
-        except TypeError as err:
-            raise InputError(f"task {name!r}: {err}") from None
-        if spec.kind not in KINDS:
-            raise InputError(f"task {name!r}: unknown kind {spec.kind!r}")
-        if spec.formulation not in ("rc", "mc"):
-            raise InputError(f"task {name!r}: formulation must be rc or mc")
-        if spec.num_shots and not spec.shots_path:
-            raise InputError(f"task {name!r}: num_shots needs shots_path (another split, so "
-                             "that no shot is a test instance)")
-        return spec
-
-
-DEFAULT_PRIMARY = {"choice": "acc_per_char", "generate": "exact_match",
-                   "perplexity": "bits_per_byte", "token_perplexity": "perplexity"}
-KINDS = tuple(DEFAULT_PRIMARY)
 
 
 def run_task(model: LanguageModel, spec: TaskSpec, progress: bool = False) -> dict:

@@ -3,8 +3,10 @@ promptable, vision and mid-training runs), with every default in one place."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from lmforge.io.storage import InputError
 from lmforge.settings import Section
 
 
@@ -62,3 +64,22 @@ class TrainConfig(Section):
         """The first example of a rank's micro-batch in a stage's example order."""
         return ((step * self.grad_accum * world_size + micro_step * world_size + rank)
                 * self.micro_batch_size)
+
+
+def resolve_batch(cfg: TrainConfig | Mapping, world_size: int) -> TrainConfig:
+    """Set grad_accum from `global_batch_size` (instances per optimizer step, as OLMo's configs
+    give it), so the same config trains the same batches on any number of processes."""
+    cfg = TrainConfig.of(cfg)
+    if cfg.global_batch_size is None:
+        if cfg.grad_accum is None:
+            raise InputError("train: give grad_accum or global_batch_size")
+        return cfg
+    per_pass = cfg.micro_batch_size * world_size
+    accum, rest = divmod(cfg.global_batch_size, per_pass)
+    if rest or accum < 1:
+        raise ValueError(f"global_batch_size {cfg.global_batch_size} is not a multiple of "
+                         f"micro_batch_size {cfg.micro_batch_size} × {world_size} processes")
+    if cfg.grad_accum not in (None, accum):
+        raise ValueError(f"grad_accum {cfg.grad_accum} contradicts global_batch_size "
+                         f"{cfg.global_batch_size} on {world_size} processes (needs {accum})")
+    return cfg.replace(grad_accum=accum)

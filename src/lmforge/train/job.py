@@ -19,10 +19,9 @@ from lmforge.runner import (
     json_object,
     rank_and_world,
 )
-from lmforge.train.config import TrainConfig
+from lmforge.train.config import TrainConfig, resolve_batch
 from lmforge.train.data import heldout_loss_fn, instance_batches
 from lmforge.train.loop import train
-from lmforge.train.optim import resolve_batch
 
 
 def training_cfg(text: str) -> TrainConfig:

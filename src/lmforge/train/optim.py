@@ -9,7 +9,6 @@ from collections.abc import Mapping
 
 import torch
 
-from lmforge.io.storage import InputError
 from lmforge.model.olmo2 import Olmo2
 from lmforge.model.olmoe import Olmoe
 from lmforge.train.config import TrainConfig
@@ -124,25 +123,6 @@ def compile_blocks(model: Olmo2 | Olmoe) -> None:
     reused by every layer, and keeps parameter names, so checkpoints are unchanged."""
     for block in model.model.layers:
         block.compile()
-
-
-def resolve_batch(cfg: TrainConfig | Mapping, world_size: int) -> TrainConfig:
-    """Set grad_accum from `global_batch_size` (instances per optimizer step, as OLMo's configs
-    give it), so the same config trains the same batches on any number of processes."""
-    cfg = TrainConfig.of(cfg)
-    if cfg.global_batch_size is None:
-        if cfg.grad_accum is None:
-            raise InputError("train: give grad_accum or global_batch_size")
-        return cfg
-    per_pass = cfg.micro_batch_size * world_size
-    accum, rest = divmod(cfg.global_batch_size, per_pass)
-    if rest or accum < 1:
-        raise ValueError(f"global_batch_size {cfg.global_batch_size} is not a multiple of "
-                         f"micro_batch_size {cfg.micro_batch_size} × {world_size} processes")
-    if cfg.grad_accum not in (None, accum):
-        raise ValueError(f"grad_accum {cfg.grad_accum} contradicts global_batch_size "
-                         f"{cfg.global_batch_size} on {world_size} processes (needs {accum})")
-    return cfg.replace(grad_accum=accum)
 
 
 def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
