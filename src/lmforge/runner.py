@@ -100,21 +100,10 @@ def command(name: str, *arguments, job: str | Callable | None = None, params=Non
 class UntrackedJob:
     """The job a command gets where nothing is logged (ranks > 0, untracked commands)."""
 
-    run_id = None
-
-    def log_params(self, params: dict) -> None:
-        pass
-
     def log_metrics(self, metrics: dict, step: int = 0) -> None:
         pass
 
     def log_artifact(self, path) -> None:
-        pass
-
-    def log_dict(self, value: dict, name: str) -> None:
-        pass
-
-    def set_tags(self, tags: dict) -> None:
         pass
 
 

@@ -13,15 +13,19 @@ pytestmark = pytest.mark.workflow
 RULE = re.compile(r"^(?:local)?rule (\w+):", re.M)
 
 
-def rule_commands(repo: Path) -> dict[str, set[str]]:
-    """Each rule's `lmforge` commands, read from its shell command in the rule files."""
-    commands = {}
+def rule_blocks(repo: Path) -> dict[str, str]:
+    """Each rule's text in the rule files."""
+    blocks = {}
     for path in sorted((repo / "workflow/rules").glob("*.smk")):
-        blocks = RULE.split(path.read_text())[1:]
-        for name, body in zip(blocks[::2], blocks[1::2]):
-            shell = body.split("shell:", 1)[1] if "shell:" in body else ""
-            commands[name] = set(re.findall(r"lmforge ([a-z][a-z-]*)", shell))
-    return commands
+        parts = RULE.split(path.read_text())[1:]
+        blocks.update(zip(parts[::2], parts[1::2]))
+    return blocks
+
+
+def rule_commands(repo: Path) -> dict[str, set[str]]:
+    """Each rule's `lmforge` commands, read from its shell command."""
+    return {name: set(re.findall(r"lmforge ([a-z][a-z-]*)", body.split("shell:", 1)[1]))
+            if "shell:" in body else set() for name, body in rule_blocks(repo).items()}
 
 
 def job_reasons(plan: str) -> list[tuple[str, str]]:
@@ -53,6 +57,11 @@ def test_every_rule_lists_the_code_of_the_commands_it_runs(repo):
     commands = rule_commands(repo)
     assert {c for cs in commands.values() for c in cs} <= set(graph.commands)
     assert len([r for r, cs in commands.items() if cs]) >= 40
+    # A rule's code inputs name exactly the commands its shell runs.
+    for name, body in rule_blocks(repo).items():
+        declared = re.findall(r"^\s+code\(([^)]*)\),", body, re.M)
+        named = set(re.findall(r'"([a-z-]+)"', declared[0])) if declared else set()
+        assert named == commands[name], name
 
 
 def test_editing_a_module_reruns_exactly_the_rules_that_import_it(repo, finished):
