@@ -43,13 +43,54 @@ def test_every_shared_warc_goes_through(shared_data, tmp_path):
     assert total >= 70  # 37 wget pages + 29 ClueWeb pages + single-page samples
 
 
+def _record_offsets(path) -> list[int]:
+    from fastwarc.warc import ArchiveIterator
+
+    with open(path, "rb") as stream:
+        return [record.stream_pos for record in ArchiveIterator(stream, parse_http=False)]
+
+
+def test_corrupt_record_loses_only_itself(demo_crawl, tmp_path):
+    warc = demo_crawl / "crawl" / "shard-0000.warc.gz"
+    data, offsets = warc.read_bytes(), _record_offsets(warc)
+    whole = extract(warc, tmp_path / "whole.jsonl.gz", "demo")
+    start, end = offsets[200], offsets[201]
+    broken = tmp_path / "broken" / warc.name  # document ids include the file's name
+    broken.parent.mkdir()
+    broken.write_bytes(data[: start + 20] + b"\x00" * 30 + data[start + 50 :])
+    result = extract(broken, tmp_path / "out.jsonl.gz", "demo")
+    assert result["skipped"]["corrupt_record"] == 1
+    assert result["skipped"]["corrupt_bytes"] == end - start
+    # Record 200 is a document or a skipped non-HTML page: one of the two counts drops by one.
+    lost = (whole["documents"] - result["documents"]
+            + whole["skipped"].get("not_html", 0) - result["skipped"].get("not_html", 0))
+    assert lost == 1
+    survivors = {d["id"] for d in read_jsonl(tmp_path / "out.jsonl.gz")}
+    assert survivors <= {d["id"] for d in read_jsonl(tmp_path / "whole.jsonl.gz")}
+
+
 def test_corrupt_tail_is_counted_not_fatal(demo_crawl, tmp_path):
-    data = (demo_crawl / "crawl" / "shard-0000.warc.gz").read_bytes()
+    warc = demo_crawl / "crawl" / "shard-0000.warc.gz"
+    data, cut = warc.read_bytes(), warc.stat().st_size // 2
     broken = tmp_path / "broken.warc.gz"
-    broken.write_bytes(data[: len(data) // 2] + b"\x00garbage" * 100)
+    broken.write_bytes(data[:cut] + b"\x00garbage" * 100)
     result = extract(broken, tmp_path / "out.jsonl.gz", "demo")
     assert 100 < result["documents"] < 500
-    assert sum(result["skipped"].values()) >= 1
+    assert result["skipped"]["corrupt_record"] == 1
+    cut_record = max(offset for offset in _record_offsets(warc) if offset < cut)
+    assert result["skipped"]["corrupt_bytes"] == cut - cut_record + 800  # and the garbage
+
+
+def test_corrupt_plain_warc_record_is_stepped_over(shared_data, tmp_path):
+    warc = shared_data / "warc" / "warcio__example-iana.org-chunked.warc"
+    data = warc.read_bytes()
+    offsets = _record_offsets(warc)
+    whole = extract(warc, tmp_path / "whole.jsonl.gz", "t")
+    broken = tmp_path / "broken.warc"
+    broken.write_bytes(data[: offsets[0]] + b"GARBAGE!" + data[offsets[0] + 8 :])
+    result = extract(broken, tmp_path / "out.jsonl.gz", "t")
+    assert result["skipped"]["corrupt_record"] == 1
+    assert result["documents"] <= whole["documents"]
 
 
 def test_missing_warc_is_a_clear_error(tmp_path):

@@ -112,6 +112,12 @@ def test_approximate_ngrams_and_empty_shards(tmp_path, stats_cfg):
     summary = corpus_stats([tmp_path / "empty.jsonl.gz"], tmp_path / "empty", stats_cfg)
     assert summary["documents"] == summary["characters"] == summary["whitespace_tokens"] == 0
     assert (tmp_path / "empty" / "length_histogram.png").exists()
+    # An empty shard beside shards with PII: every measured column keeps its type.
+    pii = make_docs(["mail ann@example.org now", "call 555-123-4567 today"])
+    write_jsonl_gz(tmp_path / "pii.jsonl.gz", pii)
+    summary = corpus_stats([tmp_path / "empty.jsonl.gz", tmp_path / "pii.jsonl.gz"],
+                           tmp_path / "mixed", stats_cfg)
+    assert (summary["documents"], summary["pii_email"], summary["pii_phone"]) == (2, 1, 1)
 
 
 def test_search_and_overlap(tmp_path, stats_cfg, capsys):

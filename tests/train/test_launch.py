@@ -1,13 +1,11 @@
 """How a training command is started: SLURM geometry, rank variables, torchrun, batch sizes."""
 
-import gzip
 import os
 import subprocess
 import sys
 
 import pytest
 
-from lmforge.data.warc_inputs import warc_inputs
 from lmforge.io.storage import InputError
 from lmforge.train.config import resolve_batch
 from lmforge.train.launch import LaunchError, expand_nodelist, job_resources, plan, rendezvous_env
@@ -84,23 +82,6 @@ def test_global_batch_size_sets_accumulation_for_the_world_size(config):
         resolve_batch(fixed, 8)
     with pytest.raises(InputError, match=r"train: unknown key\(s\) \['steps_total'\]"):
         resolve_batch({**cfg, "steps_total": 3}, 8)
-
-
-def test_warc_inputs_from_globs_urls_and_a_common_crawl_manifest(tmp_path):
-    for name in ("b.warc.gz", "a.warc.gz"):
-        (tmp_path / name).write_bytes(b"")
-    manifest = tmp_path / "warc.paths.gz"
-    with gzip.open(manifest, "wt") as f:
-        f.write("crawl-data/X/warc/1.warc.gz\n\ncrawl-data/X/warc/2.warc.gz\n")
-    got = warc_inputs([str(tmp_path / "*.warc.gz"), "s3://bucket/c.warc.gz"], str(manifest),
-                      "https://data.example.org/")
-    assert got == [str(tmp_path / "a.warc.gz"), str(tmp_path / "b.warc.gz"),
-                   "s3://bucket/c.warc.gz", "https://data.example.org/crawl-data/X/warc/1.warc.gz",
-                   "https://data.example.org/crawl-data/X/warc/2.warc.gz"]
-    assert len(warc_inputs([], str(manifest), "https://h/", limit=1)) == 1
-    (tmp_path / "broken.gz").write_bytes(b"not gzip")
-    with pytest.raises(InputError, match="cannot read the WARC manifest"):
-        warc_inputs([], str(tmp_path / "broken.gz"))
 
 
 def test_two_local_processes_run_under_torchrun_with_their_ranks(tmp_path):

@@ -2,8 +2,8 @@
 
 FastWARC reads the records (gzip per record or plain). HTML responses: Resiliparse decodes the
 charset and extracts the main text. WET conversion records already hold Common Crawl's text.
-A record that cannot become a document is skipped and counted by reason; a truncated or corrupt
-file ends that file's iteration with a counted error instead of killing the job.
+A record that cannot become a document is skipped and counted by reason; a corrupt record is
+stepped over (reading resumes at the next record) and its bytes are counted.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ from lmforge.runner import OUT, arg, command
 log = logging.getLogger(__name__)
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
+# Where a record may start: a gzip member (one record per member) or a plain WARC header.
+GZIP_MAGIC = b"\x1f\x8b\x08"
+WARC_MAGIC = b"WARC/1."
 
 
 def _iso(date) -> str:
@@ -37,19 +40,61 @@ def iter_documents(warc_path: str | Path, source: str, skips: Counter) -> Iterat
     except OSError as err:
         raise FileNotFoundError(f"cannot open WARC {warc_path}: {err}") from None
     with stream:
-        records = ArchiveIterator(stream, parse_http=True, verify_digests=False)
-        while True:
-            try:
-                record = next(records)
-            except StopIteration:
-                break
-            except Exception as err:  # fastwarc raises on truncated/corrupt gzip members
-                skips["corrupt_file_tail"] += 1
-                log.warning("%s: stopped reading after a corrupt record: %s", warc_path, err)
-                break
+        for record in _records(stream, warc_path, skips):
             doc = _to_document(record, warc_path, source, skips)
             if doc is not None:
                 yield doc
+
+
+def _records(stream, warc_path: Path, skips: Counter) -> Iterator:
+    """The file's records; a corrupt one loses only itself. FastWARC cannot step over a bad
+    gzip member or header, so on an error the file is searched, from past the last good
+    record, for the next offset where a record parses, and reading resumes there; the bytes
+    in between are counted (`corrupt_bytes`)."""
+    magic = GZIP_MAGIC if stream.read(2) == GZIP_MAGIC[:2] else WARC_MAGIC
+    start, last_good = 0, -1
+    while start is not None:
+        stream.seek(start)
+        try:
+            for record in ArchiveIterator(stream, parse_http=True, verify_digests=False):
+                last_good = record.stream_pos
+                yield record
+            return
+        except Exception as err:  # fastwarc raises on a corrupt gzip member or WARC header
+            corrupt_at = _find(stream, magic, last_good + 1) if last_good >= 0 else start
+            start = _next_record(stream, magic, (corrupt_at or 0) + 1)
+            end = start if start is not None else stream.seek(0, 2)
+            skips["corrupt_record"] += 1
+            skips["corrupt_bytes"] += end - (corrupt_at if corrupt_at is not None else end)
+            log.warning("%s: corrupt record at byte %s (%s); resuming at %s", warc_path,
+                        corrupt_at, err, "end of file" if start is None else f"byte {start}")
+            last_good = -1
+
+
+def _find(stream, magic: bytes, offset: int, chunk: int = 1 << 20) -> int | None:
+    """Offset of the next `magic` at or after `offset`, or None."""
+    while True:
+        stream.seek(offset)
+        data = stream.read(chunk + len(magic) - 1)
+        if len(data) < len(magic):
+            return None
+        found = data.find(magic)
+        if found >= 0:
+            return offset + found
+        offset += chunk
+
+
+def _next_record(stream, magic: bytes, offset: int) -> int | None:
+    """The first offset at or after `offset` where a whole WARC record parses."""
+    while (candidate := _find(stream, magic, offset)) is not None:
+        stream.seek(candidate)
+        try:
+            record = next(ArchiveIterator(stream, parse_http=False, verify_digests=False))
+            record.reader.read()
+            return candidate
+        except Exception:  # not a record start (or another corrupt one): search on
+            offset = candidate + 1
+    return None
 
 
 def _read_payload(record, skips: Counter) -> bytes | None:

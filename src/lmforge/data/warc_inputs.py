@@ -33,10 +33,15 @@ def read_manifest(path: str | Path) -> list[str]:
 def warc_inputs(patterns: list[str], manifest: str | None = None, base_url: str = "",
                 limit: int | None = None) -> list[str]:
     """Sorted, deduplicated WARC inputs: URLs as given, local patterns globbed, then the
-    manifest's entries joined to `base_url`; the first `limit` of them when a limit is set."""
+    manifest's entries joined to `base_url`; the first `limit` of them when a limit is set.
+    A local pattern that matches nothing is an error (a typo would otherwise shrink the
+    crawl without a word)."""
     found: set[str] = set()
     for pattern in patterns:
-        found.update([pattern] if is_remote(pattern) else glob.glob(pattern))
+        matched = [pattern] if is_remote(pattern) else glob.glob(pattern)
+        if not matched:
+            raise InputError(f"crawl input {pattern!r} matches no file")
+        found.update(matched)
     paths = sorted(found)
     if manifest:
         joined = base_url.rstrip("/") + "/" if base_url else ""

@@ -16,6 +16,14 @@ from lmforge.io.storage import atomic_dir, read_jsonl
 from lmforge.stats.config import StatsConfig
 
 PII_KINDS = tuple(pii.PATTERNS)
+# Typed, so that an empty shard or one without a match still has the columns the DuckDB
+# analyses read (inferred from no values, they would be NULL-typed).
+SCHEMA = pa.schema([
+    ("id", pa.string()), ("tokenizer_tokens", pa.int64()),
+    *((f"pii_{kind}", pa.int64()) for kind in PII_KINDS),
+    ("toxic_sentences", pa.int64()), ("items_ngram", pa.list_(pa.string())),
+    ("items_exact", pa.list_(pa.string())),
+])
 
 
 def task_index(tasks_dir: str | None, n: int) -> tuple[dict, dict]:
@@ -71,9 +79,7 @@ def _measure_shard(args: tuple) -> str:
     grams, items = task_index(tasks_dir, n)
     short = {len(key) for key in grams if len(key) < n}
     toxic_cfg = {"sentence_threshold": cfg.toxic_sentence_threshold, "max_toxic_fraction": 1.0}
-    columns: dict[str, list] = {name: [] for name in (
-        "id", "tokenizer_tokens", *(f"pii_{k}" for k in PII_KINDS), "toxic_sentences",
-        "items_ngram", "items_exact")}
+    columns: dict[str, list] = {name: [] for name in SCHEMA.names}
     batch: list[dict] = []
 
     def flush():
@@ -99,13 +105,7 @@ def _measure_shard(args: tuple) -> str:
         if len(batch) == 256:
             flush()
     flush()
-    table = pa.table({
-        **columns,
-        "tokenizer_tokens": pa.array(columns["tokenizer_tokens"], pa.int64()),
-        "items_ngram": pa.array(columns["items_ngram"], pa.list_(pa.string())),
-        "items_exact": pa.array(columns["items_exact"], pa.list_(pa.string())),
-    })
-    pq.write_table(table, out_path)
+    pq.write_table(pa.table(columns, schema=SCHEMA), out_path)
     return out_path
 
 
