@@ -64,12 +64,13 @@ PEER = Path(os.environ.get("PEER_PYTHON", ROOT / ".venv-peers/datatrove/bin/pyth
 LMFORGE_SHARED = """
 import json, os, sys
 from pathlib import Path
+from lmforge.io.duck import connect
 from lmforge.stats import analyses as stats
 cfg, out, paths = json.loads(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
 out.mkdir(parents=True)
 scratch = Path(cfg["duckdb"]["temp_directory"]) / f"stats-{os.getpid()}.duckdb"
 scratch.unlink(missing_ok=True)
-con = stats.connect(cfg["duckdb"], str(scratch))
+con = connect(cfg["duckdb"], str(scratch))
 stats.docs_view(con, paths, kind="TABLE")
 queries = {
     # The columns of lmforge's `summary` query that datatrove also computes.

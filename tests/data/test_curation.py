@@ -3,7 +3,7 @@ import gzip
 import pytest
 
 from lmforge.data import pii
-from lmforge.data.dedup import dedup, normalize_url
+from lmforge.data.dedup import normalize_url
 from lmforge.data.mix import drop_reason, mix_shard, summarize_funnel
 from lmforge.data.tag import run_tagger
 from lmforge.data.taggers.gopher import gopher_failures, gopher_signals
@@ -93,19 +93,7 @@ def test_tagger_rows_follow_documents(tmp_path, config):
         run_tagger("nope", tmp_path / "d.jsonl.gz", tmp_path / "b.jsonl.gz", {})
 
 
-def test_dedup_keeps_first_occurrence_across_shards(tmp_path):
-    a = make_docs(["one", "two", "one"], ["http://x.org/a", "https://www.X.org/b/", "http://x.org/c"])
-    b = make_docs(["two", "three"], ["http://x.org/b", "http://x.org/a#frag"])
-    for d in b:
-        d["id"] = "b" + d["id"]
-    write_jsonl_gz(tmp_path / "a.jsonl.gz", a)
-    write_jsonl_gz(tmp_path / "b.jsonl.gz", b)
-    shards = [tmp_path / "a.jsonl.gz", tmp_path / "b.jsonl.gz"]
-    outs = [tmp_path / "ea.jsonl.gz", tmp_path / "eb.jsonl.gz"]
-    assert dedup("dedup_exact", shards, outs) == {"documents": 5, "duplicates": 2}
-    flags = [bool(r["attributes"]) for o in outs for r in read_jsonl(o)]
-    assert flags == [False, False, True, True, False]
-    assert dedup("dedup_url", shards, outs)["duplicates"] == 2  # x.org/b and x.org/a again
+def test_url_keys_ignore_scheme_case_www_fragment_and_trailing_slash():
     assert normalize_url("HTTPS://www.Example.com/a/#top") == normalize_url("http://example.com/a")
 
 

@@ -5,44 +5,46 @@ import numpy as np
 import pytest
 
 from lmforge.data.decontam import decontaminate
-from lmforge.data.dedup import (
-    dedup,
-    dedup_minhash,
-    dedup_paragraphs,
-    minhash_signatures,
-    paragraph_spans,
-)
+from lmforge.data.dedup import METHODS, deduplicate, find_later_copies, write_keys
+from lmforge.data.minhash import near_duplicates, signature_matrix
 from lmforge.data.mix import mix_shard
+from lmforge.data.text import paragraph_spans
 from lmforge.eval.generated import make_tasks
 from lmforge.io.storage import read_jsonl, write_jsonl_gz
 
 from conftest import make_docs
 
-BLOOM = {"expected_paragraphs": 10_000, "false_positive_rate": 1e-6}
 MINHASH = {"ngram": 5, "bands": 20, "rows": 5, "seed": 1, "min_jaccard": 0.5}
+
+
+def dedup_cfg(tmp_path, partitions=1, **changes):
+    return {"partitions": partitions, "paragraphs": {}, "minhash": MINHASH,
+            "duckdb": {"memory_limit": "256MB", "threads": 1,
+                       "temp_directory": str(tmp_path / "duck")}, **changes}
+
+
+def run_dedup(tmp_path, shards: list, cfg: dict, name: str = "out") -> dict:
+    """deduplicate() over the shards: {method: [rows of each shard]} and the counts."""
+    outs = {m: [tmp_path / name / m / f"{i}.jsonl.gz" for i in range(len(shards))]
+            for m in METHODS}
+    counts = deduplicate(shards, outs, tmp_path / name / "work", cfg)
+    return {m: [list(read_jsonl(o)) for o in paths] for m, paths in outs.items()}, counts
 
 
 def _dolma(shared_data, name):
     return [json.loads(line) for line in gzip.open(shared_data / "dolma" / name)]
 
 
-def test_paragraph_dedup_matches_dolma_expected_output(shared_data, tmp_path):
+def test_paragraph_and_url_dedup_match_dolma_expected_output(shared_data, tmp_path):
     docs = _dolma(shared_data, "provided__documents__000.json.gz")
     write_jsonl_gz(tmp_path / "docs.jsonl.gz", docs)
-    dedup_paragraphs([tmp_path / "docs.jsonl.gz"], [tmp_path / "para.jsonl.gz"], BLOOM)
-    ours = [row["attributes"].get("dedup_para__paragraph", []) for row in
-            read_jsonl(tmp_path / "para.jsonl.gz")]
+    rows, _ = run_dedup(tmp_path, [tmp_path / "docs.jsonl.gz"], dedup_cfg(tmp_path))
+    ours = [row["attributes"].get("dedup_para__paragraph", []) for row in rows["dedup_para"][0]]
     expected = [row["attributes"]["bff_duplicate_paragraph_spans"] for row in
                 _dolma(shared_data, "expected__dedupe-paragraphs.json.gz")]
     assert sum(map(len, expected)) > 0
     assert ours == expected
-
-
-def test_url_dedup_matches_dolma_expected_decisions(shared_data, tmp_path):
-    docs = _dolma(shared_data, "provided__documents__000.json.gz")
-    write_jsonl_gz(tmp_path / "docs.jsonl.gz", docs)
-    dedup("dedup_url", [tmp_path / "docs.jsonl.gz"], [tmp_path / "url.jsonl.gz"])
-    ours = [bool(row["attributes"]) for row in read_jsonl(tmp_path / "url.jsonl.gz")]
+    ours = [bool(row["attributes"]) for row in rows["dedup_url"][0]]
     expected = [bool(row["attributes"]) for row in
                 _dolma(shared_data, "expected__dedupe-by-url.json.gz")]
     assert any(expected) and ours == expected
@@ -54,23 +56,60 @@ def test_paragraph_spans_cover_the_text_like_dolma():
     assert spans == [(0, 2, "a"), (2, 5, "bb"), (5, 6, ""), (6, 10, "ccc")]
 
 
-def test_bloom_memory_is_set_by_config_not_corpus(tmp_path):
-    small = make_docs([f"line {i}\nshared footer" for i in range(10)])
-    large = make_docs([f"line {i}\nshared footer" for i in range(2000)])
-    sizes = []
-    for name, docs in (("small", small), ("large", large)):
-        write_jsonl_gz(tmp_path / f"{name}.jsonl.gz", docs)
-        stats = dedup_paragraphs([tmp_path / f"{name}.jsonl.gz"], [tmp_path / f"{name}.out.gz"],
-                                 BLOOM)
-        sizes.append(stats["bloom_bits"])
-        assert stats["duplicate_paragraphs"] == len(docs) - 1  # the footer after its first time
-    assert sizes[0] == sizes[1]
-    bigger = dedup_paragraphs([tmp_path / "small.jsonl.gz"], [tmp_path / "x.gz"],
-                              {**BLOOM, "expected_paragraphs": 100_000})["bloom_bits"]
-    assert bigger > sizes[0]
+def test_decisions_do_not_depend_on_partitions_and_buckets_split_the_keys(tmp_path):
+    rng = np.random.default_rng(0)
+    lines = [f"line {i}" for i in range(40)]
+    texts = ["\n".join(rng.choice(lines, 6)) for _ in range(300)]
+    docs = make_docs(texts, [f"https://x.org/{rng.integers(250)}" for _ in texts])
+    shards = []
+    for i in range(3):
+        write_jsonl_gz(tmp_path / f"s{i}.jsonl.gz", docs[i * 100:(i + 1) * 100])
+        shards.append(tmp_path / f"s{i}.jsonl.gz")
+    one, counts = run_dedup(tmp_path, shards, dedup_cfg(tmp_path), "one")
+    assert counts["dedup_para.duplicates"] > 1000 and counts["dedup_url.duplicates"] > 20
+    five, counts5 = run_dedup(tmp_path, shards, dedup_cfg(tmp_path, 5), "five")
+    assert one == five and counts == counts5
+    # Bucket b holds exactly the keys whose digest is b modulo 5, and every bucket some.
+    import pyarrow.parquet as pq
+
+    keys = tmp_path / "five" / "work" / "keys" / "00000"
+    buckets = [pq.read_table(keys / f"dedup_exact-{b:04d}.parquet") for b in range(5)]
+    for b, table in enumerate(buckets):
+        assert table.num_rows > 0 and all(h % 5 == b for h in table["h1"].to_pylist())
+    assert sum(t.num_rows for t in buckets) == 100
 
 
-def test_minhash_finds_near_duplicates_across_shards_and_keeps_the_first(tmp_path):
+def test_dedup_keeps_first_occurrence_across_shards(tmp_path):
+    a = make_docs(["one", "two", "one"], ["http://x.org/a", "https://www.X.org/b/", "http://x.org/c"])
+    b = make_docs(["two", "three"], ["http://x.org/b", "http://x.org/a#frag"])
+    for d in b:
+        d["id"] = "b" + d["id"]
+    write_jsonl_gz(tmp_path / "a.jsonl.gz", a)
+    write_jsonl_gz(tmp_path / "b.jsonl.gz", b)
+    rows, counts = run_dedup(tmp_path, [tmp_path / "a.jsonl.gz", tmp_path / "b.jsonl.gz"],
+                             dedup_cfg(tmp_path, 2))
+    assert counts["documents"] == 5 and counts["dedup_exact.duplicates"] == 2
+    flags = [bool(r["attributes"]) for shard in rows["dedup_exact"] for r in shard]
+    assert flags == [False, False, True, True, False]
+    assert counts["dedup_url.duplicates"] == 2  # x.org/b and x.org/a again
+    assert [r["id"] for shard in rows["dedup_url"] for r in shard] == [
+        "d0", "d1", "d2", "bd0", "bd1"]
+
+
+def test_stale_decisions_are_refused(tmp_path):
+    cfg = dedup_cfg(tmp_path)
+    write_jsonl_gz(tmp_path / "a.jsonl.gz", make_docs(["same", "same", "same"]))
+    write_keys(tmp_path / "a.jsonl.gz", 0, tmp_path / "keys", cfg)
+    find_later_copies([tmp_path / "keys"], 0, tmp_path / "later", cfg)
+    write_jsonl_gz(tmp_path / "a.jsonl.gz", make_docs(["the shard was rewritten"]))
+    from lmforge.data.dedup import write_attributes
+
+    with pytest.raises(ValueError, match="stale"):
+        write_attributes(tmp_path / "a.jsonl.gz", 0, [tmp_path / "later"],
+                         {m: tmp_path / f"{m}.gz" for m in METHODS}, cfg)
+
+
+def test_minhash_clusters_keep_the_first_document_across_shards(tmp_path):
     rng = np.random.default_rng(0)
     vocab = [f"w{i}" for i in range(500)]
     base = [" ".join(rng.choice(vocab, 120)) for _ in range(6)]
@@ -80,32 +119,42 @@ def test_minhash_finds_near_duplicates_across_shards_and_keeps_the_first(tmp_pat
     shard_b = make_docs([" ".join(edited), base[4], base[5]])
     for doc in shard_b:
         doc["id"] = "b-" + doc["id"]
-    paths, sigs, outs = [], [], []
+    paths, outs = [], []
     for name, docs in (("a", shard_a), ("b", shard_b)):
         write_jsonl_gz(tmp_path / f"{name}.jsonl.gz", docs)
-        minhash_signatures(tmp_path / f"{name}.jsonl.gz", tmp_path / f"{name}.npz", MINHASH)
         paths.append(tmp_path / f"{name}.jsonl.gz")
-        sigs.append(tmp_path / f"{name}.npz")
         outs.append(tmp_path / f"{name}.attrs.gz")
-    stats = dedup_minhash(sigs, paths, outs, MINHASH)
+    found = near_duplicates(paths, outs, tmp_path / "w", dedup_cfg(tmp_path, 3))
     flags = [bool(r["attributes"]) for out in outs for r in read_jsonl(out)]
     assert flags == [False, False, False, False, True, False, False]
-    assert stats["duplicates"] == 1
+    assert found["duplicates"] == 1 and found["clusters"] == 1
+    (_, _, score), = next(r for r in read_jsonl(outs[1]))["attributes"]["dedup_minhash__duplicate"]
+    assert 0.8 < score < 1
     # min_jaccard 0 is datatrove's rule (a shared band decides): documents sharing no band
     # with an earlier one stay unique.
-    assert dedup_minhash(sigs, paths, outs, {**MINHASH, "min_jaccard": 0.0})["duplicates"] == 1
-    again = tmp_path / "again.npz"
-    minhash_signatures(paths[0], again, MINHASH)
-    assert np.array_equal(np.load(again)["signatures"], np.load(sigs[0])["signatures"])
+    cfg = dedup_cfg(tmp_path, minhash={**MINHASH, "min_jaccard": 0.0})
+    assert near_duplicates(paths, outs, tmp_path / "w0", cfg)["duplicates"] == 1
+    from lmforge.data.dedup import DedupConfig
+
+    matrix = signature_matrix(paths[0], DedupConfig.of(dedup_cfg(tmp_path)))
+    assert np.array_equal(matrix, signature_matrix(paths[0], DedupConfig.of(dedup_cfg(tmp_path))))
 
 
-def test_minhash_refuses_stale_signatures(tmp_path):
-    write_jsonl_gz(tmp_path / "a.jsonl.gz", make_docs(["one two three four five six"] * 2))
-    minhash_signatures(tmp_path / "a.jsonl.gz", tmp_path / "a.npz", MINHASH)
-    write_jsonl_gz(tmp_path / "a.jsonl.gz", [{"id": "z", "text": "the shard was rewritten"}])
-    with pytest.raises(ValueError, match="stale"):
-        dedup_minhash([tmp_path / "a.npz"], [tmp_path / "a.jsonl.gz"], [tmp_path / "o.gz"],
-                      MINHASH)
+def test_minhash_joins_a_chain_of_near_duplicates_into_one_cluster(tmp_path):
+    rng = np.random.default_rng(1)
+    words = list(rng.choice([f"w{i}" for i in range(2000)], 200))
+    chain = [words]
+    for step in range(3):  # each copy edits 8 more words: neighbours similar, ends less so
+        edited = list(chain[-1])
+        for i in rng.choice(200, 8, replace=False):
+            edited[i] = f"edit{step}-{i}"
+        chain.append(edited)
+    docs = make_docs([" ".join(w) for w in chain])
+    write_jsonl_gz(tmp_path / "c.jsonl.gz", docs)
+    found = near_duplicates([tmp_path / "c.jsonl.gz"], [tmp_path / "o.gz"], tmp_path / "w",
+                            dedup_cfg(tmp_path))
+    flags = [bool(r["attributes"]) for r in read_jsonl(tmp_path / "o.gz")]
+    assert flags == [False, True, True, True] and found["clusters"] == 1
 
 
 def test_decontamination_flags_task_items_only(tmp_path, config):
@@ -150,15 +199,15 @@ def test_paragraph_ngram_overlap_mode(tmp_path):
     edited = words.replace("w30", "changed")  # 8 of the 28 8-grams change
     docs = make_docs([words, edited, "short one", "short one"])
     write_jsonl_gz(tmp_path / "d.jsonl.gz", docs)
-    cfg = {**BLOOM, "by_ngram": {"ngram_length": 8, "stride": 1, "overlap_threshold": 0.5,
-                                 "skip_short_paragraphs": False}}
-    dedup_paragraphs([tmp_path / "d.jsonl.gz"], [tmp_path / "o.jsonl.gz"], cfg)
-    rows = [r["attributes"].get("dedup_para__paragraph")
-            for r in read_jsonl(tmp_path / "o.jsonl.gz")]
+    by_ngram = {"ngram_length": 8, "stride": 1, "overlap_threshold": 0.5,
+                "skip_short_paragraphs": False}
+    cfg = dedup_cfg(tmp_path, 2, paragraphs={"by_ngram": by_ngram})
+    rows, _ = run_dedup(tmp_path, [tmp_path / "d.jsonl.gz"], cfg, "a")
+    rows = [r["attributes"].get("dedup_para__paragraph") for r in rows["dedup_para"][0]]
     assert rows[0] is None and rows[2] is None
     (start, end, score), = rows[1]
     assert (start, end) == (0, len(edited) + 1) and score == round(25 / 33, 4)
     assert rows[3] == [[0, 10, 1.0]]
-    cfg["by_ngram"]["skip_short_paragraphs"] = True
-    dedup_paragraphs([tmp_path / "d.jsonl.gz"], [tmp_path / "o.jsonl.gz"], cfg)
-    assert [r["attributes"] for r in read_jsonl(tmp_path / "o.jsonl.gz")][3] == {}
+    by_ngram["skip_short_paragraphs"] = True
+    rows, _ = run_dedup(tmp_path, [tmp_path / "d.jsonl.gz"], cfg, "b")
+    assert [r["attributes"] for r in rows["dedup_para"][0]][3] == {}

@@ -3,7 +3,8 @@ import os
 from pathlib import Path
 
 from lmforge.codegraph import CodeGraph
-from lmforge.data.dedup import KEYS as EXACT_DEDUP, NearDuplicates, ParagraphDuplicates
+from lmforge.data.dedup import METHODS as DEDUP_METHODS
+from lmforge.data.minhash import NearDuplicates
 from lmforge.data.decontam import Contamination
 from lmforge.data.quality import QualityScores
 from lmforge.data.taggers import TAGGERS as TAGGER_REGISTRY
@@ -57,6 +58,8 @@ def crawl_shards():
 
 
 SHARDS = crawl_shards()
+# A shard's place in corpus order: dedup keeps the first occurrence in this order.
+SHARD_INDEX = {name: index for index, name in enumerate(SHARDS)}
 
 
 def cfg_json(*keys):

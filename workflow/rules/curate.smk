@@ -1,20 +1,18 @@
 TAGGERS = config["curate"]["taggers"]
-DEDUP = list(EXACT_DEDUP)
 # Every attribute set the mixer reads, each one file per documents shard.
 ATTRIBUTE_SETS = (
     TAGGERS
-    + DEDUP
-    + [
-        step.name
-        for step in (ParagraphDuplicates, NearDuplicates, Contamination, QualityScores)
-    ]
+    + list(DEDUP_METHODS)
+    + [step.name for step in (NearDuplicates, Contamination, QualityScores)]
 )
+PARTITIONS = config["curate"]["dedup"]["partitions"]
+BUCKETS = [f"bucket-{b:04d}" for b in range(PARTITIONS)]
 
 
 wildcard_constraints:
     tagger="|".join(TAGGER_REGISTRY),
-    method="|".join(DEDUP),
     shard=r"shard-\d+",
+    bucket=r"bucket-\d+",
 
 
 rule tag:
@@ -38,37 +36,73 @@ rule tag:
         "--cfg {params.cfg:q} > {log} 2>&1"
 
 
-rule dedup:
+# Deduplication as scatter/gather jobs (lmforge.data.dedup, lmforge.data.minhash): keys per
+# shard, split into PARTITIONS buckets; one job per bucket finds the later copies; attributes
+# per shard. No job holds the keys of the whole corpus.
+rule dedup_keys:
     input:
-        code("dedup"),
-        docs=docs("{source}"),
+        code("dedup-keys"),
+        docs=f"{R}/documents/{{source}}/{{shard}}.jsonl.gz",
     output:
-        [f"{R}/attributes/{{method}}/{{source}}/{s}.jsonl.gz" for s in SHARDS],
+        directory(f"{R}/dedup/keys/{{source}}/{{shard}}"),
     log:
-        f"{R}/logs/dedup/{{method}}/{{source}}.log",
-    conda:
-        "../../envs/data.yaml"
-    shell:
-        "lmforge dedup --method {wildcards.method} --docs {input.docs} --out {output} > {log} 2>&1"
-
-
-rule dedup_paragraphs:
-    input:
-        code("dedup-paragraphs"),
-        docs=docs("{source}"),
-    output:
-        [f"{R}/attributes/dedup_para/{{source}}/{s}.jsonl.gz" for s in SHARDS],
-    log:
-        f"{R}/logs/dedup/dedup_para/{{source}}.log",
+        f"{R}/logs/dedup/keys/{{source}}/{{shard}}.log",
     benchmark:
-        f"{R}/benchmarks/dedup/dedup_para/{{source}}.tsv"
+        f"{R}/benchmarks/dedup/keys/{{source}}/{{shard}}.tsv"
     conda:
         "../../envs/data.yaml"
     params:
-        cfg=cfg_json("curate", "dedup", "paragraphs"),
+        cfg=cfg_json("curate", "dedup"),
+        index=lambda w: SHARD_INDEX[w.shard],
     shell:
-        "lmforge dedup-paragraphs --docs {input.docs} --out {output} --cfg {params.cfg:q} "
-        "> {log} 2>&1"
+        "lmforge dedup-keys --docs {input.docs} --shard-index {params.index} "
+        "--out-dir {output} --cfg {params.cfg:q} > {log} 2>&1"
+
+
+rule dedup_bucket:
+    input:
+        code("dedup-bucket"),
+        key_dirs=[f"{R}/dedup/keys/{{source}}/{s}" for s in SHARDS],
+    output:
+        directory(f"{R}/dedup/later/{{source}}/{{bucket}}"),
+    log:
+        f"{R}/logs/dedup/later/{{source}}/{{bucket}}.log",
+    benchmark:
+        f"{R}/benchmarks/dedup/later/{{source}}/{{bucket}}.tsv"
+    conda:
+        "../../envs/data.yaml"
+    threads: config["curate"]["dedup"]["duckdb"]["threads"]
+    params:
+        cfg=cfg_json("curate", "dedup"),
+        bucket=lambda w: BUCKETS.index(w.bucket),
+    shell:
+        "lmforge dedup-bucket --keys {input.key_dirs} --bucket {params.bucket} "
+        "--out-dir {output} --cfg {params.cfg:q} > {log} 2>&1"
+
+
+rule dedup:
+    input:
+        code("dedup"),
+        docs=f"{R}/documents/{{source}}/{{shard}}.jsonl.gz",
+        later=[f"{R}/dedup/later/{{source}}/{b}" for b in BUCKETS],
+    output:
+        **{
+            method: f"{R}/attributes/{method}/{{source}}/{{shard}}.jsonl.gz"
+            for method in DEDUP_METHODS
+        },
+    log:
+        f"{R}/logs/dedup/{{source}}/{{shard}}.log",
+    conda:
+        "../../envs/data.yaml"
+    params:
+        cfg=cfg_json("curate", "dedup"),
+        index=lambda w: SHARD_INDEX[w.shard],
+        outs=lambda w, output: " ".join(
+            f"--out-{m.removeprefix('dedup_')} {output[m]}" for m in DEDUP_METHODS
+        ),
+    shell:
+        "lmforge dedup --docs {input.docs} --shard-index {params.index} "
+        "--later {input.later} {params.outs} --cfg {params.cfg:q} > {log} 2>&1"
 
 
 rule minhash:
@@ -76,7 +110,7 @@ rule minhash:
         code("minhash"),
         docs=f"{R}/documents/{{source}}/{{shard}}.jsonl.gz",
     output:
-        f"{R}/dedup/minhash/{{source}}/{{shard}}.npz",
+        directory(f"{R}/dedup/minhash/{{source}}/{{shard}}"),
     log:
         f"{R}/logs/minhash/{{source}}/{{shard}}.log",
     benchmark:
@@ -84,27 +118,70 @@ rule minhash:
     conda:
         "../../envs/data.yaml"
     params:
-        cfg=cfg_json("curate", "dedup", "minhash"),
+        cfg=cfg_json("curate", "dedup"),
+        index=lambda w: SHARD_INDEX[w.shard],
     shell:
-        "lmforge minhash --docs {input.docs} --out {output} --cfg {params.cfg:q} > {log} 2>&1"
+        "lmforge minhash --docs {input.docs} --shard-index {params.index} "
+        "--out-dir {output} --cfg {params.cfg:q} > {log} 2>&1"
+
+
+rule minhash_bucket:
+    input:
+        code("minhash-bucket"),
+        signatures=[f"{R}/dedup/minhash/{{source}}/{s}" for s in SHARDS],
+    output:
+        f"{R}/dedup/minhash_pairs/{{source}}/{{bucket}}.parquet",
+    log:
+        f"{R}/logs/minhash/pairs/{{source}}/{{bucket}}.log",
+    benchmark:
+        f"{R}/benchmarks/minhash/pairs/{{source}}/{{bucket}}.tsv"
+    conda:
+        "../../envs/data.yaml"
+    threads: config["curate"]["dedup"]["duckdb"]["threads"]
+    params:
+        cfg=cfg_json("curate", "dedup"),
+        bucket=lambda w: BUCKETS.index(w.bucket),
+    shell:
+        "lmforge minhash-bucket --signatures {input.signatures} --bucket {params.bucket} "
+        "--out {output} --cfg {params.cfg:q} > {log} 2>&1"
+
+
+rule minhash_clusters:
+    input:
+        code("minhash-clusters"),
+        pairs=[f"{R}/dedup/minhash_pairs/{{source}}/{b}.parquet" for b in BUCKETS],
+        signatures=[f"{R}/dedup/minhash/{{source}}/{s}" for s in SHARDS],
+    output:
+        f"{R}/dedup/minhash_clusters/{{source}}.parquet",
+    log:
+        f"{R}/logs/minhash/clusters/{{source}}.log",
+    conda:
+        "../../envs/data.yaml"
+    threads: config["curate"]["dedup"]["duckdb"]["threads"]
+    params:
+        cfg=cfg_json("curate", "dedup"),
+    shell:
+        "lmforge minhash-clusters --pairs {input.pairs} --signatures {input.signatures} "
+        "--out {output} --cfg {params.cfg:q} > {log} 2>&1"
 
 
 rule dedup_minhash:
     input:
         code("dedup-minhash"),
-        signatures=[f"{R}/dedup/minhash/{{source}}/{s}.npz" for s in SHARDS],
-        docs=docs("{source}"),
+        docs=f"{R}/documents/{{source}}/{{shard}}.jsonl.gz",
+        clusters=f"{R}/dedup/minhash_clusters/{{source}}.parquet",
     output:
-        [f"{R}/attributes/dedup_minhash/{{source}}/{s}.jsonl.gz" for s in SHARDS],
+        f"{R}/attributes/dedup_minhash/{{source}}/{{shard}}.jsonl.gz",
     log:
-        f"{R}/logs/dedup/dedup_minhash/{{source}}.log",
+        f"{R}/logs/dedup/dedup_minhash/{{source}}/{{shard}}.log",
     conda:
         "../../envs/data.yaml"
     params:
-        cfg=cfg_json("curate", "dedup", "minhash"),
+        cfg=cfg_json("curate", "dedup"),
+        index=lambda w: SHARD_INDEX[w.shard],
     shell:
-        "lmforge dedup-minhash --signatures {input.signatures} --docs {input.docs} "
-        "--out {output} --cfg {params.cfg:q} > {log} 2>&1"
+        "lmforge dedup-minhash --docs {input.docs} --shard-index {params.index} "
+        "--clusters {input.clusters} --out {output} --cfg {params.cfg:q} > {log} 2>&1"
 
 
 rule decontam:

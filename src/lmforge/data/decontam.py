@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmforge.data.attributes import AttributeStep, Spans, attribute_key, run_step
-from lmforge.data.dedup import normalized_words, paragraph_spans
+from lmforge.data.text import normalized_words, paragraph_spans
 from lmforge.eval import generated as tasks
 from lmforge.runner import CFG, OUT, arg, command
 from lmforge.settings import Section

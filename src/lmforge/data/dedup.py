@@ -1,28 +1,46 @@
-"""Global deduplication across all shards, written as attributes.
+"""Global deduplication as scatter/gather jobs, with memory per job set by the config.
 
-Dolma semantics throughout: shards are read in order and the first occurrence is kept; later
-copies get spans. Exact document and URL keys go in exact hash sets; paragraphs go in a Bloom
-filter whose size comes from the expected count and false-positive rate in the config, so its
-memory is bounded by the config, not the corpus; near-duplicate documents are found with
-MinHash-LSH, the signatures computed per shard in parallel jobs and the bands resolved globally.
+Dolma's semantics: shards are read in order and the first occurrence is kept; later copies get
+spans. No job holds the keys of the whole corpus. The work is split as datatrove and NeMo
+Curator split it:
+
+1. `write_keys`, one job per shard: a 128-bit digest of each key (the text, the normalised URL,
+   each paragraph or paragraph n-gram) with its *unit*, the document's or paragraph's place in
+   corpus order (`shard index << 32 | index in the shard`). Keys go into `partitions` bucket
+   files by their digest.
+2. `find_later_copies`, one job per bucket: DuckDB, out of core under its memory limit, finds
+   every unit holding a key first seen in an earlier unit, and how many such keys it holds.
+3. `write_attributes`, one job per shard: reads its units' counts from every bucket and writes
+   the Dolma attribute files, in the documents' order.
+
+Near duplicates (MinHash) follow the same plan in `lmforge.data.minhash`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from lmforge.data.attributes import AttributeStep, Spans, attribute_key, run_step
-from lmforge.io.storage import atomic_path, read_jsonl
-from lmforge.runner import CFG, DOCS, OUT, OUTS, arg, command
+from lmforge.data.text import paragraph_spans
+from lmforge.io.duck import DuckDBConfig, connect, sql_list
+from lmforge.io.storage import atomic_dir, read_jsonl
+from lmforge.runner import CFG, OUT_DIR, arg, command
 from lmforge.settings import Section
+
+log = logging.getLogger(__name__)
+
+UNIT_BITS = 32  # units per shard < 2**32; a unit's shard is `unit >> UNIT_BITS`
+KEY_SCHEMA = pa.schema([("h1", pa.uint64()), ("h2", pa.uint64()), ("unit", pa.int64())])
+SEEN_SCHEMA = pa.schema([("unit", pa.int64()), ("seen", pa.int32())])
 
 
 @dataclass(frozen=True)
@@ -39,9 +57,7 @@ class NgramOverlapConfig(Section):
 class ParagraphDedupConfig(Section):
     SECTION = "curate.dedup.paragraphs"
 
-    expected_paragraphs: int
-    false_positive_rate: float
-    by_ngram: NgramOverlapConfig | None = None  # None: exact paragraphs
+    by_ngram: NgramOverlapConfig | None = None  # None: whole paragraphs are the keys
 
 
 @dataclass(frozen=True)
@@ -55,6 +71,20 @@ class MinhashConfig(Section):
     min_jaccard: float
 
 
+@dataclass(frozen=True)
+class DedupConfig(Section):
+    SECTION = "curate.dedup"
+
+    partitions: int  # bucket jobs; grow it with the corpus to keep each job's memory flat
+    duckdb: DuckDBConfig
+    minhash: MinhashConfig
+    paragraphs: ParagraphDedupConfig = field(default_factory=ParagraphDedupConfig)
+
+    def __post_init__(self):
+        if self.partitions < 1:
+            raise ValueError(f"{self.SECTION}.partitions must be at least 1")
+
+
 def normalize_url(url: str) -> str:
     """Scheme- and case-insensitive host, no fragment, no trailing slash: one page, one key."""
     parts = urlsplit(url.strip())
@@ -62,53 +92,16 @@ def normalize_url(url: str) -> str:
     return urlunsplit(("", parts.netloc.lower().removeprefix("www."), path, parts.query, ""))
 
 
+# Whole-document keys; the paragraph keys come from `paragraph_keys`.
 KEYS: dict[str, Callable[[dict], str]] = {
     "dedup_exact": lambda doc: doc["text"],
     "dedup_url": lambda doc: normalize_url(doc.get("metadata", {}).get("url", "") or doc["id"]),
 }
+PARAGRAPHS = "dedup_para"
+METHODS = (*KEYS, PARAGRAPHS)
 
 
-class ExactDuplicates(AttributeStep):
-    """Later copies of a key seen earlier in shard order: `<method>__duplicate` over the
-    document. Keys are 16-byte digests in one set."""
-
-    def __init__(self, method: str):
-        super().__init__()
-        self.name, self.key_of, self.seen = method, KEYS[method], set()
-
-    def tag(self, doc: dict) -> Spans:
-        digest = hashlib.blake2b(self.key_of(doc).encode("utf-8"), digest_size=16).digest()
-        if digest in self.seen:
-            return {"duplicate": [(0, len(doc["text"]), 1.0)]}
-        self.seen.add(digest)
-        return {}
-
-
-def dedup(method: str, docs_paths: list[str | Path], out_paths: list[str | Path]) -> dict:
-    if len(docs_paths) != len(out_paths):
-        raise ValueError("one attribute output per documents shard is required")
-    counts = run_step(ExactDuplicates(method), docs_paths, out_paths)
-    return {"documents": counts["documents"],
-            "duplicates": counts.get(attribute_key(method, "duplicate"), 0)}
-
-
-def _hash128(text: str) -> int:
-    # rbloom's default hash is Python's salted hash(); a keyed digest keeps runs identical.
-    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
-def paragraph_spans(text: str) -> Iterator[tuple[int, int, str]]:
-    """Dolma's paragraphs: lines split on "\n", each span including its newline. Like dolma,
-    the last line's span also counts one newline, so it may end one past the text."""
-    offset = 0
-    for paragraph in text.split("\n"):
-        start = offset
-        offset += len(paragraph) + 1
-        yield start, offset, paragraph
-
-
-def _paragraph_ngrams(paragraph: str, cfg: NgramOverlapConfig) -> list[str]:
+def paragraph_ngrams(paragraph: str, cfg: NgramOverlapConfig) -> list[str]:
     """dolma's `by_ngram` keys: word n-grams every `stride` words; a paragraph shorter than n
     is one key unless `skip_short_paragraphs`."""
     words = paragraph.split()
@@ -118,186 +111,222 @@ def _paragraph_ngrams(paragraph: str, cfg: NgramOverlapConfig) -> list[str]:
     return [" ".join(words[i : i + n]) for i in range(0, len(words) - n + 1, cfg.stride)]
 
 
-def _ngram_overlap(paragraph: str, bloom, cfg: NgramOverlapConfig) -> float | None:
-    """Share of the paragraph's n-grams already in the filter (then all are added)."""
-    grams = _paragraph_ngrams(paragraph, cfg)
-    if not grams:
-        return None
-    seen = sum(gram in bloom for gram in grams)
-    for gram in grams:
-        bloom.add(gram)
-    return seen / len(grams)
+def paragraph_keys(text: str, cfg: ParagraphDedupConfig) -> Iterator[tuple[int, int, list[str]]]:
+    """Each non-blank paragraph's span and keys: itself, or its n-grams with `by_ngram`."""
+    for start, end, paragraph in paragraph_spans(text):
+        if paragraph.strip():
+            yield start, end, (paragraph_ngrams(paragraph, cfg.by_ngram) if cfg.by_ngram
+                               else [paragraph])
 
 
-class ParagraphDuplicates(AttributeStep):
-    """First occurrence of each paragraph kept; later copies get `dedup_para__paragraph` spans.
-    With `by_ngram`, a paragraph is a duplicate when at least `overlap_threshold` of its n-grams
-    were seen before, and the span's score is that share (dolma's partial-overlap mode)."""
+def digest(key: str) -> bytes:
+    return hashlib.blake2b(key.encode("utf-8"), digest_size=16).digest()
 
-    name = "dedup_para"
+
+class KeyWriter:
+    """Collects one shard's (digest, unit) keys and writes them as `partitions` bucket files,
+    bucket `h1 % partitions`. A shard's keys are bounded by the shard, not the corpus."""
+
+    def __init__(self, partitions: int):
+        self.partitions = partitions
+        self.digests = bytearray()
+        self.units: list[int] = []
+
+    def add(self, key: bytes, unit: int) -> None:
+        self.digests += key
+        self.units.append(unit)
+
+    def write(self, out_dir: Path, name: str) -> int:
+        pairs = np.frombuffer(bytes(self.digests), dtype="<u8").reshape(-1, 2)
+        units = np.array(self.units, dtype=np.int64)
+        bucket_of = pairs[:, 0] % self.partitions if len(units) else units
+        for bucket in range(self.partitions):
+            rows = bucket_of == bucket
+            table = pa.table([pairs[rows, 0], pairs[rows, 1], units[rows]], schema=KEY_SCHEMA)
+            pq.write_table(table, out_dir / bucket_file(name, bucket))
+        return len(units)
+
+
+def bucket_file(name: str, bucket: int) -> str:
+    return f"{name}-{bucket:04d}.parquet"
+
+
+def write_keys(docs_path, shard_index: int, out_dir, cfg: DedupConfig | Mapping) -> dict:
+    """Scatter: the shard's keys for every method, split into bucket files in `out_dir`."""
+    cfg = DedupConfig.of(cfg)
+    base = shard_index << UNIT_BITS
+    writers = {method: KeyWriter(cfg.partitions) for method in METHODS}
+    paragraphs = 0
+    documents = 0
+    for position, doc in enumerate(read_jsonl(docs_path)):
+        documents += 1
+        for method, key_of in KEYS.items():
+            writers[method].add(digest(key_of(doc)), base + position)
+        for _start, _end, keys in paragraph_keys(doc["text"], cfg.paragraphs):
+            for key in keys:
+                writers[PARAGRAPHS].add(digest(key), base + paragraphs)
+            paragraphs += 1
+    if documents >= 1 << UNIT_BITS or paragraphs >= 1 << UNIT_BITS:
+        raise ValueError(f"{docs_path}: more than 2**{UNIT_BITS} units in one shard")
+    with atomic_dir(out_dir) as tmp:
+        counts = {f"{method}_keys": writer.write(tmp, method) for method, writer in
+                  writers.items()}
+    return {"documents": documents, "paragraphs": paragraphs, **counts}
+
+
+def find_later_copies(key_dirs: list, bucket: int, out_dir, cfg: DedupConfig | Mapping) -> dict:
+    """Gather one bucket: for every method, each unit holding keys first seen in an earlier
+    unit, with how many (`seen`), sorted by unit. DuckDB spills past its memory limit."""
+    cfg = DedupConfig.of(cfg)
+    con = connect(cfg.duckdb)
+    counts = {}
+    with atomic_dir(out_dir) as tmp:
+        for method in METHODS:
+            files = [Path(d) / bucket_file(method, bucket) for d in key_dirs]
+            con.execute(f"""
+                CREATE OR REPLACE TEMP TABLE later AS
+                WITH keys AS (SELECT h1, h2, unit FROM read_parquet({sql_list(files)})),
+                     first AS (SELECT h1, h2, min(unit) AS first FROM keys GROUP BY h1, h2
+                               HAVING count(*) > 1)
+                SELECT unit, count(*)::INTEGER AS seen
+                FROM keys JOIN first USING (h1, h2) WHERE unit > first
+                GROUP BY unit ORDER BY unit""")
+            pq.write_table(con.table("later").arrow().read_all().cast(SEEN_SCHEMA),
+                           tmp / f"{method}.parquet")
+            counts[f"{method}_units"] = con.execute("SELECT count(*) FROM later").fetchone()[0]
+    con.close()
+    return counts
+
+
+def units_of_shard(files: list, shard_index: int, value: str, cfg: DuckDBConfig) -> dict:
+    """`{index in the shard: value}` of the shard's rows in the per-unit files (summed over
+    the files): one shard's worth, read with the files' unit ranges pruning the rest."""
+    con = connect(cfg)
+    low = shard_index << UNIT_BITS
+    rows = con.execute(
+        f"SELECT unit - {low} AS local, sum({value}) FROM read_parquet({sql_list(files)}) "
+        f"WHERE unit >= {low} AND unit < {low + (1 << UNIT_BITS)} GROUP BY unit"
+    ).fetchall()
+    con.close()
+    return dict(rows)
+
+
+def check_fresh(units: dict, count: int, docs_path) -> None:
+    """Decisions about units the shard does not have: it changed after its keys were made."""
+    if units and max(units) >= count:
+        raise ValueError(f"{docs_path}: dedup decisions are stale (the shard has {count} "
+                         f"units, decisions name unit {max(units)})")
+
+
+class LaterCopies(AttributeStep):
+    """`<method>__duplicate` over a document whose key was seen in an earlier document."""
+
+    def __init__(self, method: str, later: dict[int, int]):
+        super().__init__()
+        self.name, self.later, self.position = method, later, 0
+
+    def tag(self, doc: dict) -> Spans:
+        position, self.position = self.position, self.position + 1
+        return {"duplicate": [(0, len(doc["text"]), 1.0)]} if position in self.later else {}
+
+
+class ParagraphCopies(AttributeStep):
+    """`dedup_para__paragraph` spans over paragraphs seen before. With `by_ngram`, a paragraph
+    is a duplicate when at least `overlap_threshold` of its n-grams were seen in earlier
+    paragraphs, and the span's score is that share (dolma's partial-overlap mode)."""
+
+    name = PARAGRAPHS
     score_digits = 4
-    Config = ParagraphDedupConfig
 
-    def __init__(self, cfg: ParagraphDedupConfig | Mapping):
-        from rbloom import Bloom
-
-        super().__init__(cfg)
-        self.bloom = Bloom(self.cfg.expected_paragraphs, self.cfg.false_positive_rate, _hash128)
-        self.by_ngram = self.cfg.by_ngram
+    def __init__(self, seen: dict[int, int], cfg: ParagraphDedupConfig):
+        super().__init__()
+        self.seen, self.paragraphs, self.keys_cfg = seen, 0, cfg
+        self.by_ngram = cfg.by_ngram
 
     def tag(self, doc: dict) -> Spans:
         spans = []
-        for start, end, paragraph in paragraph_spans(doc["text"]):
-            if not paragraph.strip():
-                continue
-            self.counts["paragraphs"] += 1
-            if self.by_ngram:
-                overlap = _ngram_overlap(paragraph, self.bloom, self.by_ngram)
-                if overlap is not None and overlap >= self.by_ngram.overlap_threshold:
-                    spans.append((start, end, overlap))
-            elif paragraph in self.bloom:
-                spans.append((start, end, 1))
-            else:
-                self.bloom.add(paragraph)
+        for start, end, keys in paragraph_keys(doc["text"], self.keys_cfg):
+            seen = self.seen.get(self.paragraphs, 0)
+            self.paragraphs += 1
+            if not self.by_ngram:
+                if seen:
+                    spans.append((start, end, 1))
+            elif keys and seen / len(keys) >= self.by_ngram.overlap_threshold:
+                spans.append((start, end, seen / len(keys)))
+        self.counts["paragraphs"] = self.paragraphs
         self.counts["duplicate_paragraphs"] += len(spans)
         self.counts["documents_with_duplicates"] += bool(spans)
         return {"paragraph": spans}
 
 
-def dedup_paragraphs(docs_paths: list, out_paths: list,
-                     cfg: ParagraphDedupConfig | Mapping) -> dict:
-    step = ParagraphDuplicates(cfg)
-    counts = run_step(step, docs_paths, out_paths)
-    return {"documents": counts["documents"], "paragraphs": counts.get("paragraphs", 0),
-            "duplicate_paragraphs": counts.get("duplicate_paragraphs", 0),
-            "documents_with_duplicates": counts.get("documents_with_duplicates", 0),
-            "bloom_bits": step.bloom.size_in_bits}
+def write_attributes(docs_path, shard_index: int, later_dirs: list, outs: Mapping[str, str],
+                     cfg: DedupConfig | Mapping) -> dict:
+    """One shard's attribute file per method, from every bucket's later copies."""
+    cfg = DedupConfig.of(cfg)
+    metrics = {}
+    for method in METHODS:
+        later = units_of_shard([Path(d) / f"{method}.parquet" for d in later_dirs], shard_index,
+                               "seen", cfg.duckdb)
+        step = (ParagraphCopies(later, cfg.paragraphs) if method == PARAGRAPHS
+                else LaterCopies(method, later))
+        counts = run_step(step, [docs_path], [outs[method]])
+        check_fresh(later, counts.get("paragraphs", 0) if method == PARAGRAPHS
+                    else counts["documents"], docs_path)
+        metrics["documents"] = counts["documents"]
+        metrics[f"{method}.duplicates"] = counts.get(attribute_key(step.name, "duplicate"),
+                                                     counts.get("duplicate_paragraphs", 0))
+        if method == PARAGRAPHS:
+            metrics[f"{method}.paragraphs"] = counts.get("paragraphs", 0)
+            metrics[f"{method}.documents_with_duplicates"] = counts.get(
+                "documents_with_duplicates", 0)
+    return metrics
 
 
-_NON_WORD = re.compile(r"[^\w\s]")
+def deduplicate(docs_paths: list, outs: Mapping[str, list], work_dir,
+                cfg: DedupConfig | Mapping) -> dict:
+    """Every step in this process, shard after shard and bucket after bucket: the workflow's
+    jobs run in sequence (tests, benchmarks, a corpus that fits one machine)."""
+    cfg = DedupConfig.of(cfg)
+    work_dir = Path(work_dir)
+    key_dirs = [work_dir / "keys" / f"{i:05d}" for i in range(len(docs_paths))]
+    later_dirs = [work_dir / "later" / f"bucket-{b:04d}" for b in range(cfg.partitions)]
+    for index, (docs, keys) in enumerate(zip(docs_paths, key_dirs, strict=True)):
+        write_keys(docs, index, keys, cfg)
+    for bucket, later in enumerate(later_dirs):
+        find_later_copies(key_dirs, bucket, later, cfg)
+    totals: dict = {}
+    for index, docs in enumerate(docs_paths):
+        shard_outs = {method: outs[method][index] for method in METHODS}
+        for key, value in write_attributes(docs, index, later_dirs, shard_outs, cfg).items():
+            totals[key] = totals.get(key, 0) + value
+    return totals
 
 
-def normalized_words(text: str) -> list[str]:
-    """Lower-cased words without punctuation (FineWeb's normalisation for MinHash)."""
-    return _NON_WORD.sub(" ", text.lower()).split()
+@command("dedup-keys", arg("--docs"), arg("--shard-index", type=int), OUT_DIR, CFG,
+         job=lambda args: f"dedup/keys/{Path(args.out_dir).name}", inputs=("docs",),
+         outputs=("out_dir",))
+def dedup_keys_command(args, job) -> dict:
+    """Scatter one shard's dedup keys (text, URL, paragraphs) into bucket files."""
+    return write_keys(args.docs, args.shard_index, args.out_dir, args.cfg)
 
 
-def shingles(text: str, n: int) -> list[bytes]:
-    """Word n-grams of the normalised text."""
-    words = normalized_words(text)
-    if len(words) < n:
-        return [" ".join(words).encode("utf-8")]
-    return sorted({" ".join(words[i : i + n]).encode("utf-8") for i in range(len(words) - n + 1)})
+@command("dedup-bucket", arg("--keys", nargs="+"), arg("--bucket", type=int), OUT_DIR, CFG,
+         job=lambda args: f"dedup/bucket-{args.bucket:04d}", inputs=("keys",),
+         outputs=("out_dir",))
+def dedup_bucket_command(args, job) -> dict:
+    """One bucket's later copies of every key, across all shards."""
+    return find_later_copies(args.keys, args.bucket, args.out_dir, args.cfg)
 
 
-def minhash_signatures(docs_path, out_path, cfg: MinhashConfig | Mapping) -> dict:
-    """One shard's MinHash signatures (uint64, bands × rows permutations) and document ids."""
-    cfg = MinhashConfig.of(cfg)
-    from datasketch import MinHash
-
-    num_perm = cfg.bands * cfg.rows
-    template = MinHash(num_perm=num_perm, seed=cfg.seed)
-    ids, signatures = [], []
-    for doc in read_jsonl(docs_path):
-        minhash = template.copy()
-        minhash.update_batch(shingles(doc["text"], cfg.ngram))
-        ids.append(doc["id"])
-        signatures.append(minhash.hashvalues.astype(np.uint64))
-    matrix = np.stack(signatures) if signatures else np.zeros((0, num_perm), dtype=np.uint64)
-    with atomic_path(out_path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, ids=np.array(ids, dtype=str), signatures=matrix)
-    return {"documents": len(ids), "num_perm": num_perm}
-
-
-class NearDuplicates(AttributeStep):
-    """LSH over all shards in order: a document sharing a band with an earlier one, and whose
-    estimated Jaccard similarity to it reaches `min_jaccard`, is a near duplicate
-    (`dedup_minhash__duplicate`, scored by that similarity)."""
-
-    name = "dedup_minhash"
-    score_digits = 4
-    Config = MinhashConfig
-
-    def __init__(self, signature_paths: list, cfg: MinhashConfig | Mapping):
-        super().__init__(cfg)
-        self.loaded = []
-        for path in signature_paths:
-            with np.load(path) as data:
-                self.loaded.append((list(data["ids"]), data["signatures"]))
-        self.buckets: dict[tuple[int, bytes], tuple[int, int]] = {}
-        self.counts.update(duplicates=0, candidates_rejected=0)
-
-    def begin_shard(self, index: int, docs_path) -> None:
-        self.shard, self.docs_path, self.index = index, docs_path, 0
-
-    def tag(self, doc: dict) -> Spans:
-        ids, sigs = self.loaded[self.shard]
-        index, self.index = self.index, self.index + 1
-        if index >= len(ids) or doc["id"] != ids[index]:
-            raise ValueError(f"{self.docs_path}: signatures are stale (document order differs)")
-        per_band = self.cfg.rows
-        keys = [(b, sigs[index, b * per_band : (b + 1) * per_band].tobytes())
-                for b in range(self.cfg.bands)]
-        best, collided = 0.0, False
-        for key in keys:
-            if key in self.buckets:
-                other_shard, other_index = self.buckets[key]
-                other = self.loaded[other_shard][1][other_index]
-                best = max(best, float(np.mean(other == sigs[index])))
-                collided = True
-        # min_jaccard 0: any shared band decides (datatrove's rule), never no band.
-        if collided and best >= self.cfg.min_jaccard:
-            self.counts["duplicates"] += 1
-            return {"duplicate": [(0, len(doc["text"]), best)]}
-        self.counts["candidates_rejected"] += collided
-        for key in keys:
-            self.buckets.setdefault(key, (self.shard, index))
-        return {}
-
-
-def dedup_minhash(signature_paths: list, docs_paths: list, out_paths: list,
-                  cfg: MinhashConfig | Mapping) -> dict:
-    if len(signature_paths) != len(docs_paths):
-        raise ValueError("one signatures file per documents shard is required")
-    counts = run_step(NearDuplicates(signature_paths, cfg), docs_paths, out_paths)
-    return {"documents": counts["documents"], "duplicates": counts["duplicates"],
-            "candidates_rejected": counts["candidates_rejected"]}
-
-
-log = logging.getLogger(__name__)
-
-
-@command("dedup", arg("--method", choices=["dedup_exact", "dedup_url"]), DOCS, OUTS,
-         job=lambda args: f"dedup/{args.method}",
-         params=lambda args: {"method": args.method, "shards": len(args.docs)},
-         inputs=("docs",), outputs=("out",))
+@command("dedup", arg("--docs"), arg("--shard-index", type=int), arg("--later", nargs="+"),
+         *(arg(f"--out-{method.removeprefix('dedup_')}") for method in METHODS), CFG,
+         job=lambda args: f"dedup/{Path(args.docs).name.split('.')[0]}",
+         inputs=("docs", "later"),
+         outputs=tuple(f"out_{method.removeprefix('dedup_')}" for method in METHODS))
 def dedup_command(args, job) -> dict:
-    """Exact or URL duplicates across every shard: later copies get a span."""
-    stats = dedup(args.method, args.docs, args.out)
-    log.info("%s: %s", args.method, stats)
+    """One shard's exact, URL and paragraph duplicate attributes."""
+    outs = {method: getattr(args, f"out_{method.removeprefix('dedup_')}") for method in METHODS}
+    stats = write_attributes(args.docs, args.shard_index, args.later, outs, args.cfg)
+    log.info("dedup: %s", stats)
     return stats
 
-
-@command("dedup-paragraphs", DOCS, OUTS, CFG, job="dedup/dedup_para", inputs=("docs",),
-         outputs=("out",))
-def dedup_paragraphs_command(args, job) -> dict:
-    """Repeated paragraphs across every shard (a Bloom filter)."""
-    stats = dedup_paragraphs(args.docs, args.out, args.cfg)
-    log.info("paragraph dedup: %s", stats)
-    return stats
-
-
-@command("minhash", arg("--docs"), OUT, CFG, job=lambda args: f"minhash/{Path(args.out).name}",
-         inputs=("docs",), outputs=("out",))
-def minhash_command(args, job) -> dict:
-    """MinHash signatures of one documents shard."""
-    return minhash_signatures(args.docs, args.out, args.cfg)
-
-
-@command("dedup-minhash", arg("--signatures", nargs="+"), DOCS, OUTS, CFG,
-         job="dedup/dedup_minhash", inputs=("signatures", "docs"), outputs=("out",))
-def dedup_minhash_command(args, job) -> dict:
-    """Near duplicates from the shards' MinHash signatures."""
-    stats = dedup_minhash(args.signatures, args.docs, args.out, args.cfg)
-    log.info("minhash dedup: %s", stats)
-    return stats

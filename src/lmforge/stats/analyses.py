@@ -17,15 +17,14 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-import duckdb
-
+from lmforge.io.duck import connect, sql_list, sql_string
 from lmforge.io.storage import (
     atomic_path,
     write_json,
     write_text,
 )
 from lmforge.runner import CFG, DOCS, OUT_DIR, arg, command
-from lmforge.stats.config import DuckDBConfig, NgramsConfig, StatsConfig
+from lmforge.stats.config import NgramsConfig, StatsConfig
 from lmforge.stats.measure import PII_KINDS, measure_documents, task_index
 from lmforge.stats.report import markdown, plots
 
@@ -37,30 +36,10 @@ ANALYSES = (
 PLOTS = ("length_histogram", "domains", "ngrams", "languages", "dates")
 
 
-def sql_string(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def _sql_list(paths) -> str:
-    # DDL cannot take prepared parameters, so file lists are quoted as SQL literals.
-    return "[" + ", ".join(sql_string(str(p)) for p in paths) + "]"
-
-
-def connect(cfg: DuckDBConfig | Mapping, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
-    cfg = DuckDBConfig.of(cfg)
-    Path(cfg.temp_directory).mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(database)
-    con.execute(f"SET memory_limit = '{cfg.memory_limit}'")
-    con.execute(f"SET threads = {int(cfg.threads)}")
-    con.execute(f"SET temp_directory = {sql_string(str(cfg.temp_directory))}")
-    con.execute("SET preserve_insertion_order = false")
-    return con
-
-
 def docs_view(con, paths: list[str], kind: str = "VIEW") -> None:
     con.execute(
         f"CREATE OR REPLACE {kind} docs AS SELECT id, text, source, created, metadata.url AS url "
-        f"FROM read_json({_sql_list(paths)}, format='newline_delimited', compression='gzip', "
+        f"FROM read_json({sql_list(paths)}, format='newline_delimited', compression='gzip', "
         "columns={id: 'VARCHAR', text: 'VARCHAR', source: 'VARCHAR', created: 'VARCHAR', "
         "metadata: 'STRUCT(url VARCHAR)'})"
     )
@@ -177,7 +156,7 @@ def _languages_query(lang_paths: list[str]) -> str:
     return f"""
         WITH lang AS (
             SELECT DISTINCT ON (id) id, replace(json_keys(attributes)[1], 'lang__', '') AS language
-            FROM read_json({_sql_list(lang_paths)}, format='newline_delimited',
+            FROM read_json({sql_list(lang_paths)}, format='newline_delimited',
                            compression='gzip', columns={{id: 'VARCHAR', attributes: 'JSON'}}))
         SELECT coalesce(lang.language, 'not tagged') AS language, count(*) AS documents
         FROM docs LEFT JOIN lang USING (id) GROUP BY 1 ORDER BY documents DESC, language"""

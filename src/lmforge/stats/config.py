@@ -4,16 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lmforge.io.duck import DuckDBConfig
 from lmforge.settings import Section
-
-
-@dataclass(frozen=True)
-class DuckDBConfig(Section):
-    SECTION = "stats.duckdb"
-
-    memory_limit: str  # DuckDB spills to temp_directory beyond it
-    threads: int
-    temp_directory: str
 
 
 @dataclass(frozen=True)

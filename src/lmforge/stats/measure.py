@@ -28,7 +28,7 @@ SCHEMA = pa.schema([
 
 def task_index(tasks_dir: str | None, n: int) -> tuple[dict, dict]:
     """n-gram → item ids, and item id → (task, normalised words), for every evaluation item."""
-    from lmforge.data.dedup import normalized_words
+    from lmforge.data.text import normalized_words
     from lmforge.eval import generated as tasks
 
     grams: dict[tuple[str, ...], set[str]] = {}
@@ -50,7 +50,7 @@ def contained_items(text: str, grams: dict, items: dict, n: int, short: set[int]
     """Evaluation items sharing an n-gram with the text (short items: whole), and those of
     them found verbatim; words normalised as in decontamination. Set look-ups in Python: a
     DuckDB join on zipped 13-gram tuples measured slower."""
-    from lmforge.data.dedup import normalized_words
+    from lmforge.data.text import normalized_words
 
     words = normalized_words(text)
     found: set[str] = set()

@@ -6,9 +6,10 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
+from lmforge.io.duck import connect, sql_string
 from lmforge.io.storage import atomic_path, document_files, write_text
 from lmforge.runner import CFG, DOCS, OUT_DIR, arg, command
-from lmforge.stats.analyses import connect, docs_view, number, sql_string
+from lmforge.stats.analyses import docs_view, number
 from lmforge.stats.config import StatsConfig
 from lmforge.stats.report import table
 

@@ -7,8 +7,9 @@ import tempfile
 
 import duckdb
 
+from lmforge.io.duck import connect
 from lmforge.runner import DOCS, arg, command, json_object
-from lmforge.stats.analyses import connect, docs_view
+from lmforge.stats.analyses import docs_view
 
 
 def search(paths: list[str], cfg: dict, phrase: str | None = None, regex: str | None = None,

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from lmforge.data.attributes import AttributeStep, Spans, register_tagger
-from lmforge.data.dedup import paragraph_spans
+from lmforge.data.text import paragraph_spans
 from lmforge.settings import Section
 
 

@@ -1,0 +1,235 @@
+"""Near-duplicate documents with MinHash-LSH, as scatter/gather jobs (datatrove's and NeMo
+Curator's plan), each job's memory bounded by its shard, its bucket or the duplicates:
+
+1. `write_signatures`, one job per shard: each document's MinHash signature (bands × rows
+   permutations of its word 5-gram shingles) and, per band, a 128-bit digest of the band,
+   split into `partitions` bucket files by that digest.
+2. `candidate_pairs`, one job per bucket: documents sharing a band, each paired with the
+   first document (in corpus order) of its band group.
+3. `clusters`, one job: the candidate pairs whose estimated Jaccard similarity reaches
+   `min_jaccard` (0: the shared band alone decides, datatrove's rule) are joined by union-find
+   (connected components); the first document of each cluster is kept and the others are
+   duplicates, scored by their highest similarity to a member. Its memory grows with the
+   candidate pairs and their signatures, not with the corpus.
+4. `write_near_duplicates`, one job per shard: the `dedup_minhash__duplicate` attributes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lmforge.data.attributes import AttributeStep, Spans, run_step
+from lmforge.data.dedup import UNIT_BITS, DedupConfig, bucket_file, check_fresh, units_of_shard
+from lmforge.data.text import normalized_words
+from lmforge.io.duck import connect, sql_list
+from lmforge.io.storage import atomic_dir, atomic_path, read_jsonl
+from lmforge.runner import CFG, OUT, OUT_DIR, arg, command
+
+log = logging.getLogger(__name__)
+
+BAND_SCHEMA = pa.schema([("band", pa.int16()), ("h1", pa.uint64()), ("h2", pa.uint64()),
+                         ("unit", pa.int64())])
+PAIR_SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.int64())])
+DUPLICATE_SCHEMA = pa.schema([("unit", pa.int64()), ("cluster", pa.int64()),
+                              ("score", pa.float64())])
+BANDS, SIGNATURES = "bands", "signatures.parquet"
+
+def shingles(text: str, n: int) -> list[bytes]:
+    """Word n-grams of the normalised text."""
+    words = normalized_words(text)
+    if len(words) < n:
+        return [" ".join(words).encode("utf-8")]
+    return sorted({" ".join(words[i : i + n]).encode("utf-8") for i in range(len(words) - n + 1)})
+
+
+def signature_matrix(docs_path, cfg: DedupConfig) -> np.ndarray:
+    """The shard's signatures, one uint64 row of bands × rows per document."""
+    from datasketch import MinHash
+
+    mh = cfg.minhash
+    num_perm = mh.bands * mh.rows
+    template = MinHash(num_perm=num_perm, seed=mh.seed)
+    rows = []
+    for doc in read_jsonl(docs_path):
+        minhash = template.copy()
+        minhash.update_batch(shingles(doc["text"], mh.ngram))
+        rows.append(minhash.hashvalues.astype(np.uint64))
+    return np.stack(rows) if rows else np.zeros((0, num_perm), dtype=np.uint64)
+
+
+def write_signatures(docs_path, shard_index: int, out_dir, cfg: DedupConfig | Mapping) -> dict:
+    """Scatter: `signatures.parquet` (unit, signature) and the band digests' bucket files."""
+    cfg = DedupConfig.of(cfg)
+    matrix = signature_matrix(docs_path, cfg)
+    units = (shard_index << UNIT_BITS) + np.arange(len(matrix), dtype=np.int64)
+    rows = cfg.minhash.rows
+    digests = np.frombuffer(b"".join(
+        hashlib.blake2b(matrix[i, band * rows:(band + 1) * rows].tobytes(),
+                        digest_size=16).digest()
+        for i in range(len(matrix)) for band in range(cfg.minhash.bands)),
+        dtype="<u8").reshape(-1, 2)
+    bands = np.tile(np.arange(cfg.minhash.bands, dtype=np.int16), len(matrix))
+    band_units = np.repeat(units, cfg.minhash.bands)
+    bucket_of = digests[:, 0] % cfg.partitions if len(digests) else band_units
+    with atomic_dir(out_dir) as tmp:
+        signature = pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel(), pa.uint64()),
+                                                      matrix.shape[1])
+        pq.write_table(pa.table({"unit": units, "signature": signature}), tmp / SIGNATURES)
+        for bucket in range(cfg.partitions):
+            keep = bucket_of == bucket
+            pq.write_table(pa.table([bands[keep], digests[keep, 0], digests[keep, 1],
+                                     band_units[keep]], schema=BAND_SCHEMA),
+                           tmp / bucket_file(BANDS, bucket))
+    return {"documents": len(matrix), "num_perm": int(matrix.shape[1])}
+
+
+def candidate_pairs(signature_dirs: list, bucket: int, out_path,
+                    cfg: DedupConfig | Mapping) -> dict:
+    """Gather one bucket: (first, later) units of every band group with more than one
+    document, distinct and sorted."""
+    cfg = DedupConfig.of(cfg)
+    con = connect(cfg.duckdb)
+    files = [Path(d) / bucket_file(BANDS, bucket) for d in signature_dirs]
+    con.execute(f"""
+        CREATE TEMP TABLE pairs AS
+        WITH bands AS (SELECT band, h1, h2, unit FROM read_parquet({sql_list(files)})),
+             first AS (SELECT band, h1, h2, min(unit) AS first FROM bands
+                       GROUP BY band, h1, h2 HAVING count(*) > 1)
+        SELECT DISTINCT first AS a, unit AS b FROM bands JOIN first USING (band, h1, h2)
+        WHERE unit > first ORDER BY a, b""")
+    with atomic_path(out_path) as tmp:
+        pq.write_table(con.table("pairs").arrow().read_all().cast(PAIR_SCHEMA), tmp)
+    pairs = con.execute("SELECT count(*) FROM pairs").fetchone()[0]
+    con.close()
+    return {"candidate_pairs": pairs}
+
+
+def _components(a: np.ndarray, b: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+    """Union-find over the edges: each node's component as its smallest member."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    ia, ib = np.searchsorted(nodes, a), np.searchsorted(nodes, b)
+    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (ia, ib)), shape=(len(nodes),) * 2)
+    _, labels = connected_components(graph, directed=False)
+    smallest = np.full(labels.max() + 1 if len(labels) else 0, np.iinfo(np.int64).max)
+    np.minimum.at(smallest, labels, nodes)
+    return smallest[labels]
+
+
+def clusters(pair_paths: list, signature_dirs: list, out_path, cfg: DedupConfig | Mapping) -> dict:
+    """The duplicates of every cluster but its first document: (unit, cluster, score)."""
+    cfg = DedupConfig.of(cfg)
+    con = connect(cfg.duckdb)
+    con.execute(f"CREATE TEMP TABLE pairs AS SELECT DISTINCT a, b "
+                f"FROM read_parquet({sql_list(pair_paths)}) ORDER BY a, b")
+    pairs = con.table("pairs").fetchnumpy()
+    a, b = pairs["a"].astype(np.int64), pairs["b"].astype(np.int64)
+    # Only the signatures of documents in a candidate pair are read into memory.
+    needed = con.sql(f"""
+        SELECT unit, signature FROM read_parquet({sql_list(Path(d) / SIGNATURES
+                                                          for d in signature_dirs)})
+        WHERE unit IN (SELECT a FROM pairs UNION SELECT b FROM pairs) ORDER BY unit
+        """).arrow().read_all()
+    con.close()
+    nodes = needed["unit"].to_numpy()
+    width = cfg.minhash.bands * cfg.minhash.rows
+    sigs = needed["signature"].combine_chunks().flatten().to_numpy().reshape(-1, width)
+    similarity = (sigs[np.searchsorted(nodes, a)] == sigs[np.searchsorted(nodes, b)]).mean(axis=1)
+    kept = similarity >= cfg.minhash.min_jaccard
+    a, b, similarity = a[kept], b[kept], similarity[kept]
+    cluster = _components(a, b, nodes)
+    score = np.zeros(len(nodes))
+    np.maximum.at(score, np.searchsorted(nodes, a), similarity)
+    np.maximum.at(score, np.searchsorted(nodes, b), similarity)
+    duplicate = cluster != nodes
+    table = pa.table([nodes[duplicate], cluster[duplicate], score[duplicate]],
+                     schema=DUPLICATE_SCHEMA)
+    with atomic_path(out_path) as tmp:
+        pq.write_table(table, tmp)
+    return {"candidate_pairs": int(len(kept)), "similar_pairs": int(kept.sum()),
+            "clusters": int(len(np.unique(cluster[duplicate]))),
+            "duplicates": int(duplicate.sum())}
+
+
+class NearDuplicates(AttributeStep):
+    """`dedup_minhash__duplicate` over a document in a cluster whose first document is
+    another, scored by its highest estimated Jaccard similarity to a cluster member."""
+
+    name = "dedup_minhash"
+    score_digits = 4
+
+    def __init__(self, scores: dict[int, float]):
+        super().__init__()
+        self.scores, self.position = scores, 0
+
+    def tag(self, doc: dict) -> Spans:
+        position, self.position = self.position, self.position + 1
+        if position not in self.scores:
+            return {}
+        return {"duplicate": [(0, len(doc["text"]), self.scores[position])]}
+
+
+def write_near_duplicates(docs_path, shard_index: int, clusters_path, out_path,
+                          cfg: DedupConfig | Mapping) -> dict:
+    cfg = DedupConfig.of(cfg)
+    scores = units_of_shard([clusters_path], shard_index, "score", cfg.duckdb)
+    counts = run_step(NearDuplicates(scores), [docs_path], [out_path])
+    check_fresh(scores, counts["documents"], docs_path)
+    return {"documents": counts["documents"], "duplicates": len(scores)}
+
+
+def near_duplicates(docs_paths: list, outs: list, work_dir, cfg: DedupConfig | Mapping) -> dict:
+    """Every step in this process, in the workflow's order (tests, benchmarks, one machine)."""
+    cfg = DedupConfig.of(cfg)
+    work_dir = Path(work_dir)
+    sig_dirs = [work_dir / "signatures" / f"{i:05d}" for i in range(len(docs_paths))]
+    for index, (docs, sig_dir) in enumerate(zip(docs_paths, sig_dirs, strict=True)):
+        write_signatures(docs, index, sig_dir, cfg)
+    pair_paths = [work_dir / "pairs" / f"bucket-{b:04d}.parquet" for b in range(cfg.partitions)]
+    for bucket, path in enumerate(pair_paths):
+        candidate_pairs(sig_dirs, bucket, path, cfg)
+    found = clusters(pair_paths, sig_dirs, work_dir / "clusters.parquet", cfg)
+    for index, (docs, out) in enumerate(zip(docs_paths, outs, strict=True)):
+        write_near_duplicates(docs, index, work_dir / "clusters.parquet", out, cfg)
+    return found
+
+
+@command("minhash", arg("--docs"), arg("--shard-index", type=int), OUT_DIR, CFG,
+         job=lambda args: f"minhash/{Path(args.out_dir).name}", inputs=("docs",),
+         outputs=("out_dir",))
+def minhash_command(args, job) -> dict:
+    """MinHash signatures of one documents shard, with its band digests in bucket files."""
+    return write_signatures(args.docs, args.shard_index, args.out_dir, args.cfg)
+
+
+@command("minhash-bucket", arg("--signatures", nargs="+"), arg("--bucket", type=int), OUT, CFG,
+         job=lambda args: f"minhash/bucket-{args.bucket:04d}", inputs=("signatures",),
+         outputs=("out",))
+def minhash_bucket_command(args, job) -> dict:
+    """Candidate pairs of one bucket of band digests."""
+    return candidate_pairs(args.signatures, args.bucket, args.out, args.cfg)
+
+
+@command("minhash-clusters", arg("--pairs", nargs="+"), arg("--signatures", nargs="+"), OUT,
+         CFG, job="minhash/clusters", inputs=("pairs", "signatures"), outputs=("out",))
+def minhash_clusters_command(args, job) -> dict:
+    """Near-duplicate clusters from every bucket's candidate pairs."""
+    found = clusters(args.pairs, args.signatures, args.out, args.cfg)
+    log.info("minhash clusters: %s", found)
+    return found
+
+
+@command("dedup-minhash", arg("--docs"), arg("--shard-index", type=int), arg("--clusters"), OUT,
+         CFG, job=lambda args: f"dedup_minhash/{Path(args.docs).name.split('.')[0]}",
+         inputs=("docs", "clusters"), outputs=("out",))
+def dedup_minhash_command(args, job) -> dict:
+    """One shard's near-duplicate attributes."""
+    return write_near_duplicates(args.docs, args.shard_index, args.clusters, args.out, args.cfg)
