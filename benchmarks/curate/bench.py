@@ -9,14 +9,13 @@ same work), then MinHash near-duplicate detection over all shards. Each tool run
 process (datatrove in its venv); wall time and the process's peak RSS are measured from outside.
 
 MinHash, like with like: 5-gram word shingles, 20 bands × 5 rows, and the same decision rule,
-datatrove's: documents sharing a band are duplicates, nothing more is checked (datatrove has no
-similarity check). datatrove keeps its defaults but for the LSH shape (its default is 14 × 8);
-lmforge runs with `min_jaccard: 0` (any shared band decides), where its default 0.5 also
-requires the estimated Jaccard similarity of the pair. What still differs, and is reported:
-datatrove removes all but one document of each connected cluster of collisions, lmforge a document
-colliding with an earlier kept one (the bench also applies datatrove's cluster rule to
-lmforge's signatures, outside the timing); shingles (datatrove maps numbers to 0, strips
-diacritics and splits words with spaCy, lmforge lower-cases and splits on non-word
+datatrove's: documents sharing a band are joined into clusters and all but the first document
+of each cluster are duplicates, nothing more is checked (datatrove has no similarity check).
+datatrove keeps its defaults but for the LSH shape (its default is 14 × 8); lmforge runs its
+scatter/gather steps in one process with `min_jaccard: 0` (any shared band decides), where its
+default 0.5 also requires the estimated Jaccard similarity of the pair (that count is reported
+too, outside the timing). What still differs, and is reported: shingles (datatrove maps numbers
+to 0, strips diacritics and splits words with spaCy, lmforge lower-cases and splits on non-word
 characters); hashing (xxhash64 and datatrove's permutations vs datasketch's SHA-1 and
 permutations), so near the LSH threshold different pairs happen to collide.
 
@@ -47,7 +46,7 @@ BAND_COLLISION = 0.0
 LMFORGE_RUN = """
 import json, sys, time, yaml
 from pathlib import Path
-from lmforge.data.dedup import dedup_minhash, minhash_signatures
+from lmforge.data.minhash import near_duplicates
 from lmforge.data.tag import run_tagger
 config = yaml.safe_load(Path(sys.argv[2]).read_text())["curate"]
 gopher = {**config["gopher"], "words": "punctuation"}
@@ -60,48 +59,23 @@ for shard in shards:
     run_tagger("c4", shard, out / f"c4-{shard.name}", config["c4"])
 filter_s = time.perf_counter() - start
 start = time.perf_counter()
-cfg = {**config["dedup"]["minhash"], "min_jaccard": float(sys.argv[3])}
-sigs = [out / f"{shard.name}.npz" for shard in shards]
-for shard, sig in zip(shards, sigs):
-    minhash_signatures(shard, sig, cfg)
-stats = dedup_minhash(sigs, shards, [out / f"minhash-{s.name}" for s in shards], cfg)
+dedup = config["dedup"]
+cfg = {**dedup, "minhash": {**dedup["minhash"], "min_jaccard": float(sys.argv[3])},
+       "duckdb": {**dedup["duckdb"], "temp_directory": str(out / "duckdb")}}
+found = near_duplicates(shards, [out / f"minhash-{s.name}" for s in shards], out / sys.argv[3],
+                        cfg)
 print(json.dumps({"filter_s": filter_s, "dedup_s": time.perf_counter() - start,
-                  "near_duplicates": stats["duplicates"]}))
+                  "near_duplicates": found["duplicates"]}))
 """
 
 
-def diagnostics(out: Path, shards: list[Path], cfg: dict) -> dict:
-    """From lmforge's signatures, outside the timing: the duplicates datatrove's cluster rule
-    finds with them (all but one document of each connected cluster of band collisions), and
-    lmforge's count with its default Jaccard check."""
-    import numpy as np
+def default_rule(work: Path, shards: list[Path], dedup: dict) -> int:
+    """Outside the timing: lmforge's near duplicates with its default Jaccard check."""
+    from lmforge.data.minhash import near_duplicates
 
-    from lmforge.data.dedup import dedup_minhash
-
-    sigs = [out / f"{shard.name}.npz" for shard in shards]
-    rows, parent, first = cfg["rows"], {}, {}
-
-    def find(x):
-        while parent.get(x, x) != x:
-            parent[x] = parent.get(parent[x], parent[x])
-            x = parent[x]
-        return x
-
-    for shard, path in enumerate(sigs):
-        with np.load(path) as data:
-            matrix = data["signatures"]
-        for index, signature in enumerate(matrix):
-            for band in range(cfg["bands"]):
-                key = (band, signature[band * rows:(band + 1) * rows].tobytes())
-                if key in first:
-                    a, b = find(first[key]), find((shard, index))
-                    if a != b:
-                        parent[b] = a
-                else:
-                    first[key] = (shard, index)
-    clustered = len(parent)  # every document joined to a cluster's root, the root kept
-    default = dedup_minhash(sigs, shards, [out / f"default-{s.name}" for s in shards], cfg)
-    return {"cluster_rule": clustered, "default_rule": default["duplicates"]}
+    cfg = {**dedup, "duckdb": {**dedup["duckdb"], "temp_directory": str(work / "duckdb")}}
+    return near_duplicates(shards, [work / f"default-{s.name}" for s in shards],
+                           work / "default", cfg)["duplicates"]
 
 
 def main() -> None:
@@ -124,8 +98,8 @@ def main() -> None:
         theirs = measure([str(PEER), str(Path(__file__).with_name("datatrove_peer.py")), "tag",
                           str(work / "docs")], work / "datatrove.log")
         minhash = config["curate"]["dedup"]["minhash"]
-        extra = diagnostics(work / "docs" / "lmforge", sorted((work / "docs").glob("*.jsonl.gz")),
-                            minhash)
+        default = default_rule(work / "default", sorted((work / "docs").glob("*.jsonl.gz")),
+                               config["curate"]["dedup"])
     finally:
         shutil.rmtree(work, ignore_errors=True)
     docs, mb = corpus["documents"], corpus["megabytes"]
@@ -140,12 +114,10 @@ def main() -> None:
           f"{mb / theirs[2]['filter_s']:.2f} MB/s; MinHash only: lmforge "
           f"{mb / ours[2]['dedup_s']:.2f} MB/s, datatrove {mb / theirs[2]['dedup_s']:.2f} MB/s")
     print(f"MinHash ({minhash['ngram']}-gram shingles, {minhash['bands']} bands × "
-          f"{minhash['rows']} rows, any band collision is a duplicate): lmforge "
-          f"{ours[2]['near_duplicates']}, datatrove {theirs[2]['near_duplicates']} "
-          f"near-duplicates. "
-          f"On lmforge's signatures, datatrove's cluster rule (all but one of each connected "
-          f"cluster) finds {extra['cluster_rule']}; lmforge's default rule (estimated Jaccard "
-          f">= {minhash['min_jaccard']} as well) {extra['default_rule']}.")
+          f"{minhash['rows']} rows, all but the first of each cluster of band collisions): "
+          f"lmforge {ours[2]['near_duplicates']}, datatrove {theirs[2]['near_duplicates']} "
+          f"near-duplicates; lmforge's default rule (estimated Jaccard "
+          f">= {minhash['min_jaccard']} as well) {default}.")
     print(f"ratio: {theirs[0] / ours[0]:.2f}")
 
 

@@ -84,8 +84,11 @@ def test_dry_run_on_the_slurm_profile_plans_the_whole_dag(name, repo, crawl_mirr
             break
         job, count = line.split()
         counts[job] = int(count)
-    assert counts["extract"] == counts["minhash"] == WARCS  # one job per WARC file
-    assert counts["dedup_minhash"] == 1  # near-duplicates are found across all shards
+    # One job per WARC file, and per bucket of dedup keys and MinHash band digests.
+    assert counts["extract"] == counts["minhash"] == counts["dedup_keys"] == WARCS
+    assert counts["dedup"] == counts["dedup_minhash"] == WARCS
+    assert counts["dedup_bucket"] == counts["minhash_bucket"] == 256
+    assert counts["minhash_clusters"] == 1  # near-duplicate clusters across all shards
     assert counts["pretrain"] == counts["grow"] == counts["sft"] == 1
     pretrain = out[out.index("rule pretrain:"):]
     resources = pretrain[pretrain.index("resources:"):].splitlines()[0]

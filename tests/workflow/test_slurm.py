@@ -22,10 +22,12 @@ from workflow_helpers import ROOT, snakemake
 CLUSTER = ROOT / "tests" / "slurm" / "localhost_cluster.sh"
 pytestmark = [pytest.mark.workflow, pytest.mark.slurm]
 
-# Per-shard jobs (extract of both shards, a tag of one) and one global one (exact dedup reads
-# every shard).
+# Per-shard jobs (extract of both shards, a tag of one) and the sharded dedup, its keys and
+# MinHash band digests in two buckets (the local run has one: the decisions must not change).
 DATA_TARGETS = ["results/attributes/lang/demo/shard-0000.jsonl.gz",
-                "results/attributes/dedup_exact/demo/shard-0000.jsonl.gz"]
+                *(f"results/attributes/{method}/demo/shard-0000.jsonl.gz"
+                  for method in ("dedup_exact", "dedup_url", "dedup_para")),
+                "results/attributes/dedup_minhash/demo/shard-0001.jsonl.gz"]
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +45,10 @@ def cluster(tmp_path_factory):
                    capture_output=True)
 
 
-def _config(repo: Path, tmp_path: Path, processes: int) -> Path:
+def _config(repo: Path, tmp_path: Path, processes: int, partitions: int = 1) -> Path:
     """The session's shortened config, training on `processes` processes."""
     config = yaml.safe_load((repo / "fast.yaml").read_text())
+    config["curate"]["dedup"]["partitions"] = partitions
     config["launch"]["pretrain"]["processes_per_node"] = processes
     # The same global batch (16 instances per step) on any number of processes.
     config["pretrain"]["micro_batch_size"] = config["pretrain"]["global_batch_size"] // processes
@@ -86,8 +89,10 @@ def _runs(work: Path) -> list[tuple[str, str, str | None]]:
 
 def test_data_stages_through_slurm_equal_the_local_run(cluster, repo, finished, tmp_path):
     work = tmp_path / "work"
-    log = through_slurm(repo, work, _config(repo, tmp_path, 1), *DATA_TARGETS)
+    log = through_slurm(repo, work, _config(repo, tmp_path, 1, partitions=2), *DATA_TARGETS)
     assert "submitted with SLURM jobid" in log
+    assert sorted(p.name for p in (work / "results/dedup/later/demo").iterdir()) == [
+        "bucket-0000", "bucket-0001"]
     assert _digests(work, DATA_TARGETS) == _digests(finished, DATA_TARGETS)
     # Accounting saw every job finish (the executor's sacct checks depend on it).
     sacct = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "State", "-S", "now-1hour"],
@@ -98,9 +103,13 @@ def test_data_stages_through_slurm_equal_the_local_run(cluster, repo, finished, 
     parents = [run for run, job, parent in runs if not job]
     children = [(job, parent) for run, job, parent in runs if job]
     assert len(parents) == 1
-    jobs = {job.split("/")[0] for job, _ in children}
-    assert jobs == {"make_tasks", "crawl_demo", "extract", "tag", "dedup"}
-    assert len(children) == 6
+    jobs = sorted(job for job, _ in children)
+    assert jobs == sorted([
+        "make_tasks", "crawl_demo", *(f"extract/shard-000{i}.jsonl.gz" for i in (0, 1)),
+        "tag/lang/shard-0000.jsonl.gz", *(f"dedup/keys/shard-000{i}" for i in (0, 1)),
+        "dedup/bucket-0000", "dedup/bucket-0001", "dedup/shard-0000",
+        *(f"minhash/shard-000{i}" for i in (0, 1)), "minhash/bucket-0000",
+        "minhash/bucket-0001", "minhash/clusters", "dedup_minhash/shard-0001"]), jobs
     assert all(parent == parents[0] for _, parent in children)
 
 
