@@ -88,6 +88,14 @@ def make_docs(texts: list[str], urls: list[str] | None = None, source: str = "te
              "metadata": {"url": u}} for i, (t, u) in enumerate(zip(texts, urls))]
 
 
+def generated_task_specs(tasks_dir: Path, config: dict) -> dict:
+    """The specs decontamination uses for the workflow's generated tasks in `tasks_dir`."""
+    from lmforge.eval.specs import decontamination_specs, workflow_task_specs
+
+    matrix = workflow_task_specs(config["evaluate"], str(tasks_dir), "unused", "unused")
+    return decontamination_specs(config["evaluate"], matrix)
+
+
 def tokenizer_corpus(folder: Path, texts: list[str], vocab_size: int = 600) -> Path:
     """docs.jsonl.gz of the texts in `folder` and a tokenizer trained on them (tok.json)."""
     from lmforge.data.tokenize import train_tokenizer

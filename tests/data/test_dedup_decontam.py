@@ -10,9 +10,9 @@ from lmforge.data.minhash import near_duplicates, signature_matrix
 from lmforge.data.mix import mix_shard
 from lmforge.data.text import paragraph_spans
 from lmforge.eval.generated import make_tasks
-from lmforge.io.storage import read_jsonl, write_jsonl_gz
+from lmforge.io.storage import InputError, read_jsonl, write_jsonl_gz
 
-from conftest import make_docs
+from conftest import generated_task_specs, make_docs
 
 MINHASH = {"ngram": 5, "bands": 20, "rows": 5, "seed": 1, "min_jaccard": 0.5}
 
@@ -169,13 +169,55 @@ def test_decontamination_flags_task_items_only(tmp_path, config):
         "Nothing to see here at all, just a long and ordinary paragraph of prose.",
     ])
     write_jsonl_gz(tmp_path / "docs.jsonl.gz", docs)
-    stats = decontaminate(tmp_path / "docs.jsonl.gz", tmp_path / "tasks",
-                          tmp_path / "out.jsonl.gz", config["curate"]["decontam"])
+    specs = generated_task_specs(tmp_path / "tasks", config)
+    assert sorted(specs) == ["arith_gen", "cloze_mc", "reference_bpb"]  # not held-out splits
+    stats = decontaminate(tmp_path / "docs.jsonl.gz", specs, tmp_path / "out.jsonl.gz",
+                          config["curate"]["decontam"])
     rows = list(read_jsonl(tmp_path / "out.jsonl.gz"))
     assert [bool(r["attributes"]) for r in rows] == [True, True, False, False]
     (start, end, score), = rows[0]["attributes"]["decontam__overlap"]
     assert docs[0]["text"][start:end].strip() == item.upper() and score == 1.0
     assert stats["contaminated_documents"] == 2
+
+
+def test_decontamination_covers_every_extra_task_format(shared_data, tmp_path, config):
+    """ARC (question file), GSM8K (generation), an OLMES request dump, a perplexity set:
+    a page holding one item of each is flagged, and each task counts."""
+    from lmforge.eval.items import item_texts
+    from lmforge.eval.specs import TaskSpec, decontamination_specs
+
+    arc = {"id": "Mercury_1", "answerKey": "B", "question": {
+        "stem": "Which property of a mineral can be determined just by looking at it",
+        "choices": [{"label": "A", "text": "hardness"}, {"label": "B", "text": "luster"}]}}
+    (tmp_path / "arc.jsonl").write_text(json.dumps(arc) + "\n")
+    write_jsonl_gz(tmp_path / "ref.jsonl.gz", [{"id": "r1", "text": " ".join(
+        f"reference{i}" for i in range(30))}])
+    extra = {
+        "arc_easy": {"kind": "choice", "format": "arc", "path": str(tmp_path / "arc.jsonl")},
+        "gsm8k": {"kind": "generate", "format": "gsm8k",
+                  "path": str(shared_data / "gsm8k" / "train.jsonl")},
+        "obqa": {"kind": "choice", "format": "olmes_requests",
+                 "path": str(shared_data / "olmes" / "openbookqa" / "rc_0shot")},
+        "ref": {"kind": "perplexity", "format": "documents",
+                "path": str(tmp_path / "ref.jsonl.gz")},
+    }
+    specs = decontamination_specs({"extra_tasks": extra}, {})
+    assert sorted(specs) == sorted(extra)
+    texts = {name: next(item_texts(TaskSpec.from_config(name, spec)))[1]
+             for name, spec in specs.items()}
+    assert texts["arc_easy"] == ("Which property of a mineral can be determined just by looking "
+                                 "at it luster")
+    pages = [f"Homework help.\n{text}\nThanks for reading." for text in texts.values()]
+    docs = make_docs(pages + ["A page about nothing in particular, long enough to have grams."])
+    write_jsonl_gz(tmp_path / "docs.jsonl.gz", docs)
+    decontaminate(tmp_path / "docs.jsonl.gz", specs, tmp_path / "out.jsonl.gz",
+                  config["curate"]["decontam"])
+    flags = [bool(r["attributes"]) for r in read_jsonl(tmp_path / "out.jsonl.gz")]
+    assert flags == [True] * len(extra) + [False]
+    bad = {"x": {"kind": "choice", "format": "arc", "path": str(tmp_path / "ref.jsonl.gz")}}
+    with pytest.raises(InputError, match="not task 'x'"):
+        decontaminate(tmp_path / "docs.jsonl.gz", bad, tmp_path / "o.jsonl.gz",
+                      config["curate"]["decontam"])
 
 
 def test_mixer_removes_duplicate_paragraph_spans(tmp_path, config):

@@ -10,7 +10,7 @@ from lmforge.stats.analyses import corpus_stats
 from lmforge.stats.overlap import corpus_overlap
 from lmforge.stats.search import search
 
-from conftest import make_docs
+from conftest import generated_task_specs, make_docs
 
 TEXTS = ["alpha beta", "alpha beta", "gamma", "delta epsilon zeta", "alpha beta", "gamma"]
 URLS = ["https://a.org/1", "https://a.org/2", "http://b.org/1", "https://a.org/1",
@@ -87,7 +87,8 @@ def test_pii_toxic_contamination_languages_and_tokens(tmp_path, stats_cfg, confi
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer.save(str(tmp_path / "tok.json"))
     summary = corpus_stats(_shards(tmp_path, docs), tmp_path / "out", stats_cfg,
-                           tokenizer=str(tmp_path / "tok.json"), tasks_dir=tmp_path / "tasks",
+                           tokenizer=str(tmp_path / "tok.json"),
+                           tasks=generated_task_specs(tmp_path / "tasks", config),
                            lang_paths=[tmp_path / "lang.jsonl.gz"])
     assert (summary["pii_email"], summary["pii_phone"], summary["pii_ip"]) == (2, 1, 1)
     assert summary["toxic_sentences"] == 1
@@ -98,6 +99,7 @@ def test_pii_toxic_contamination_languages_and_tokens(tmp_path, stats_cfg, confi
     assert contamination.loc["cloze_mc", "contaminated_exact"] == 1
     assert contamination.loc["arith_gen", "contaminated_exact"] == 1
     assert contamination.loc["cloze_mc", "items"] == len(cloze)
+    assert contamination.loc["reference_bpb", "contaminated_ngram"] == 0
     langs = pd.read_parquet(tmp_path / "out" / "languages.parquet").set_index("language")
     assert langs["documents"].to_dict() == {"en": 5, "de": 1}
 

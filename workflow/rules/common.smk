@@ -16,7 +16,7 @@ from lmforge.train.stages import (
     pretrain_train_config,
 )
 from lmforge.data.warc_inputs import is_remote, warc_inputs
-from lmforge.eval.specs import workflow_task_specs
+from lmforge.eval.specs import decontamination_specs, workflow_task_specs
 from lmforge.stats.analyses import ANALYSES as STATS_ANALYSES, PLOTS as STATS_PLOTS
 
 R = config["results"]
@@ -133,6 +133,31 @@ TASK_SPECS = workflow_task_specs(
     tokens_dir=f"{R}/tokens/{MIX}",
     heldout_docs=f"{R}/eval/heldout/{MIX}.jsonl.gz",
 )
+
+
+# The tasks decontamination and the contamination analysis look for (lmforge.eval.specs).
+DECONTAM_SPECS = decontamination_specs(EVAL, TASK_SPECS)
+
+
+def decontam_task_inputs(wildcards):
+    """The files of every task the corpus is cleaned against, one input each."""
+    return {
+        f"task_{name}": (
+            spec["path"] if spec["path"].startswith(f"{R}/") else outside_file(spec["path"])
+        )
+        for name, spec in DECONTAM_SPECS.items()
+    }
+
+
+def decontam_specs(wildcards, input):
+    """Those tasks' specs with their paths at the job's inputs (staged copies when remote)."""
+    return json.dumps(
+        {
+            name: {**spec, "path": input[f"task_{name}"]}
+            for name, spec in DECONTAM_SPECS.items()
+        },
+        sort_keys=True,
+    )
 
 
 def task_inputs(wildcards):

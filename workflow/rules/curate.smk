@@ -187,8 +187,8 @@ rule dedup_minhash:
 rule decontam:
     input:
         code("decontam"),
+        unpack(decontam_task_inputs),
         docs=f"{R}/documents/{{source}}/{{shard}}.jsonl.gz",
-        tasks=rules.make_tasks.output,
     output:
         f"{R}/attributes/decontam/{{source}}/{{shard}}.jsonl.gz",
     log:
@@ -197,9 +197,9 @@ rule decontam:
         "../../envs/data.yaml"
     params:
         cfg=cfg_json("curate", "decontam"),
-        tasks_dir=lambda w, input: os.path.dirname(input.tasks[0]),
+        tasks=decontam_specs,
     shell:
-        "lmforge decontam --docs {input.docs} --tasks-dir {params.tasks_dir} --out {output} "
+        "lmforge decontam --docs {input.docs} --tasks {params.tasks:q} --out {output} "
         "--cfg {params.cfg:q} > {log} 2>&1"
 
 

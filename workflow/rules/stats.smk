@@ -2,8 +2,8 @@ rule stats:
     input:
         code("stats"),
         docs=corpus_shards,
+        unpack(decontam_task_inputs),
         tokenizer=f"{R}/tokenizer/{MIX}/tokenizer.json",
-        tasks=rules.make_tasks.output,
         lang=[f"{R}/attributes/lang/{SOURCE}/{s}.jsonl.gz" for s in SHARDS],
     output:
         summary=report(
@@ -36,10 +36,10 @@ rule stats:
     params:
         cfg=cfg_json("stats"),
         out_dir=lambda w, output: os.path.dirname(output.summary),
-        tasks_dir=lambda w, input: os.path.dirname(input.tasks[0]),
+        tasks=decontam_specs,
     shell:
         "lmforge stats --docs {input.docs} --out-dir {params.out_dir} --cfg {params.cfg:q} "
-        "--tokenizer {input.tokenizer} --tasks-dir {params.tasks_dir} "
+        "--tokenizer {input.tokenizer} --tasks {params.tasks:q} "
         "--lang-attributes {input.lang} > {log} 2>&1"
 
 

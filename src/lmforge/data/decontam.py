@@ -1,9 +1,11 @@
 """Decontamination: n-gram overlap of every paragraph with the evaluation sets.
 
-Items are normalised like the documents (lower case, punctuation removed) and cut into word
-n-grams; an item shorter than n contributes itself whole. A paragraph containing any of those
-n-grams gets a `decontam__overlap` span scored by the share of its n-grams that are task n-grams,
-and the mixer can drop the document (or the span) on it.
+The items are those of every task the workflow evaluates on (`lmforge.eval.items`: the
+generated tasks, the benchmarks of `evaluate.extra_tasks`, reference documents), but the
+held-out splits of the corpus itself. Items are normalised like the documents (lower case,
+punctuation removed) and cut into word n-grams; an item shorter than n contributes itself whole.
+A paragraph containing any of those n-grams gets a `decontam__overlap` span scored by the share
+of its n-grams that are task n-grams, and the mixer can drop the document (or the span) on it.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from pathlib import Path
 
 from lmforge.data.attributes import AttributeStep, Spans, attribute_key, run_step
 from lmforge.data.text import normalized_words, paragraph_spans
-from lmforge.eval import generated as tasks
-from lmforge.runner import CFG, OUT, arg, command
+from lmforge.eval.items import all_item_texts
+from lmforge.runner import CFG, OUT, arg, command, json_object
 from lmforge.settings import Section
 
 
@@ -32,16 +34,16 @@ def _ngrams(words: list[str], n: int) -> set[tuple[str, ...]]:
     return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
-def task_ngrams(task_dir: str | Path, n: int) -> tuple[set[tuple[str, ...]], set[int]]:
-    """All n-grams of all task items, and the lengths of items shorter than n."""
+def task_ngrams(specs: Mapping[str, Mapping], n: int) -> tuple[set[tuple[str, ...]], set[int]]:
+    """All n-grams of the items of every task in `specs` (name → spec), and the lengths of
+    items shorter than n."""
     grams: set[tuple[str, ...]] = set()
     short_lengths: set[int] = set()
-    for name in tasks.TASK_NAMES:
-        for item in tasks.load_task(Path(task_dir) / f"{name}.jsonl.gz"):
-            words = normalized_words(tasks.item_text(name, item))
-            grams |= _ngrams(words, n)
-            if len(words) < n:
-                short_lengths.add(len(words))
+    for _task, _item, text in all_item_texts(specs):
+        words = normalized_words(text)
+        grams |= _ngrams(words, n)
+        if len(words) < n:
+            short_lengths.add(len(words))
     return grams, short_lengths
 
 
@@ -62,9 +64,9 @@ class Contamination(AttributeStep):
     score_digits = 4
     Config = DecontamConfig
 
-    def __init__(self, task_dir, cfg: DecontamConfig | Mapping):
+    def __init__(self, specs: Mapping[str, Mapping], cfg: DecontamConfig | Mapping):
         super().__init__(cfg)
-        self.grams, self.short_lengths = task_ngrams(task_dir, self.cfg.ngram)
+        self.grams, self.short_lengths = task_ngrams(specs, self.cfg.ngram)
 
     def tag(self, doc: dict) -> Spans:
         spans = []
@@ -76,16 +78,28 @@ class Contamination(AttributeStep):
         return {"overlap": spans}
 
 
-def decontaminate(docs_path, task_dir, out_path, cfg: DecontamConfig | Mapping) -> dict:
-    counts = run_step(Contamination(task_dir, cfg), [docs_path], [out_path])
+def decontaminate(docs_path, specs: Mapping[str, Mapping], out_path,
+                  cfg: DecontamConfig | Mapping) -> dict:
+    counts = run_step(Contamination(specs, cfg), [docs_path], [out_path])
     return {"documents": counts["documents"],
             "contaminated_documents": counts.get(attribute_key("decontam", "overlap"), 0),
             "contaminated_paragraphs": counts.get("contaminated_paragraphs", 0)}
 
 
-@command("decontam", arg("--docs"), arg("--tasks-dir"), OUT, CFG,
-         job=lambda args: f"decontam/{Path(args.out).name}", inputs=("docs", "tasks_dir"),
-         outputs=("out",))
+def task_files(specs: Mapping[str, Mapping]) -> list[str]:
+    """The files the tasks' items are read from (for the lineage record)."""
+    return sorted({spec["path"] for spec in specs.values()})
+
+
+TASKS = arg("--tasks", type=json_object,
+            help="the tasks to look for, as JSON: name → evaluation spec (lmforge.eval.specs)")
+
+
+@command("decontam", arg("--docs"), TASKS, OUT, CFG,
+         job=lambda args: f"decontam/{Path(args.out).name}",
+         params=lambda args: {**args.cfg, "tasks": sorted(args.tasks)},
+         inputs=("docs", "task_files"), outputs=("out",))
 def decontam_command(args, job) -> dict:
     """Spans of one documents shard that hold evaluation items."""
-    return decontaminate(args.docs, args.tasks_dir, args.out, args.cfg)
+    args.task_files = task_files(args.tasks)
+    return decontaminate(args.docs, args.tasks, args.out, args.cfg)

@@ -79,3 +79,19 @@ def workflow_task_specs(eval_cfg: dict, tasks_dir: str, tokens_dir: str, heldout
         specs[name] = builtin.get(name) or extra[name]
         TaskSpec.from_config(name, specs[name])  # checked before any job runs
     return specs
+
+
+# Measured on held-out splits of the corpus itself: held out by construction, nothing to
+# remove from it.
+HELD_OUT_SPLITS = ("heldout_ppl", "heldout_domains")
+
+
+def decontamination_specs(eval_cfg: dict, matrix: dict[str, dict]) -> dict[str, dict]:
+    """The tasks the training data is cleaned against: every task of the evaluation matrix
+    and every task of `evaluate.extra_tasks`, but those measured on the corpus's own
+    held-out split."""
+    specs = {**matrix, **eval_cfg.get("extra_tasks", {})}
+    for name, spec in specs.items():
+        TaskSpec.from_config(name, spec)
+    return {name: spec for name, spec in sorted(specs.items())
+            if name not in HELD_OUT_SPLITS and spec["kind"] != "token_perplexity"}

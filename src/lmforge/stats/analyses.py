@@ -23,7 +23,7 @@ from lmforge.io.storage import (
     write_json,
     write_text,
 )
-from lmforge.runner import CFG, DOCS, OUT_DIR, arg, command
+from lmforge.runner import CFG, DOCS, OUT_DIR, arg, command, json_object
 from lmforge.stats.config import NgramsConfig, StatsConfig
 from lmforge.stats.measure import PII_KINDS, measure_documents, task_index
 from lmforge.stats.report import markdown, plots
@@ -163,12 +163,12 @@ def _languages_query(lang_paths: list[str]) -> str:
 
 
 def corpus_stats(paths: list[str], out_dir: str | Path, cfg: StatsConfig | Mapping, *,
-                 tokenizer=None, tasks_dir=None, lang_paths: list[str] = ()) -> dict:
+                 tokenizer=None, tasks: dict | None = None, lang_paths: list[str] = ()) -> dict:
     """Every analysis of a corpus: `<analysis>.parquet`, plots, `summary.md`, `summary.json`."""
     cfg = StatsConfig.of(cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    measured = measure_documents([str(p) for p in paths], out_dir, tokenizer, tasks_dir, cfg,
+    measured = measure_documents([str(p) for p in paths], out_dir, tokenizer, tasks, cfg,
                                  int(cfg.duckdb.threads))
     # The JSON is parsed once into a table in an on-disk scratch database, so the analyses
     # neither re-read the shards nor hold the corpus in memory.
@@ -176,18 +176,18 @@ def corpus_stats(paths: list[str], out_dir: str | Path, cfg: StatsConfig | Mappi
     scratch.unlink(missing_ok=True)
     try:
         return _analyse(connect(cfg.duckdb, str(scratch)), paths, out_dir, measured, cfg,
-                        tasks_dir, lang_paths)
+                        tasks, lang_paths)
     finally:
         scratch.unlink(missing_ok=True)
         Path(f"{scratch}.wal").unlink(missing_ok=True)
 
 
-def _analyse(con, paths, out_dir: Path, measured: Path, cfg: StatsConfig, tasks_dir,
+def _analyse(con, paths, out_dir: Path, measured: Path, cfg: StatsConfig, tasks,
              lang_paths) -> dict:
     docs_view(con, [str(p) for p in paths], kind="TABLE")
     con.execute("CREATE VIEW measured AS SELECT * FROM read_parquet("
                 f"{sql_string(str(measured / '*.parquet'))})")
-    _, items = task_index(tasks_dir, cfg.contamination_ngram)
+    _, items = task_index(tasks, cfg.contamination_ngram)
     con.execute("CREATE TABLE task_items (task VARCHAR, item VARCHAR)")
     if items:
         con.executemany("INSERT INTO task_items VALUES (?, ?)",
@@ -234,13 +234,16 @@ def key_numbers(frames: dict) -> dict:
 
 
 @command("stats", DOCS, OUT_DIR, CFG, arg("--tokenizer", default=None),
-         arg("--tasks-dir", default=None), arg("--lang-attributes", nargs="*", default=[]),
+         arg("--tasks", type=json_object, default=None,
+             help="the tasks whose items the contamination analysis counts: name → spec"),
+         arg("--lang-attributes", nargs="*", default=[]),
          job=lambda args: f"stats/{Path(args.out_dir).name}",
-         inputs=("docs", "tokenizer", "tasks_dir", "lang_attributes"), outputs=("out_dir",))
+         inputs=("docs", "tokenizer", "task_files", "lang_attributes"), outputs=("out_dir",))
 def stats_command(args, job) -> dict:
     """WIMBD analyses of one corpus (DuckDB), with plots and a summary."""
+    args.task_files = sorted({spec["path"] for spec in (args.tasks or {}).values()})
     summary = corpus_stats(args.docs, args.out_dir, args.cfg, tokenizer=args.tokenizer,
-                           tasks_dir=args.tasks_dir, lang_paths=args.lang_attributes)
+                           tasks=args.tasks, lang_paths=args.lang_attributes)
     logging.getLogger(__name__).info("stats: %s", summary)
     for name in ("summary.md", *(f"{plot}.png" for plot in PLOTS)):
         job.log_artifact(Path(args.out_dir) / name)

@@ -26,23 +26,21 @@ SCHEMA = pa.schema([
 ])
 
 
-def task_index(tasks_dir: str | None, n: int) -> tuple[dict, dict]:
-    """n-gram → item ids, and item id → (task, normalised words), for every evaluation item."""
+def task_index(specs: dict | None, n: int) -> tuple[dict, dict]:
+    """n-gram → item keys, and item key (`task/item`) → (task, normalised words), for every
+    item of the tasks in `specs` (name → evaluation spec; see lmforge.eval.items)."""
     from lmforge.data.text import normalized_words
-    from lmforge.eval import generated as tasks
+    from lmforge.eval.items import all_item_texts
 
     grams: dict[tuple[str, ...], set[str]] = {}
     items: dict[str, tuple[str, str]] = {}
-    if tasks_dir is None:
-        return grams, items
-    for name in tasks.TASK_NAMES:
-        for item in tasks.load_task(Path(tasks_dir) / f"{name}.jsonl.gz"):
-            words = normalized_words(tasks.item_text(name, item))
-            items[item["id"]] = (name, words)
-            # An item shorter than n is one key, as in decontamination.
-            keys = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)] or [tuple(words)]
-            for key in keys:
-                grams.setdefault(key, set()).add(item["id"])
+    for task, item, text in all_item_texts(specs or {}):
+        key = f"{task}/{item}"
+        words = normalized_words(text)
+        items[key] = (task, words)
+        # An item shorter than n is one key, as in decontamination.
+        for gram in [tuple(words[i:i + n]) for i in range(len(words) - n + 1)] or [tuple(words)]:
+            grams.setdefault(gram, set()).add(key)
     return grams, items
 
 
@@ -67,7 +65,7 @@ def contained_items(text: str, grams: dict, items: dict, n: int, short: set[int]
 
 
 def _measure_shard(args: tuple) -> str:
-    path, out_path, tokenizer_path, tasks_dir, cfg = args
+    path, out_path, tokenizer_path, tasks, cfg = args
     from lmforge.data.taggers.toxic import ToxicTagger
 
     tokenizer = None
@@ -76,7 +74,7 @@ def _measure_shard(args: tuple) -> str:
 
         tokenizer = Tokenizer.from_file(str(tokenizer_path))
     n = cfg.contamination_ngram
-    grams, items = task_index(tasks_dir, n)
+    grams, items = task_index(tasks, n)
     short = {len(key) for key in grams if len(key) < n}
     toxic_cfg = {"sentence_threshold": cfg.toxic_sentence_threshold, "max_toxic_fraction": 1.0}
     columns: dict[str, list] = {name: [] for name in SCHEMA.names}
@@ -109,12 +107,12 @@ def _measure_shard(args: tuple) -> str:
     return out_path
 
 
-def measure_documents(paths: list[str], out_dir: Path, tokenizer, tasks_dir, cfg: StatsConfig,
+def measure_documents(paths: list[str], out_dir: Path, tokenizer, tasks, cfg: StatsConfig,
                       workers: int) -> Path:
     """The Python pass: `out_dir/documents/` holds one parquet per shard."""
     target = out_dir / "documents"
     with atomic_dir(target) as tmp:
-        jobs = [(str(p), str(tmp / f"{i:05d}.parquet"), tokenizer, tasks_dir, cfg)
+        jobs = [(str(p), str(tmp / f"{i:05d}.parquet"), tokenizer, tasks, cfg)
                 for i, p in enumerate(paths)]
         if workers > 1 and len(jobs) > 1:
             with concurrent.futures.ProcessPoolExecutor(min(workers, len(jobs))) as pool:
