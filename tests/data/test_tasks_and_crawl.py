@@ -30,6 +30,12 @@ def test_reference_documents_are_held_out_from_the_crawl_and_the_quality_positiv
     for doc in docs:
         for sentence in sources.sentences(doc["text"]):
             assert len(sentence.split()) < 6 or sentence not in crawl_text
+    # Nor a 13-gram: decontamination would flag crawl text that overlaps an evaluation set.
+    from lmforge.data.decontam import _ngrams
+    from lmforge.data.text import normalized_words
+
+    crawl_grams = _ngrams(normalized_words(crawl_text), 13)
+    assert not any(_ngrams(normalized_words(doc["text"]), 13) & crawl_grams for doc in docs)
     positives = "\n".join(reference_documents("pydoc"))
     reference = [para for doc in docs for para in doc["text"].split("\n\n")]
     assert not any(para in positives for para in reference)

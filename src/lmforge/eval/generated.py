@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmforge.data import sources
+from lmforge.data.text import normalized_words
 from lmforge.io.storage import read_jsonl, write_jsonl_gz
 from lmforge.runner import CFG, OUT_DIR, command
 from lmforge.settings import Section
@@ -54,18 +55,30 @@ def _crawl_text() -> str:
     return "\n".join(p for _, p in sources.crawl_paragraphs())
 
 
+# Decontamination's n-gram (curate.decontam.ngram's default): a held-out paragraph sharing one
+# with the crawl would make decontamination flag crawl text the demo never labelled.
+HELD_OUT_NGRAM = 13
+
+
+def _ngram_hashes(text: str, n: int = HELD_OUT_NGRAM) -> set[int]:
+    words = normalized_words(text)
+    return {hash(" ".join(words[i:i + n])) for i in range(len(words) - n + 1)}
+
+
 def reference_documents() -> list[dict]:
-    """One document per held-out topic: its paragraphs that share no sentence with the crawl or
-    the other topics (some pydoc topics repeat each other's text; the quality classifier
-    learns from the others)."""
+    """One document per held-out topic: its paragraphs that share no sentence and no 13-gram
+    with the crawl or the other topics (some pydoc topics repeat each other's text; the
+    quality classifier learns from the others)."""
     held, others = sources.split_task_and_crawl_topics()
     paragraphs = sources.topic_paragraphs()
     seen = "\n".join([_crawl_text()] + [p for topic in others for p in paragraphs[topic]])
+    seen_grams = _ngram_hashes(seen)
     docs = []
     for topic in held:
         kept = [para for para in paragraphs[topic]
                 if not any(len(sent.split()) >= 6 and sent in seen
-                           for sent in sources.sentences(para))]
+                           for sent in sources.sentences(para))
+                and not _ngram_hashes(para) & seen_grams]
         if kept:
             docs.append({"id": f"reference-{topic}", "text": "\n\n".join(kept),
                          "source": "python-reference"})
