@@ -143,7 +143,9 @@ def decontam_task_inputs(wildcards):
     """The files of every task the corpus is cleaned against, one input each."""
     return {
         f"task_{name}": (
-            spec["path"] if spec["path"].startswith(f"{R}/") else outside_file(spec["path"])
+            spec["path"]
+            if spec["path"].startswith(f"{R}/")
+            else outside_file(spec["path"])
         )
         for name, spec in DECONTAM_SPECS.items()
     }

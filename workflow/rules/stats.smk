@@ -1,8 +1,8 @@
 rule stats:
     input:
         code("stats"),
-        docs=corpus_shards,
         unpack(decontam_task_inputs),
+        docs=corpus_shards,
         tokenizer=f"{R}/tokenizer/{MIX}/tokenizer.json",
         lang=[f"{R}/attributes/lang/{SOURCE}/{s}.jsonl.gz" for s in SHARDS],
     output:
