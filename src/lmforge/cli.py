@@ -16,6 +16,7 @@ COMMANDS = {
     "make-tasks": "lmforge.eval.generated",
     "crawl-demo": "lmforge.data.democrawl",
     "extract": "lmforge.data.extract",
+    "import-documents": "lmforge.data.documents",
     "tag": "lmforge.data.tag",
     "dedup-keys": "lmforge.data.dedup",
     "dedup-bucket": "lmforge.data.dedup",

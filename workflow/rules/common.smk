@@ -33,26 +33,32 @@ def outside_file(path):
 
 
 def crawl_shards():
-    """Shard name -> WARC input: the demo crawl's shards, or one per WARC file.
+    """Shard name -> input file: the demo crawl's shards, one per WARC file, or one per file
+    of a released corpus (source documents).
 
-    WARC files are local paths or globs, URLs (http, https, s3: read through Snakemake's
-    storage plugins), or the entries of a Common Crawl `warc.paths` manifest joined to
-    `warc_base_url`."""
+    Files are local paths or globs (a glob matching nothing is an error), URLs (http, https,
+    s3: read through Snakemake's storage plugins), or for WARC files the entries of a Common
+    Crawl `warc.paths` manifest joined to `warc_base_url`."""
     crawl = config["crawl"]
     if crawl["source"] == "demo":
         n = crawl["demo"]["shards"]
         return {
             f"shard-{i:04d}": f"{R}/crawl/demo/shard-{i:04d}.warc.gz" for i in range(n)
         }
-    paths = warc_inputs(
-        crawl["warc_paths"],
-        crawl.get("warc_manifest"),
-        crawl.get("warc_base_url", ""),
-        crawl.get("max_warcs"),
-    )
+    if crawl["source"] == "documents":
+        paths = warc_inputs(
+            crawl.get("document_paths", []), limit=crawl.get("max_files")
+        )
+    else:
+        paths = warc_inputs(
+            crawl["warc_paths"],
+            crawl.get("warc_manifest"),
+            crawl.get("warc_base_url", ""),
+            crawl.get("max_warcs"),
+        )
     if not paths:
         raise ValueError(
-            "crawl.source is 'warc' but crawl.warc_paths / warc_manifest give no file"
+            f"crawl.source is {crawl['source']!r} but its paths give no file"
         )
     return {f"shard-{i:04d}": outside_file(p) for i, p in enumerate(paths)}
 

@@ -40,19 +40,48 @@ rule crawl_demo:
         "--out-dir {params.out_dir} --tasks-dir {params.tasks_dir} > {log} 2>&1"
 
 
-rule extract:
-    input:
-        code("extract"),
-        warc=lambda w: SHARDS[w.shard],
-    output:
-        docs=f"{R}/documents/{{source}}/{{shard}}.jsonl.gz",
-        report=f"{R}/documents/{{source}}/{{shard}}.extract.json",
-    log:
-        f"{R}/logs/extract/{{source}}/{{shard}}.log",
-    benchmark:
-        f"{R}/benchmarks/extract/{{source}}/{{shard}}.tsv"
-    conda:
-        "../../envs/data.yaml"
-    shell:
-        "lmforge extract --warc {input.warc} --out {output.docs} --report {output.report} "
-        "--source {wildcards.source} > {log} 2>&1"
+if config["crawl"]["source"] == "documents":
+
+    # A released corpus: each file becomes a documents shard, no extraction.
+    rule import_documents:
+        input:
+            code("import-documents"),
+            data=lambda w: SHARDS[w.shard],
+        output:
+            docs=f"{R}/documents/{{source}}/{{shard}}.jsonl.gz",
+            report=f"{R}/documents/{{source}}/{{shard}}.import.json",
+        log:
+            f"{R}/logs/import/{{source}}/{{shard}}.log",
+        benchmark:
+            f"{R}/benchmarks/import/{{source}}/{{shard}}.tsv"
+        conda:
+            "../../envs/data.yaml"
+        params:
+            cfg=(
+                cfg_json("crawl", "document_fields")
+                if "document_fields" in config["crawl"]
+                else "{}"
+            ),
+        shell:
+            "lmforge import-documents --input {input.data} --out {output.docs} "
+            "--report {output.report} --source {wildcards.source} --cfg {params.cfg:q} "
+            "> {log} 2>&1"
+
+else:
+
+    rule extract:
+        input:
+            code("extract"),
+            warc=lambda w: SHARDS[w.shard],
+        output:
+            docs=f"{R}/documents/{{source}}/{{shard}}.jsonl.gz",
+            report=f"{R}/documents/{{source}}/{{shard}}.extract.json",
+        log:
+            f"{R}/logs/extract/{{source}}/{{shard}}.log",
+        benchmark:
+            f"{R}/benchmarks/extract/{{source}}/{{shard}}.tsv"
+        conda:
+            "../../envs/data.yaml"
+        shell:
+            "lmforge extract --warc {input.warc} --out {output.docs} --report {output.report} "
+            "--source {wildcards.source} > {log} 2>&1"
