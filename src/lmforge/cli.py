@@ -33,6 +33,7 @@ COMMANDS = {
     "funnel": "lmforge.data.mix",
     "train-tokenizer": "lmforge.data.tokenize",
     "tokenize": "lmforge.data.tokenize",
+    "index-tokens": "lmforge.data.tokenize",
     "heldout-docs": "lmforge.data.tokenize",
     # statistics
     "stats": "lmforge.stats.analyses",

@@ -123,8 +123,11 @@ def _uniform_lm(tok_path, vocab):
 def test_perplexity_of_a_uniform_model_is_the_vocabulary_size(tmp_path):
     tok = _tokenizer(tmp_path)
     lm = _uniform_lm(tmp_path / "tok.json", tok.get_vocab_size())
-    (np.arange(200) % 50).astype(np.uint16).tofile(tmp_path / "valid.npy")
-    write_json(tmp_path / "meta.json", {"dtype": "uint16"})
+    # The held-out tokens in two files, read as one stream.
+    (np.arange(120) % 50).astype(np.uint16).tofile(tmp_path / "a.valid.npy")
+    (np.arange(120, 200) % 50).astype(np.uint16).tofile(tmp_path / "b.valid.npy")
+    write_json(tmp_path / "meta.json", {"dtype": "uint16", "splits": {"valid": {"files": [
+        {"path": "a.valid.npy", "tokens": 120}, {"path": "b.valid.npy", "tokens": 80}]}}})
     metrics, windows = token_perplexity(lm, tmp_path, max_tokens=150)
     assert metrics["tokens"] == 150 == sum(w["tokens"] for w in windows)
     assert abs(metrics["perplexity"] - tok.get_vocab_size()) < 1e-2

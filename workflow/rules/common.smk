@@ -93,6 +93,11 @@ def mixed(mix=MIX):
     return [f"{R}/mixes/{mix}/{s}" for s in SHARDS]
 
 
+def token_files(mix, split):
+    """A mix's token files of one split, one per mix shard (listed in its meta.json)."""
+    return [f"{R}/tokens/{mix}/parts/{s}.{split}.npy" for s in SHARDS]
+
+
 def launch_resources(stage):
     """A training job's nodes, tasks and GPUs from config["launch"] (see lmforge.train.launch)."""
     return job_resources(**config["launch"][stage])
@@ -172,8 +177,9 @@ def task_inputs(wildcards):
     """The files a task reads: the workflow's own outputs or the files it names."""
     spec = TASK_SPECS[wildcards.task]
     if spec["kind"] == "token_perplexity":
+        mix = os.path.basename(spec["path"])
         return {
-            "task_data": f"{spec['path']}/valid.npy",
+            "task_data": token_files(mix, "valid"),
             "task_meta": f"{spec['path']}/meta.json",
         }
     own = spec["path"].startswith(f"{R}/")
@@ -187,7 +193,7 @@ def staged_spec(wildcards, input):
     """The task's spec with its paths at the job's inputs (staged copies when remote)."""
     spec = dict(TASK_SPECS[wildcards.task])
     if spec["kind"] == "token_perplexity":
-        spec["path"] = os.path.dirname(input.task_data)
+        spec["path"] = os.path.dirname(input.task_meta)
     else:
         spec["path"] = input.task_data
         if spec.get("shots_path"):

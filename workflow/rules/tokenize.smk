@@ -14,33 +14,52 @@ rule train_tokenizer:
         seed=SEED,
         vocab=config["tokenizer"]["vocab_size"],
         valid=config["tokenizer"]["valid_fraction"],
+        sample=(
+            f"--sample-bytes {config['tokenizer']['sample_bytes']}"
+            if config["tokenizer"]["sample_bytes"]
+            else ""
+        ),
     shell:
         "lmforge train-tokenizer --docs {input.docs} --out {output.tokenizer} "
-        "--seed {params.seed} "
-        "--vocab-size {params.vocab} --valid-fraction {params.valid} > {log} 2>&1"
+        "--seed {params.seed} --vocab-size {params.vocab} --valid-fraction {params.valid} "
+        "{params.sample} > {log} 2>&1"
 
 
 rule tokenize:
     input:
         code("tokenize"),
-        docs=mixed("{mix}"),
+        docs=f"{R}/mixes/{{mix}}/{{shard}}",
         # One tokenizer (trained on tokenizer.mix) for every mix a model reads.
         tokenizer=f"{R}/tokenizer/{MIX}/tokenizer.json",
     output:
-        train=f"{R}/tokens/{{mix}}/train.npy",
-        valid=f"{R}/tokens/{{mix}}/valid.npy",
-        meta=f"{R}/tokens/{{mix}}/meta.json",
+        train=f"{R}/tokens/{{mix}}/parts/{{shard}}.train.npy",
+        valid=f"{R}/tokens/{{mix}}/parts/{{shard}}.valid.npy",
+        meta=f"{R}/tokens/{{mix}}/parts/{{shard}}.json",
     log:
-        f"{R}/logs/tokenize/{{mix}}.log",
+        f"{R}/logs/tokenize/{{mix}}/{{shard}}.log",
     benchmark:
-        f"{R}/benchmarks/tokenize/{{mix}}.tsv"
+        f"{R}/benchmarks/tokenize/{{mix}}/{{shard}}.tsv"
     conda:
         "../../envs/data.yaml"
     params:
         seed=SEED,
         valid=config["tokenizer"]["valid_fraction"],
-        out_dir=lambda w, output: os.path.dirname(output.meta),
+        prefix=lambda w, output: output.meta.removesuffix(".json"),
     shell:
         "lmforge tokenize --docs {input.docs} --tokenizer {input.tokenizer} "
-        "--out-dir {params.out_dir} --seed {params.seed} --valid-fraction {params.valid} "
+        "--out-prefix {params.prefix} --seed {params.seed} --valid-fraction {params.valid} "
         "> {log} 2>&1"
+
+
+rule index_tokens:
+    input:
+        code("index-tokens"),
+        shards=[f"{R}/tokens/{{mix}}/parts/{s}.json" for s in SHARDS],
+    output:
+        f"{R}/tokens/{{mix}}/meta.json",
+    log:
+        f"{R}/logs/tokenize/{{mix}}.log",
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "lmforge index-tokens --shards {input.shards} --out {output} > {log} 2>&1"

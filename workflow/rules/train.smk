@@ -28,7 +28,7 @@ rule pretrain:
     input:
         code("launch", "pretrain"),
         init=checkpoint_path("init"),
-        tokens=f"{TOKENS}/train.npy",
+        tokens=token_files(MIX, "train"),
         meta=f"{TOKENS}/meta.json",
     output:
         checkpoint=directory(checkpoint_path("pretrain")),
@@ -57,7 +57,7 @@ rule grow:
     input:
         code("launch", "grow"),
         checkpoint=checkpoint_path("pretrain"),
-        tokens=f"{TOKENS}/train.npy",
+        tokens=token_files(MIX, "train"),
         meta=f"{TOKENS}/meta.json",
     output:
         checkpoint=directory(checkpoint_path("grow")),
@@ -90,7 +90,7 @@ rule baseline:
     input:
         code("launch", "pretrain"),
         init=checkpoint_path("init-grown"),
-        tokens=f"{TOKENS}/train.npy",
+        tokens=token_files(MIX, "train"),
         meta=f"{TOKENS}/meta.json",
     output:
         checkpoint=directory(checkpoint_path("baseline")),
@@ -145,7 +145,7 @@ rule anneal:
     input:
         code("launch", "pretrain"),
         init=checkpoint_path("pretrain"),
-        tokens=f"{R}/tokens/{{mix}}/train.npy",
+        tokens=lambda w: token_files(w.mix, "train"),
         meta=f"{R}/tokens/{{mix}}/meta.json",
     output:
         checkpoint=directory(checkpoint_path("anneal-{mix}-s{seed}")),

@@ -1,13 +1,20 @@
 """Tokenizer training (Hugging Face `tokenizers`, byte-level BPE) and OLMo token memmaps.
 
+The tokenizer trains on a seeded sample of the mix's training split of at most `sample_bytes`
+(the whole split, in order, when it is smaller), so its memory is set by the config. Each mix
+shard is tokenized by its own job into its own files; `meta.json` lists them in shard order.
+
 The token files follow OLMo's format: one flat array of token ids per file, raw (no header),
 uint16 when the vocabulary fits, documents separated by EOS, so OLMo's `MemMapDataset` can read
-them with `np.memmap(path, dtype=np.uint16, mode="r")`.
+them with `np.memmap(path, dtype=np.uint16, mode="r")`. `open_tokens` reads a split's files as
+one stream, so training instances and their order do not depend on how many files there are.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
+import os
 from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
@@ -16,6 +23,7 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from lmforge.io.storage import (
+    InputError,
     atomic_path,
     read_json,
     read_jsonl,
@@ -24,7 +32,7 @@ from lmforge.io.storage import (
     write_jsonl_gz,
 )
 from lmforge.posttrain.chat import ASSISTANT, SYSTEM, USER, tokenizer_config
-from lmforge.runner import DOCS, OUT, OUT_DIR, SEED, VALID_FRACTION, arg, command
+from lmforge.runner import DOCS, OUT, SEED, VALID_FRACTION, arg, command
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -37,15 +45,33 @@ def is_valid_doc(doc_id: str, seed: int, fraction: float) -> bool:
     return stable_fraction(f"{seed}/{doc_id}") < fraction
 
 
-def _texts(paths: list[str], seed: int, fraction: float, want_valid: bool) -> Iterator[str]:
+def _texts(paths: list[str], seed: int, fraction: float, want_valid: bool) -> Iterator[dict]:
     for path in paths:
         for doc in read_jsonl(path):
             if is_valid_doc(doc["id"], seed, fraction) == want_valid:
-                yield doc["text"]
+                yield doc
+
+
+def sample_texts(docs: Iterator[dict], sample_bytes: int | None, seed: int) -> list[str]:
+    """The texts of the documents with the smallest seeded hashes of their ids whose UTF-8
+    bytes fit in `sample_bytes` (all of them when None or when they fit), in their original
+    order. One pass; memory about `sample_bytes`."""
+    if sample_bytes is None:
+        return [doc["text"] for doc in docs]
+    heap: list[tuple[float, int, str, int]] = []  # (−key, position, text, bytes): max-heap
+    total = 0
+    for position, doc in enumerate(docs):
+        size = len(doc["text"].encode("utf-8"))
+        heapq.heappush(heap, (-stable_fraction(f"{seed}/tokenizer/{doc['id']}"), position,
+                              doc["text"], size))
+        total += size
+        while total > sample_bytes:
+            total -= heapq.heappop(heap)[3]
+    return [text for _, _, text, _ in sorted(heap, key=lambda kept: kept[1])]
 
 
 def train_tokenizer(paths: list[str], out_path: str | Path, vocab_size: int, seed: int,
-                    valid_fraction: float) -> dict:
+                    valid_fraction: float, sample_bytes: int | None = None) -> dict:
     tokenizer = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tokenizer.decoder = decoders.ByteLevel()
@@ -56,12 +82,15 @@ def train_tokenizer(paths: list[str], out_path: str | Path, vocab_size: int, see
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_texts(paths, seed, valid_fraction, want_valid=False), trainer)
+    texts = sample_texts(_texts(paths, seed, valid_fraction, want_valid=False), sample_bytes,
+                         seed)
+    tokenizer.train_from_iterator(texts, trainer)
     with atomic_path(out_path) as tmp:
         tokenizer.save(str(tmp), pretty=False)
     # transformers' files beside it: special tokens and the Tulu chat template.
     write_json(Path(out_path).parent / "tokenizer_config.json", tokenizer_config(EOS, PAD))
-    return {"vocab_size": tokenizer.get_vocab_size()}
+    return {"vocab_size": tokenizer.get_vocab_size(), "documents": len(texts),
+            "bytes": sum(len(t.encode("utf-8")) for t in texts)}
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
@@ -82,12 +111,14 @@ def write_memmap(path: str | Path, chunks: Iterator[list[int]], dtype: np.dtype)
     return total
 
 
-def tokenize_corpus(paths: list[str], tokenizer_path: str | Path, out_dir: str | Path,
-                    seed: int, valid_fraction: float, batch_size: int = 256) -> dict:
+def tokenize_shard(paths: list[str], tokenizer_path: str | Path, out_prefix: str | Path,
+                   seed: int, valid_fraction: float, batch_size: int = 256) -> dict:
+    """One mix shard's documents as `<prefix>.train.npy` and `<prefix>.valid.npy`, with their
+    counts in `<prefix>.json`."""
     tokenizer = load_tokenizer(tokenizer_path)
     eos_id = tokenizer.token_to_id(EOS)
     dtype = token_dtype(tokenizer.get_vocab_size())
-    out_dir = Path(out_dir)
+    prefix = Path(out_prefix)
     meta = {"dtype": dtype.name, "vocab_size": tokenizer.get_vocab_size(), "eos_token_id": eos_id,
             "pad_token_id": tokenizer.token_to_id(PAD), "splits": {}}
     for split in ("train", "valid"):
@@ -95,7 +126,9 @@ def tokenize_corpus(paths: list[str], tokenizer_path: str | Path, out_dir: str |
 
         def chunks(split=split, docs=docs):
             batch: list[str] = []
-            for text in [*_texts(paths, seed, valid_fraction, want_valid=split == "valid"), None]:
+            texts = (doc["text"] for doc in _texts(paths, seed, valid_fraction,
+                                                    want_valid=split == "valid"))
+            for text in [*texts, None]:
                 if text is not None:
                     batch.append(text)
                 if batch and (text is None or len(batch) == batch_size):
@@ -104,39 +137,121 @@ def tokenize_corpus(paths: list[str], tokenizer_path: str | Path, out_dir: str |
                         yield encoding.ids + [eos_id]
                     batch = []
 
-        tokens = write_memmap(out_dir / f"{split}.npy", chunks(), dtype)
-        meta["splits"][split] = {"documents": docs["n"], "tokens": tokens}
-    write_json(out_dir / "meta.json", meta)
+        path = prefix.with_name(f"{prefix.name}.{split}.npy")
+        tokens = write_memmap(path, chunks(), dtype)
+        meta["splits"][split] = {"documents": docs["n"], "tokens": tokens,
+                                 "files": [{"path": path.name, "tokens": tokens}]}
+    write_json(prefix.with_name(f"{prefix.name}.json"), meta)
     return meta
 
 
-def open_tokens(path: str | Path, meta_path: str | Path) -> np.memmap:
-    meta = read_json(meta_path)
-    return np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r")
+def index_tokens(shard_metas: list[str | Path], out_path: str | Path) -> dict:
+    """`meta.json` of a mix's token files: every shard's files in shard order, paths relative
+    to the meta file, and the totals."""
+    out_path = Path(out_path)
+    metas = [(Path(p), read_json(p)) for p in shard_metas]
+    if not metas:
+        raise InputError("no token shards to index")
+    first = metas[0][1]
+    for path, meta in metas:
+        for key in ("dtype", "vocab_size", "eos_token_id"):
+            if meta[key] != first[key]:
+                raise InputError(f"{path}: {key} {meta[key]} differs from {first[key]} of "
+                                 f"{metas[0][0]} (tokenized with another tokenizer?)")
+    index = {key: first[key] for key in ("dtype", "vocab_size", "eos_token_id", "pad_token_id")}
+    index["splits"] = {}
+    for split in ("train", "valid"):
+        files = [{"path": os.path.relpath(path.parent / f["path"], out_path.parent),
+                  "tokens": f["tokens"]}
+                 for path, meta in metas for f in meta["splits"][split]["files"]]
+        index["splits"][split] = {
+            "documents": sum(meta["splits"][split]["documents"] for _, meta in metas),
+            "tokens": sum(f["tokens"] for f in files), "files": files}
+    write_json(out_path, index)
+    return index
+
+
+class TokenStream:
+    """A split's token files as one array: `len` and slices `[a:b]` across file boundaries,
+    so instance i is tokens [i·L, (i+1)·L) of the files' concatenation however many files
+    hold them. Each file is a read-only memmap; nothing is loaded until sliced."""
+
+    def __init__(self, paths: list[Path], dtype: np.dtype):
+        self.dtype = np.dtype(dtype)
+        # An empty file (an empty mix shard) cannot be memory-mapped.
+        self.files = [np.memmap(p, dtype=self.dtype, mode="r") if p.stat().st_size
+                      else np.zeros(0, self.dtype) for p in paths]
+        self.offsets = np.cumsum([0] + [len(f) for f in self.files])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        if not isinstance(key, slice):
+            raise TypeError("token streams are read in slices")
+        start, stop, step = key.indices(len(self))
+        if step != 1:
+            raise ValueError("token streams are read in contiguous slices")
+        pieces = []
+        first = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        for index in range(max(first, 0), len(self.files)):
+            begin = int(self.offsets[index])
+            if begin >= stop:
+                break
+            pieces.append(self.files[index][max(start - begin, 0):stop - begin])
+        return np.concatenate(pieces) if pieces else np.zeros(0, self.dtype)
+
+
+def open_tokens(tokens_dir: str | Path, split: str) -> TokenStream:
+    """A mix's `train` or `valid` tokens, from its `meta.json`."""
+    tokens_dir = Path(tokens_dir)
+    try:
+        meta = read_json(tokens_dir / "meta.json")
+        files = [tokens_dir / f["path"] for f in meta["splits"][split]["files"]]
+        return TokenStream(files, np.dtype(meta["dtype"]))
+    except (OSError, KeyError, TypeError, ValueError) as err:
+        raise InputError(f"{tokens_dir}: no readable {split} tokens ({err!r})") from None
 
 
 log = logging.getLogger(__name__)
 
 
 @command("train-tokenizer", DOCS, OUT, SEED, arg("--vocab-size", type=int), VALID_FRACTION,
-         job="train_tokenizer",
+         arg("--sample-bytes", type=int, default=None), job="train_tokenizer",
          params=lambda args: {"vocab_size": args.vocab_size, "seed": args.seed,
-                              "valid_fraction": args.valid_fraction},
+                              "valid_fraction": args.valid_fraction,
+                              "sample_bytes": args.sample_bytes},
          inputs=("docs",), outputs=("out",))
 def train_tokenizer_command(args, job) -> dict:
-    """A byte-level BPE tokenizer trained on the mix's training split."""
-    return train_tokenizer(args.docs, args.out, args.vocab_size, args.seed, args.valid_fraction)
+    """A byte-level BPE tokenizer trained on a sample of the mix's training split."""
+    return train_tokenizer(args.docs, args.out, args.vocab_size, args.seed, args.valid_fraction,
+                           args.sample_bytes)
 
 
-@command("tokenize", DOCS, arg("--tokenizer"), OUT_DIR, SEED, VALID_FRACTION,
+@command("tokenize", DOCS, arg("--tokenizer"), arg("--out-prefix"), SEED, VALID_FRACTION,
+         job=lambda args: f"tokenize/{Path(args.out_prefix).parent.parent.name}/"
+                          f"{Path(args.out_prefix).name}",
          params=lambda args: {"seed": args.seed, "valid_fraction": args.valid_fraction},
-         inputs=("docs", "tokenizer"), outputs=("out_dir",))
+         inputs=("docs", "tokenizer"), outputs=("outputs",))
 def tokenize_command(args, job) -> dict:
-    """The mix as OLMo token memmaps, train and valid."""
-    meta = tokenize_corpus(args.docs, args.tokenizer, args.out_dir, args.seed,
-                           args.valid_fraction)
-    log.info("tokens: %s", meta)
-    return meta["splits"]
+    """One mix shard as OLMo token memmaps, train and valid."""
+    prefix = Path(args.out_prefix)
+    args.outputs = [str(prefix.with_name(f"{prefix.name}{suffix}"))
+                    for suffix in (".train.npy", ".valid.npy", ".json")]
+    meta = tokenize_shard(args.docs, args.tokenizer, prefix, args.seed, args.valid_fraction)
+    log.info("tokens: %s", meta["splits"])
+    return {f"{split}.{key}": value for split, counts in meta["splits"].items()
+            for key, value in counts.items() if key != "files"}
+
+
+@command("index-tokens", arg("--shards", nargs="+"), OUT,
+         job=lambda args: f"tokenize/{Path(args.out).parent.name}",
+         params=lambda args: {"shards": len(args.shards)}, inputs=("shards",), outputs=("out",))
+def index_tokens_command(args, job) -> dict:
+    """A mix's token files in shard order (`meta.json`), the list the trainer reads."""
+    index = index_tokens(args.shards, args.out)
+    return {f"{split}.{key}": value for split, counts in index["splits"].items()
+            for key, value in counts.items() if key != "files"}
 
 
 @command("heldout-docs", DOCS, SEED, VALID_FRACTION, arg("--limit", type=int), OUT,

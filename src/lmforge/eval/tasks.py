@@ -215,14 +215,9 @@ def token_perplexity(model: LanguageModel, tokens_dir: str | Path, max_tokens: i
                      ) -> tuple[dict, list[dict]]:
     """Perplexity over the first `max_tokens` of the workflow's held-out token file, in
     non-overlapping windows of the model's length."""
-    from lmforge.io.storage import read_json
+    from lmforge.data.tokenize import open_tokens
 
-    try:
-        meta = read_json(Path(tokens_dir) / "meta.json")
-        tokens = np.memmap(Path(tokens_dir) / "valid.npy", dtype=np.dtype(meta["dtype"]), mode="r")
-    except (OSError, KeyError, ValueError) as err:
-        raise InputError(f"{tokens_dir}: no readable held-out tokens ({err!r})") from None
-    tokens = [int(t) for t in tokens[:max_tokens + 1]]
+    tokens = [int(t) for t in open_tokens(tokens_dir, "valid")[:max_tokens + 1]]
     if len(tokens) < 2:
         raise InputError(f"{tokens_dir}: fewer than two held-out tokens")
     windows = [([tokens[start]], tokens[start + 1:start + 1 + model.max_length])

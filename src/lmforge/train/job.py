@@ -4,7 +4,6 @@ loss, and the call into the training loop that logs to the job's MLflow run."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from lmforge.data.tokenize import open_tokens
 from lmforge.io.storage import InputError
@@ -36,7 +35,7 @@ TRAIN_CFG = arg("--cfg", type=training_cfg)
 
 
 def token_batches(tokens_dir: str, model, cfg: TrainConfig, seed: int, first_instance: int = 0):
-    tokens = open_tokens(Path(tokens_dir) / "train.npy", Path(tokens_dir) / "meta.json")
+    tokens = open_tokens(tokens_dir, "train")
     return instance_batches(tokens, model.cfg.max_seq_len, cfg, seed, *rank_and_world(),
                             first_instance=first_instance)
 
@@ -45,7 +44,7 @@ def heldout(tokens_dir: str, model, cfg: TrainConfig):
     """The in-loop held-out loss over the mix's valid split, when `eval_every` asks for it."""
     if not cfg.eval_every:
         return None
-    tokens = open_tokens(Path(tokens_dir) / "valid.npy", Path(tokens_dir) / "meta.json")
+    tokens = open_tokens(tokens_dir, "valid")
     return heldout_loss_fn(tokens, model.cfg.max_seq_len, cfg.eval_instances,
                            cfg.micro_batch_size)
 
