@@ -36,6 +36,7 @@ COMMANDS = {
     "index-tokens": "lmforge.data.tokenize",
     "heldout-docs": "lmforge.data.tokenize",
     # statistics
+    "stats-measure": "lmforge.stats.analyses",
     "stats": "lmforge.stats.analyses",
     "overlap": "lmforge.stats.overlap",
     "search": "lmforge.stats.search",

@@ -245,6 +245,16 @@ def corpus_shards(wildcards, corpus=None):
     return docs(name) if kind == "documents" else mixed(name)
 
 
+def corpus_shard(corpus, shard):
+    """One shard of a corpus: a documents file, or a mix shard's directory of parts."""
+    kind, name = corpus.split("-", 1)
+    return (
+        f"{R}/documents/{name}/{shard}.jsonl.gz"
+        if kind == "documents"
+        else (f"{R}/mixes/{name}/{shard}")
+    )
+
+
 MLFLOW_URI = tracking.absolute_sqlite_uri(config["mlflow"]["tracking_uri"], os.getcwd())
 
 

@@ -1,9 +1,35 @@
+rule stats_measure:
+    input:
+        code("stats-measure"),
+        unpack(decontam_task_inputs),
+        docs=lambda w: corpus_shard(w.corpus, w.shard),
+        tokenizer=f"{R}/tokenizer/{MIX}/tokenizer.json",
+    output:
+        f"{R}/stats/{{corpus}}/measured/{{shard}}.parquet",
+    log:
+        f"{R}/logs/stats/{{corpus}}/{{shard}}.log",
+    benchmark:
+        f"{R}/benchmarks/stats/{{corpus}}/{{shard}}.tsv"
+    wildcard_constraints:
+        corpus=r"(documents|mix)-[A-Za-z0-9_]+",
+    conda:
+        "../../envs/data.yaml"
+    params:
+        cfg=cfg_json("stats"),
+        tasks=decontam_specs,
+    shell:
+        "lmforge stats-measure --docs {input.docs} --out {output} --cfg {params.cfg:q} "
+        "--tokenizer {input.tokenizer} --tasks {params.tasks:q} > {log} 2>&1"
+
+
 rule stats:
     input:
         code("stats"),
         unpack(decontam_task_inputs),
         docs=corpus_shards,
-        tokenizer=f"{R}/tokenizer/{MIX}/tokenizer.json",
+        measured=lambda w: [
+            f"{R}/stats/{w.corpus}/measured/{s}.parquet" for s in SHARDS
+        ],
         lang=[f"{R}/attributes/lang/{SOURCE}/{s}.jsonl.gz" for s in SHARDS],
     output:
         summary=report(
@@ -13,7 +39,6 @@ rule stats:
             subcategory="{corpus}",
         ),
         json=f"{R}/stats/{{corpus}}/summary.json",
-        measured=directory(f"{R}/stats/{{corpus}}/documents"),
         tables=[f"{R}/stats/{{corpus}}/{a}.parquet" for a in STATS_ANALYSES],
         plots=[
             report(
@@ -38,8 +63,8 @@ rule stats:
         out_dir=lambda w, output: os.path.dirname(output.summary),
         tasks=decontam_specs,
     shell:
-        "lmforge stats --docs {input.docs} --out-dir {params.out_dir} --cfg {params.cfg:q} "
-        "--tokenizer {input.tokenizer} --tasks {params.tasks:q} "
+        "lmforge stats --docs {input.docs} --measured {input.measured} "
+        "--out-dir {params.out_dir} --cfg {params.cfg:q} --tasks {params.tasks:q} "
         "--lang-attributes {input.lang} > {log} 2>&1"
 
 

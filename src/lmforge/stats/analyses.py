@@ -1,6 +1,6 @@
 """WIMBD-style corpus analyses ("What's In My Big Data?", Elazar et al. 2023) in DuckDB.
 
-Two passes. A Python pass over the shards (in parallel, one process per shard) measures what
+Two passes. A Python pass over the shards (one job per shard, `stats-measure`) measures what
 needs a model, a regex DuckDB's RE2 cannot run, or set look-ups, per document: tokenizer
 tokens, PII matches by type (the tagger's patterns, which use look-behind), toxic sentences
 (the toxicity tagger's model) and the evaluation items the document contains (13-gram overlap
@@ -23,9 +23,9 @@ from lmforge.io.storage import (
     write_json,
     write_text,
 )
-from lmforge.runner import CFG, DOCS, OUT_DIR, arg, command, json_object
+from lmforge.runner import CFG, DOCS, OUT, OUT_DIR, arg, command, json_object
 from lmforge.stats.config import NgramsConfig, StatsConfig
-from lmforge.stats.measure import PII_KINDS, measure_documents, task_index
+from lmforge.stats.measure import PII_KINDS, measure_documents, measure_shard, task_index
 from lmforge.stats.report import markdown, plots
 
 ANALYSES = (
@@ -163,13 +163,17 @@ def _languages_query(lang_paths: list[str]) -> str:
 
 
 def corpus_stats(paths: list[str], out_dir: str | Path, cfg: StatsConfig | Mapping, *,
-                 tokenizer=None, tasks: dict | None = None, lang_paths: list[str] = ()) -> dict:
-    """Every analysis of a corpus: `<analysis>.parquet`, plots, `summary.md`, `summary.json`."""
+                 tokenizer=None, tasks: dict | None = None, lang_paths: list[str] = (),
+                 measured: list | None = None) -> dict:
+    """Every analysis of a corpus: `<analysis>.parquet`, plots, `summary.md`, `summary.json`.
+    `measured`: the per-shard pass's parquet files; without them the pass runs here, one
+    process per file."""
     cfg = StatsConfig.of(cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    measured = measure_documents([str(p) for p in paths], out_dir, tokenizer, tasks, cfg,
-                                 int(cfg.duckdb.threads))
+    if measured is None:
+        measured = measure_documents([str(p) for p in paths], out_dir, tokenizer, tasks, cfg,
+                                     int(cfg.duckdb.threads))
     # The JSON is parsed once into a table in an on-disk scratch database, so the analyses
     # neither re-read the shards nor hold the corpus in memory.
     scratch = Path(cfg.duckdb.temp_directory) / f"stats-{os.getpid()}.duckdb"
@@ -182,11 +186,10 @@ def corpus_stats(paths: list[str], out_dir: str | Path, cfg: StatsConfig | Mappi
         Path(f"{scratch}.wal").unlink(missing_ok=True)
 
 
-def _analyse(con, paths, out_dir: Path, measured: Path, cfg: StatsConfig, tasks,
+def _analyse(con, paths, out_dir: Path, measured: list, cfg: StatsConfig, tasks,
              lang_paths) -> dict:
     docs_view(con, [str(p) for p in paths], kind="TABLE")
-    con.execute("CREATE VIEW measured AS SELECT * FROM read_parquet("
-                f"{sql_string(str(measured / '*.parquet'))})")
+    con.execute(f"CREATE VIEW measured AS SELECT * FROM read_parquet({sql_list(measured)})")
     _, items = task_index(tasks, cfg.contamination_ngram)
     con.execute("CREATE TABLE task_items (task VARCHAR, item VARCHAR)")
     if items:
@@ -233,17 +236,33 @@ def key_numbers(frames: dict) -> dict:
     return summary
 
 
-@command("stats", DOCS, OUT_DIR, CFG, arg("--tokenizer", default=None),
-         arg("--tasks", type=json_object, default=None,
-             help="the tasks whose items the contamination analysis counts: name → spec"),
+TASKS = arg("--tasks", type=json_object, default=None,
+            help="the tasks whose items the contamination analysis counts: name → spec")
+
+
+@command("stats-measure", DOCS, OUT, CFG, arg("--tokenizer", default=None), TASKS,
+         job=lambda args: f"stats/{Path(args.out).parent.parent.name}/{Path(args.out).stem}",
+         inputs=("docs", "tokenizer", "task_files"), outputs=("out",))
+def stats_measure_command(args, job) -> dict:
+    """The per-document pass of one shard: tokens, PII, toxic sentences, evaluation items."""
+    args.task_files = sorted({spec["path"] for spec in (args.tasks or {}).values()})
+    return {"documents": measure_shard(args.docs, args.out, args.tokenizer, args.tasks,
+                                       StatsConfig.of(args.cfg))}
+
+
+@command("stats", DOCS, OUT_DIR, CFG, arg("--tokenizer", default=None), TASKS,
          arg("--lang-attributes", nargs="*", default=[]),
+         arg("--measured", nargs="*", default=None,
+             help="the shards' stats-measure files (without them the pass runs here)"),
          job=lambda args: f"stats/{Path(args.out_dir).name}",
-         inputs=("docs", "tokenizer", "task_files", "lang_attributes"), outputs=("out_dir",))
+         inputs=("docs", "tokenizer", "task_files", "lang_attributes", "measured"),
+         outputs=("out_dir",))
 def stats_command(args, job) -> dict:
     """WIMBD analyses of one corpus (DuckDB), with plots and a summary."""
     args.task_files = sorted({spec["path"] for spec in (args.tasks or {}).values()})
     summary = corpus_stats(args.docs, args.out_dir, args.cfg, tokenizer=args.tokenizer,
-                           tasks=args.tasks, lang_paths=args.lang_attributes)
+                           tasks=args.tasks, lang_paths=args.lang_attributes,
+                           measured=args.measured)
     logging.getLogger(__name__).info("stats: %s", summary)
     for name in ("summary.md", *(f"{plot}.png" for plot in PLOTS)):
         job.log_artifact(Path(args.out_dir) / name)

@@ -1,7 +1,7 @@
 """The per-document pass of the corpus analyses: what needs a model, a regex DuckDB's RE2
 cannot run, or set look-ups — tokenizer tokens, PII matches by type, toxic sentences and the
-evaluation items a document contains — one process per shard, into parquet files that the
-DuckDB analyses join."""
+evaluation items a document contains — one job per shard (`stats-measure`), each writing a
+parquet file that the DuckDB analyses join."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lmforge.data import pii
-from lmforge.io.storage import atomic_dir, read_jsonl
+from lmforge.io.storage import atomic_path, read_jsonl
 from lmforge.stats.config import StatsConfig
 
 PII_KINDS = tuple(pii.PATTERNS)
@@ -64,8 +64,9 @@ def contained_items(text: str, grams: dict, items: dict, n: int, short: set[int]
     return sorted(found), sorted(exact)
 
 
-def _measure_shard(args: tuple) -> str:
-    path, out_path, tokenizer_path, tasks, cfg = args
+def measure_shard(paths: list[str], out_path, tokenizer_path, tasks: dict | None,
+                  cfg: StatsConfig) -> int:
+    """One shard's (its files') measurements as a parquet file; returns the documents."""
     from lmforge.data.taggers.toxic import ToxicTagger
 
     tokenizer = None
@@ -98,26 +99,30 @@ def _measure_shard(args: tuple) -> str:
             columns["items_exact"].append(exact_items)
         batch.clear()
 
-    for doc in read_jsonl(path):
-        batch.append(doc)
-        if len(batch) == 256:
-            flush()
+    for path in paths:
+        for doc in read_jsonl(path):
+            batch.append(doc)
+            if len(batch) == 256:
+                flush()
     flush()
-    pq.write_table(pa.table(columns, schema=SCHEMA), out_path)
-    return out_path
+    with atomic_path(out_path) as tmp:
+        pq.write_table(pa.table(columns, schema=SCHEMA), tmp)
+    return len(columns["id"])
+
+
+def _measure_job(job: tuple) -> int:
+    return measure_shard(*job)
 
 
 def measure_documents(paths: list[str], out_dir: Path, tokenizer, tasks, cfg: StatsConfig,
-                      workers: int) -> Path:
-    """The Python pass: `out_dir/documents/` holds one parquet per shard."""
-    target = out_dir / "documents"
-    with atomic_dir(target) as tmp:
-        jobs = [(str(p), str(tmp / f"{i:05d}.parquet"), tokenizer, tasks, cfg)
-                for i, p in enumerate(paths)]
-        if workers > 1 and len(jobs) > 1:
-            with concurrent.futures.ProcessPoolExecutor(min(workers, len(jobs))) as pool:
-                list(pool.map(_measure_shard, jobs))
-        else:
-            for job in jobs:
-                _measure_shard(job)
-    return target
+                      workers: int) -> list[Path]:
+    """The pass on one machine, one process per file: `out_dir/measured/*.parquet`."""
+    out = [out_dir / "measured" / f"{i:05d}.parquet" for i in range(len(paths))]
+    jobs = [([str(p)], str(o), tokenizer, tasks, cfg) for p, o in zip(paths, out, strict=True)]
+    if workers > 1 and len(jobs) > 1:
+        with concurrent.futures.ProcessPoolExecutor(min(workers, len(jobs))) as pool:
+            list(pool.map(_measure_job, jobs))
+    else:
+        for job in jobs:
+            _measure_job(job)
+    return out
