@@ -92,7 +92,7 @@ def _batches(docs_path, size: int):
 def run_step(step: AttributeStep, docs_paths: list, out_paths: list) -> dict:
     """Run `step` over the shards in order; returns the counts: documents, documents per
     attribute, and the step's own."""
-    counts: Counter = Counter()
+    counts: Counter = Counter(documents=0)  # an empty shard still reports its 0 documents
     for index, (docs_path, out_path) in enumerate(zip(docs_paths, out_paths, strict=True)):
         step.begin_shard(index, docs_path)
 
