@@ -10,8 +10,10 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 PEERS := .venv-peers
 DATATROVE := $(PEERS)/datatrove/.installed
 LM_EVAL := $(PEERS)/lm-eval/.installed
+DOLMA := $(PEERS)/dolma/.installed
 
-.PHONY: demo experiments test test-fast setup peers lint bench-curate bench-stats bench-train bench-eval gpu-wheels \
+.PHONY: demo experiments test test-fast setup peers lint bench-curate bench-stats bench-train bench-eval \
+	bench-scale gpu-wheels \
 	clean
 
 setup: $(STAMP)
@@ -34,6 +36,12 @@ $(DATATROVE): benchmarks/curate/requirements-datatrove.txt
 	$(PYTHON) -m venv $(PEERS)/datatrove
 	$(PEERS)/datatrove/bin/pip install -q -r benchmarks/curate/requirements-datatrove.txt
 	touch $(DATATROVE)
+
+# Only the scale benchmark needs dolma (its pins conflict with ours): not part of `peers`.
+$(DOLMA): benchmarks/scale/requirements-dolma.txt
+	$(PYTHON) -m venv $(PEERS)/dolma
+	$(PEERS)/dolma/bin/pip install -q -r benchmarks/scale/requirements-dolma.txt
+	touch $(DOLMA)
 
 # torch first, as in .venv: the CPU wheel, which the constraints file then keeps.
 $(LM_EVAL): benchmarks/evaluate/requirements-lm-eval.txt constraints.txt
@@ -76,6 +84,12 @@ bench-curate: $(STAMP) $(DATATROVE)
 
 bench-stats: $(STAMP) $(DATATROVE)
 	$(BIN)/python benchmarks/stats/bench.py
+
+# The data half's global steps at 25, 100 and 400 MB, beside datatrove's MinHash and dolma's
+# paragraph dedupe; the measurements go to results/bench-scale.json for `lmforge plan-data`.
+bench-scale: $(STAMP) $(DATATROVE) $(DOLMA)
+	mkdir -p results
+	$(BIN)/python benchmarks/scale/bench.py --json results/bench-scale.json
 
 bench-eval: $(STAMP) $(LM_EVAL)
 	$(BIN)/python benchmarks/evaluate/lm_eval_parity.py

@@ -90,10 +90,9 @@ def make_docs(texts: list[str], urls: list[str] | None = None, source: str = "te
 
 def generated_task_specs(tasks_dir: Path, config: dict) -> dict:
     """The specs decontamination uses for the workflow's generated tasks in `tasks_dir`."""
-    from lmforge.eval.specs import decontamination_specs, workflow_task_specs
+    from lmforge.eval.specs import decontamination_specs
 
-    matrix = workflow_task_specs(config["evaluate"], str(tasks_dir), "unused", "unused")
-    return decontamination_specs(config["evaluate"], matrix)
+    return decontamination_specs(config["evaluate"], str(tasks_dir))
 
 
 def tokenizer_corpus(folder: Path, texts: list[str], vocab_size: int = 600) -> Path:

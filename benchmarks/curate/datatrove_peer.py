@@ -7,6 +7,10 @@
         both tools do the same work), then MinHash near-dup detection with datatrove's
         signature, buckets and cluster stages (documents sharing a band are duplicates; all
         but one of each cluster is removed); prints one JSON line of timings and counts.
+    datatrove_peer.py minhash DOCS_DIR
+        MinHash alone, all four stages (signatures per shard, one task per band bucket,
+        clusters, then the filter that drops the duplicates and writes the kept documents),
+        one worker; prints one JSON line of timings and counts.
 """
 
 import gzip
@@ -49,15 +53,6 @@ def decisions(paths, out_path):
 
 
 def tag(docs_dir):
-    from datatrove.executor import LocalPipelineExecutor
-    from datatrove.pipeline.dedup.minhash import (
-        MinhashConfig,
-        MinhashDedupBuckets,
-        MinhashDedupCluster,
-        MinhashDedupSignature,
-    )
-    from datatrove.pipeline.readers import JsonlReader
-
     shards = sorted(Path(docs_dir).glob("*.jsonl.gz"))
     filters = {name: cls() for name, cls in FILTERS.items()}
     start = time.perf_counter()
@@ -67,28 +62,53 @@ def tag(docs_dir):
             docs += 1
             rejected += any(decide(filters, doc).values())
     filter_s = time.perf_counter() - start
+    dedup_s, removed = minhash(docs_dir, with_filter=False)
+    print(json.dumps({"documents": docs, "rejected": rejected, "filter_s": filter_s,
+                      "dedup_s": dedup_s, "near_duplicates": removed}))
+
+
+def minhash(docs_dir, with_filter: bool) -> tuple[float, int]:
+    """Seconds and documents removed by datatrove's MinHash stages over the shards."""
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+
+    shards = len(list(Path(docs_dir).glob("*.jsonl.gz")))
+
+    def reader():
+        return JsonlReader(str(docs_dir), glob_pattern="*.jsonl.gz", text_key="text",
+                           id_key="id")
+
     # lmforge's LSH shape (20 bands × 5 rows, 5-gram shingles; datatrove's default is 14 × 8);
     # the rest is datatrove's default: 64-bit xxhash, its text normalisation and spaCy words.
     config = MinhashConfig(num_buckets=20, hashes_per_bucket=5, n_grams=5)
     with tempfile.TemporaryDirectory() as work:
+        stages = [
+            ([reader(), MinhashDedupSignature(output_folder=f"{work}/sigs", config=config)],
+             shards),
+            ([MinhashDedupBuckets(input_folder=f"{work}/sigs", output_folder=f"{work}/buckets",
+                                  config=config)], config.num_buckets),
+            ([MinhashDedupCluster(input_folder=f"{work}/buckets", output_folder=f"{work}/ids",
+                                  config=config)], 1),
+        ]
+        if with_filter:
+            stages.append(([reader(), MinhashDedupFilter(input_folder=f"{work}/ids"),
+                            JsonlWriter(f"{work}/kept")], shards))
         start = time.perf_counter()
-        for stage in (
-            [JsonlReader(str(docs_dir), glob_pattern="*.jsonl.gz", text_key="text",
-                         id_key="id"),
-             MinhashDedupSignature(output_folder=f"{work}/sigs", config=config)],
-            [MinhashDedupBuckets(input_folder=f"{work}/sigs", output_folder=f"{work}/buckets",
-                                 config=config)],
-            [MinhashDedupCluster(input_folder=f"{work}/buckets", output_folder=f"{work}/ids",
-                                 config=config)],
-        ):
-            tasks = config.num_buckets if isinstance(stage[0], MinhashDedupBuckets) else 1
-            LocalPipelineExecutor(stage, tasks=tasks, workers=1,
+        for pipeline, tasks in stages:
+            LocalPipelineExecutor(pipeline, tasks=tasks, workers=1,
                                   logging_dir=f"{work}/logs/{time.monotonic_ns()}",
                                   skip_completed=False).run()
-        dedup_s = time.perf_counter() - start
+        seconds = time.perf_counter() - start
         removed = sum(path.stat().st_size // 4 for path in Path(f"{work}/ids").glob("*.remove"))
-    print(json.dumps({"documents": docs, "rejected": rejected, "filter_s": filter_s,
-                      "dedup_s": dedup_s, "near_duplicates": removed}))
+    return seconds, removed
 
 
 if __name__ == "__main__":  # datatrove's executor needs the guard (it forks workers)
@@ -96,5 +116,8 @@ if __name__ == "__main__":  # datatrove's executor needs the guard (it forks wor
         decisions(sys.argv[2:-1], sys.argv[-1])
     elif sys.argv[1] == "tag":
         tag(sys.argv[2])
+    elif sys.argv[1] == "minhash":
+        seconds, removed = minhash(sys.argv[2], with_filter=True)
+        print(json.dumps({"seconds": seconds, "near_duplicates": removed}))
     else:
         sys.exit(__doc__)

@@ -51,6 +51,7 @@ COMMANDS = {
     "midtrain-report": "lmforge.train.midtrain_report",
     "launch": "lmforge.train.launch",
     "plan": "lmforge.train.plan",
+    "plan-data": "lmforge.data.plan",
     "export-hf": "lmforge.model.hf",
     # post-training
     "sft-data": "lmforge.posttrain.sft",

@@ -201,7 +201,9 @@ def test_decontamination_covers_every_extra_task_format(shared_data, tmp_path, c
         "ref": {"kind": "perplexity", "format": "documents",
                 "path": str(tmp_path / "ref.jsonl.gz")},
     }
-    specs = decontamination_specs({"extra_tasks": extra}, {})
+    evaluate = {**config["evaluate"], "extra_tasks": extra}
+    specs = {name: spec for name, spec in decontamination_specs(evaluate, "tasks").items()
+             if name in extra}
     assert sorted(specs) == sorted(extra)
     texts = {name: next(item_texts(TaskSpec.from_config(name, spec)))[1]
              for name, spec in specs.items()}

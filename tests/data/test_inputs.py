@@ -170,3 +170,35 @@ def test_workflow_starts_from_a_released_corpus_over_http_and_on_disk(tmp_path):
                      str(tmp_path / "config.yaml"), check=False)
     assert proc.returncode != 0
     assert "no-such-dir/*.parquet' matches no file" in proc.stdout + proc.stderr
+
+
+def test_plan_data_scales_the_measured_costs(tmp_path, capsys):
+    """Per-shard memory grows with a shard's documents, a bucket job's is capped by DuckDB's
+    limit, CPU with the documents; wall time is whole waves of jobs."""
+    import json
+
+    from lmforge.cli import main as cli
+    from lmforge.data.plan import STEP_SCOPE, plan_data
+
+    def jobs(n, cpu, rss):
+        return [{"cpu": cpu, "rss_mb": rss, "wall": cpu, "out": {}} for _ in range(n)]
+
+    scope_jobs = {"shard": 4, "bucket": 4, "corpus": 1}
+    measured = {"100": {"corpus": {"documents": 40_000, "shards": 4},
+                        "jobs": {step: jobs(scope_jobs[scope], 10.0, 420.0)
+                                 for step, scope in STEP_SCOPE.items()}}}
+    rows = {r["step"]: r for r in plan_data(measured, documents=1_000_000, shards=100,
+                                            partitions=10, cores=50, memory_limit="1GB")}
+    # 10,000 documents per shard as in the bench: the same memory; CPU ×25 (40 s → 1000 s).
+    assert rows["dedup_keys"]["memory_mb"] == pytest.approx(420)
+    assert rows["dedup_keys"]["cpu_hours"] == pytest.approx(40 * 25 / 3600)
+    assert rows["dedup_keys"]["wall_hours"] == pytest.approx(2 * 1000 / 100 / 3600)
+    # A bucket of 100,000 documents: 10× the bench's, capped at 1 GB × 1.25 + 1 GB.
+    assert rows["dedup_bucket"]["memory_mb"] == 2250
+    assert rows["minhash_clusters"]["jobs"] == 1
+    (tmp_path / "scale.json").write_text(json.dumps(measured))
+    assert cli(["plan-data", "--measured", str(tmp_path / "scale.json"), "--warc-files", "90000",
+                "--cores", "512"]) == 0
+    out = capsys.readouterr().out
+    assert "2,970,000,000 documents in 90,000 shards" in out and "| dedup_bucket |" in out
+    assert cli(["plan-data", "--measured", str(tmp_path / "scale.json")]) == 2

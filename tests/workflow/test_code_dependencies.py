@@ -10,7 +10,8 @@ from lmforge.codegraph import CodeGraph
 from workflow_helpers import snakemake
 
 pytestmark = pytest.mark.workflow
-RULE = re.compile(r"^(?:local)?rule (\w+):", re.M)
+# Rules may sit in an `if` block (crawl.smk), indented.
+RULE = re.compile(r"^[ \t]*(?:local)?rule (\w+):", re.M)
 
 
 def rule_blocks(repo: Path) -> dict[str, str]:

@@ -31,7 +31,8 @@ def test_an_evaluation_score_leads_back_to_the_warc_files(finished):
     tree = json.loads(proc.stdout)
     assert tree["run"]["name"] == "evaluate/sft/heldout_ppl"
     names = {node["run"]["name"] for node in nodes(tree) if "run" in node}
-    for step in ("sft", "pretrain", "tokenize", "train_tokenizer", "dedup_minhash/shard-0000",
+    for step in ("sft", "pretrain", "tokenize/web", "tokenize/web/shard-0001", "train_tokenizer",
+                 "dedup_minhash/shard-0000",
                  "minhash/clusters", "minhash/bucket-0000", "minhash/shard-0001",
                  "dedup/shard-0000", "dedup/bucket-0000", "dedup/keys/shard-0001",
                  "decontam/shard-0000.jsonl.gz", "tag/quality/shard-0000.jsonl.gz",

@@ -22,12 +22,11 @@ from workflow_helpers import ROOT, snakemake
 CLUSTER = ROOT / "tests" / "slurm" / "localhost_cluster.sh"
 pytestmark = [pytest.mark.workflow, pytest.mark.slurm]
 
-# Per-shard jobs (extract of both shards, a tag of one) and the sharded dedup, its keys and
-# MinHash band digests in two buckets (the local run has one: the decisions must not change).
+# Per-shard jobs (extract of both shards, a tag of one) and the sharded dedup, its keys in two
+# buckets (the local run has one: the decisions must not change).
 DATA_TARGETS = ["results/attributes/lang/demo/shard-0000.jsonl.gz",
                 *(f"results/attributes/{method}/demo/shard-0000.jsonl.gz"
-                  for method in ("dedup_exact", "dedup_url", "dedup_para")),
-                "results/attributes/dedup_minhash/demo/shard-0001.jsonl.gz"]
+                  for method in ("dedup_exact", "dedup_url", "dedup_para"))]
 
 
 @pytest.fixture(scope="module")
@@ -107,9 +106,7 @@ def test_data_stages_through_slurm_equal_the_local_run(cluster, repo, finished, 
     assert jobs == sorted([
         "make_tasks", "crawl_demo", *(f"extract/shard-000{i}.jsonl.gz" for i in (0, 1)),
         "tag/lang/shard-0000.jsonl.gz", *(f"dedup/keys/shard-000{i}" for i in (0, 1)),
-        "dedup/bucket-0000", "dedup/bucket-0001", "dedup/shard-0000",
-        *(f"minhash/shard-000{i}" for i in (0, 1)), "minhash/bucket-0000",
-        "minhash/bucket-0001", "minhash/clusters", "dedup_minhash/shard-0001"]), jobs
+        "dedup/bucket-0000", "dedup/bucket-0001", "dedup/shard-0000"]), jobs
     assert all(parent == parents[0] for _, parent in children)
 
 

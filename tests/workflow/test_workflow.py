@@ -142,19 +142,28 @@ def _planned_jobs(plan: str) -> list[str]:
 
 
 def test_adding_a_task_plans_only_its_pairs_and_the_summary(repo, finished, tmp_path):
+    """A workflow task (the corpus is already cleaned against it) adds its (model, task)
+    pairs and the summary; a new benchmark also cleans the corpus against it, and so plans
+    decontamination and everything trained on the corpus again."""
     import collections
 
+    config = yaml.safe_load((repo / "fast.yaml").read_text())
+    config["evaluate"]["tasks"].append("arith_gen")
+    (tmp_path / "more.yaml").write_text(yaml.safe_dump(config))
+    plan = snakemake(repo, finished, "-n", "--configfile", str(tmp_path / "more.yaml")).stdout
+    assert collections.Counter(_planned_jobs(plan)) == {
+        "evaluate": len(config["evaluate"]["models"]), "eval_summary": 1, "all": 1}
+    assert "results/eval/sft/arith_gen.json" in plan
     (tmp_path / "piqa.jsonl").write_text("".join(
         json.dumps({"goal": f"goal {i}", "sol1": "yes", "sol2": "no", "label": i % 2}) + "\n"
         for i in range(4)))
-    config = yaml.safe_load((repo / "fast.yaml").read_text())
     config["evaluate"]["extra_tasks"] = {"piqa_toy": {"kind": "choice", "format": "piqa",
                                                       "path": str(tmp_path / "piqa.jsonl")}}
     config["evaluate"]["tasks"].append("piqa_toy")
     (tmp_path / "more.yaml").write_text(yaml.safe_dump(config))
     plan = snakemake(repo, finished, "-n", "--configfile", str(tmp_path / "more.yaml")).stdout
-    assert collections.Counter(_planned_jobs(plan)) == {
-        "evaluate": len(config["evaluate"]["models"]), "eval_summary": 1, "all": 1}
+    jobs = collections.Counter(_planned_jobs(plan))
+    assert jobs["decontam"] == 2 and jobs["pretrain"] == 1
     assert "results/eval/sft/piqa_toy.json" in plan
 
 
@@ -172,7 +181,8 @@ def test_one_artifact_rebuilds_alone_and_code_change_reruns_its_stage(repo, fini
     finally:
         stage.write_bytes(original)  # the other tests share this copy
     # the evaluation summary reads the mix's contamination table
-    assert set(_planned_jobs(plan)) == {"stats", "overlap", "eval_summary", "all"}
+    assert set(_planned_jobs(plan)) == {"stats_measure", "stats", "overlap", "eval_summary",
+                                        "all"}
 
 
 def _digests(work: Path) -> dict[str, str]:

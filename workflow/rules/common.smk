@@ -9,6 +9,7 @@ from lmforge.data.decontam import Contamination
 from lmforge.data.quality import QualityScores
 from lmforge.data.taggers import TAGGERS as TAGGER_REGISTRY
 from lmforge.io import tracking
+from lmforge.io.duck import job_memory_mb
 from lmforge.train.launch import job_resources
 from lmforge.train.stages import (
     baseline_train_config,
@@ -64,6 +65,9 @@ def crawl_shards():
 
 
 SHARDS = crawl_shards()
+# A dedup bucket job's memory: what the config lets DuckDB use, plus Python's share.
+DEDUP_MEM_MB = job_memory_mb(config["curate"]["dedup"]["duckdb"]["memory_limit"])
+STATS_MEM_MB = job_memory_mb(config["stats"]["duckdb"]["memory_limit"])
 # A shard's place in corpus order: dedup keeps the first occurrence in this order.
 SHARD_INDEX = {name: index for index, name in enumerate(SHARDS)}
 
@@ -147,7 +151,7 @@ TASK_SPECS = workflow_task_specs(
 
 
 # The tasks decontamination and the contamination analysis look for (lmforge.eval.specs).
-DECONTAM_SPECS = decontamination_specs(EVAL, TASK_SPECS)
+DECONTAM_SPECS = decontamination_specs(EVAL, f"{R}/tasks")
 
 
 def decontam_task_inputs(wildcards):

@@ -72,6 +72,8 @@ rule dedup_bucket:
     conda:
         "../../envs/data.yaml"
     threads: config["curate"]["dedup"]["duckdb"]["threads"]
+    resources:
+        mem_mb=DEDUP_MEM_MB,
     params:
         cfg=cfg_json("curate", "dedup"),
         bucket=lambda w: BUCKETS.index(w.bucket),
@@ -138,6 +140,8 @@ rule minhash_bucket:
     conda:
         "../../envs/data.yaml"
     threads: config["curate"]["dedup"]["duckdb"]["threads"]
+    resources:
+        mem_mb=DEDUP_MEM_MB,
     params:
         cfg=cfg_json("curate", "dedup"),
         bucket=lambda w: BUCKETS.index(w.bucket),
@@ -158,6 +162,8 @@ rule minhash_clusters:
     conda:
         "../../envs/data.yaml"
     threads: config["curate"]["dedup"]["duckdb"]["threads"]
+    resources:
+        mem_mb=DEDUP_MEM_MB,
     params:
         cfg=cfg_json("curate", "dedup"),
     shell:

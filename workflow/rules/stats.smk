@@ -58,6 +58,8 @@ rule stats:
     conda:
         "../../envs/data.yaml"
     threads: config["stats"]["duckdb"]["threads"]
+    resources:
+        mem_mb=STATS_MEM_MB,
     params:
         cfg=cfg_json("stats"),
         out_dir=lambda w, output: os.path.dirname(output.summary),

@@ -50,11 +50,10 @@ DEFAULT_PRIMARY = {"choice": "acc_per_char", "generate": "exact_match",
 KINDS = tuple(DEFAULT_PRIMARY)
 
 
-def workflow_task_specs(eval_cfg: dict, tasks_dir: str, tokens_dir: str, heldout_docs: str
-                        ) -> dict[str, dict]:
-    """The spec of every task in `evaluate.tasks`: the workflow's own (over its generated
-    files) or one of `evaluate.extra_tasks` (local files in a benchmark's format)."""
-    builtin = {
+def builtin_task_specs(eval_cfg: dict, tasks_dir: str, tokens_dir: str, heldout_docs: str
+                       ) -> dict[str, dict]:
+    """The workflow's own tasks, over its generated files."""
+    return {
         "heldout_ppl": {"kind": "token_perplexity", "format": "memmap", "path": tokens_dir,
                         "limit": eval_cfg["max_ppl_tokens"]},
         "heldout_domains": {"kind": "perplexity", "format": "documents", "path": heldout_docs,
@@ -67,6 +66,13 @@ def workflow_task_specs(eval_cfg: dict, tasks_dir: str, tokens_dir: str, heldout
                       "path": f"{tasks_dir}/arith_gen.jsonl.gz", "stop": ["\n"],
                       "max_new_tokens": eval_cfg["max_new_tokens"]},
     }
+
+
+def workflow_task_specs(eval_cfg: dict, tasks_dir: str, tokens_dir: str, heldout_docs: str
+                        ) -> dict[str, dict]:
+    """The spec of every task in `evaluate.tasks`: the workflow's own (over its generated
+    files) or one of `evaluate.extra_tasks` (local files in a benchmark's format)."""
+    builtin = builtin_task_specs(eval_cfg, tasks_dir, tokens_dir, heldout_docs)
     extra = eval_cfg.get("extra_tasks", {})
     clash = sorted(set(extra) & set(builtin))
     if clash:
@@ -86,11 +92,12 @@ def workflow_task_specs(eval_cfg: dict, tasks_dir: str, tokens_dir: str, heldout
 HELD_OUT_SPLITS = ("heldout_ppl", "heldout_domains")
 
 
-def decontamination_specs(eval_cfg: dict, matrix: dict[str, dict]) -> dict[str, dict]:
-    """The tasks the training data is cleaned against: every task of the evaluation matrix
-    and every task of `evaluate.extra_tasks`, but those measured on the corpus's own
-    held-out split."""
-    specs = {**matrix, **eval_cfg.get("extra_tasks", {})}
+def decontamination_specs(eval_cfg: dict, tasks_dir: str) -> dict[str, dict]:
+    """The tasks the training data is cleaned against: every task the workflow generates and
+    every task of `evaluate.extra_tasks`, evaluated now or not (asking for one later must not
+    find it trained on), but those measured on the corpus's own held-out split."""
+    builtin = builtin_task_specs(eval_cfg, tasks_dir, "unused", "unused")
+    specs = {**builtin, **eval_cfg.get("extra_tasks", {})}
     for name, spec in specs.items():
         TaskSpec.from_config(name, spec)
     return {name: spec for name, spec in sorted(specs.items())

@@ -3,6 +3,7 @@ query over more data than memory runs out of core (statistics, dedup buckets).""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,24 @@ class DuckDBConfig(Section):
     memory_limit: str  # DuckDB spills to temp_directory beyond it
     threads: int
     temp_directory: str
+
+
+_UNITS = {"KB": 1e-3, "MB": 1, "GB": 1e3, "TB": 1e6, "KIB": 1.024e-3, "MIB": 1.048576,
+          "GIB": 1073.741824, "TIB": 1099511.627776}
+
+
+def memory_mb(memory_limit: str) -> float:
+    """DuckDB's memory_limit setting (e.g. 2GB, 64GiB) in MB."""
+    found = re.fullmatch(r"([0-9.]+) ?([KMGT]i?B)", memory_limit.strip())
+    if not found:
+        raise ValueError(f"not a memory size: {memory_limit!r} (e.g. 2GB or 64GiB)")
+    return float(found[1]) * _UNITS[found[2].upper()]
+
+
+def job_memory_mb(memory_limit: str) -> int:
+    """A DuckDB job's memory request (SLURM `mem_mb`): its limit, a quarter more and 1 GB for
+    Python and buffers outside DuckDB's accounting."""
+    return int(memory_mb(memory_limit) * 1.25) + 1000
 
 
 def sql_string(value: str) -> str:
