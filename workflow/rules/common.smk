@@ -20,6 +20,8 @@ from lmforge.data.warc_inputs import is_remote, warc_inputs
 from lmforge.eval.specs import decontamination_specs, workflow_task_specs
 from lmforge.stats.analyses import ANALYSES as STATS_ANALYSES, PLOTS as STATS_PLOTS
 
+# Rules on the path to the models (the data half, tokens, training) have `priority: 1`: when
+# cores are short they run first, and side jobs (statistics, reports, evaluation) fill the gaps.
 R = config["results"]
 CODE_GRAPH = CodeGraph(Path(workflow.basedir) / "src" / "lmforge")
 SOURCE = config["crawl"]["name"]

@@ -7,6 +7,7 @@ rule make_tasks:
         reference=f"{R}/tasks/reference_docs.jsonl.gz",
     log:
         f"{R}/logs/make_tasks.log",
+    priority: 1
     conda:
         "../../envs/data.yaml"
     params:
@@ -28,6 +29,7 @@ rule crawl_demo:
         labels=f"{R}/crawl/demo/labels.jsonl.gz",
     log:
         f"{R}/logs/crawl_demo.log",
+    priority: 1
     conda:
         "../../envs/data.yaml"
     params:
@@ -54,6 +56,7 @@ if config["crawl"]["source"] == "documents":
             f"{R}/logs/import/{{source}}/{{shard}}.log",
         benchmark:
             f"{R}/benchmarks/import/{{source}}/{{shard}}.tsv"
+        priority: 1
         conda:
             "../../envs/data.yaml"
         params:
@@ -80,6 +83,7 @@ else:
             f"{R}/logs/extract/{{source}}/{{shard}}.log",
         benchmark:
             f"{R}/benchmarks/extract/{{source}}/{{shard}}.tsv"
+        priority: 1
         conda:
             "../../envs/data.yaml"
         shell:

@@ -25,6 +25,7 @@ rule tag:
         f"{R}/logs/tag/{{tagger}}/{{source}}/{{shard}}.log",
     benchmark:
         f"{R}/benchmarks/tag/{{tagger}}/{{source}}/{{shard}}.tsv"
+    priority: 1
     conda:
         "../../envs/data.yaml"
     params:
@@ -49,6 +50,7 @@ rule dedup_keys:
         f"{R}/logs/dedup/keys/{{source}}/{{shard}}.log",
     benchmark:
         f"{R}/benchmarks/dedup/keys/{{source}}/{{shard}}.tsv"
+    priority: 1
     conda:
         "../../envs/data.yaml"
     params:
@@ -69,6 +71,7 @@ rule dedup_bucket:
         f"{R}/logs/dedup/later/{{source}}/{{bucket}}.log",
     benchmark:
         f"{R}/benchmarks/dedup/later/{{source}}/{{bucket}}.tsv"
+    priority: 1
     conda:
         "../../envs/data.yaml"
     threads: config["curate"]["dedup"]["duckdb"]["threads"]
@@ -94,6 +97,7 @@ rule dedup:
         },
     log:
         f"{R}/logs/dedup/{{source}}/{{shard}}.log",
+    priority: 1
     conda:
         "../../envs/data.yaml"
     params:
@@ -117,6 +121,7 @@ rule minhash:
         f"{R}/logs/minhash/{{source}}/{{shard}}.log",
     benchmark:
         f"{R}/benchmarks/minhash/{{source}}/{{shard}}.tsv"
+    priority: 1
     conda:
         "../../envs/data.yaml"
     params:
@@ -137,6 +142,7 @@ rule minhash_bucket:
         f"{R}/logs/minhash/pairs/{{source}}/{{bucket}}.log",
     benchmark:
         f"{R}/benchmarks/minhash/pairs/{{source}}/{{bucket}}.tsv"
+    priority: 1
     conda:
         "../../envs/data.yaml"
     threads: config["curate"]["dedup"]["duckdb"]["threads"]
@@ -159,6 +165,7 @@ rule minhash_clusters:
         f"{R}/dedup/minhash_clusters/{{source}}.parquet",
     log:
         f"{R}/logs/minhash/clusters/{{source}}.log",
+    priority: 1
     conda:
         "../../envs/data.yaml"
     threads: config["curate"]["dedup"]["duckdb"]["threads"]
@@ -180,6 +187,7 @@ rule dedup_minhash:
         f"{R}/attributes/dedup_minhash/{{source}}/{{shard}}.jsonl.gz",
     log:
         f"{R}/logs/dedup/dedup_minhash/{{source}}/{{shard}}.log",
+    priority: 1
     conda:
         "../../envs/data.yaml"
     params:
@@ -199,6 +207,7 @@ rule decontam:
         f"{R}/attributes/decontam/{{source}}/{{shard}}.jsonl.gz",
     log:
         f"{R}/logs/decontam/{{source}}/{{shard}}.log",
+    priority: 1
     conda:
         "../../envs/data.yaml"
     params:
@@ -218,6 +227,7 @@ rule train_quality:
         metrics=f"{R}/quality/{{source}}/metrics.json",
     log:
         f"{R}/logs/train_quality/{{source}}.log",
+    priority: 1
     conda:
         "../../envs/data.yaml"
     params:
@@ -237,6 +247,7 @@ rule tag_quality:
         f"{R}/attributes/quality/{{source}}/{{shard}}.jsonl.gz",
     log:
         f"{R}/logs/tag/quality/{{source}}/{{shard}}.log",
+    priority: 1
     conda:
         "../../envs/data.yaml"
     shell:
@@ -283,6 +294,7 @@ rule mix:
         funnel=f"{R}/mixes/{{mix}}/{{shard}}.funnel.json",
     log:
         f"{R}/logs/mix/{{mix}}/{{shard}}.log",
+    priority: 1
     conda:
         "../../envs/data.yaml"
     params:

@@ -8,6 +8,7 @@ rule train_tokenizer:
         config=f"{R}/tokenizer/{{mix}}/tokenizer_config.json",
     log:
         f"{R}/logs/train_tokenizer/{{mix}}.log",
+    priority: 1
     conda:
         "../../envs/data.yaml"
     params:
@@ -39,6 +40,7 @@ rule tokenize:
         f"{R}/logs/tokenize/{{mix}}/{{shard}}.log",
     benchmark:
         f"{R}/benchmarks/tokenize/{{mix}}/{{shard}}.tsv"
+    priority: 1
     conda:
         "../../envs/data.yaml"
     params:
@@ -59,6 +61,7 @@ rule index_tokens:
         f"{R}/tokens/{{mix}}/meta.json",
     log:
         f"{R}/logs/tokenize/{{mix}}.log",
+    priority: 1
     conda:
         "../../envs/data.yaml"
     shell:

@@ -4,13 +4,14 @@ TOKENS = f"{R}/tokens/{MIX}"
 rule init_model:
     input:
         code("init-model"),
-        meta=f"{TOKENS}/meta.json",
+        tokenizer=f"{R}/tokenizer/{MIX}/tokenizer.json",
     output:
         directory(f"{R}/checkpoints/{{init}}"),
     log:
         f"{R}/logs/init_model/{{init}}.log",
     wildcard_constraints:
         init="init|init-grown",
+    priority: 1
     conda:
         "../../envs/train.yaml"
     params:
@@ -20,7 +21,7 @@ rule init_model:
         width=lambda w: grown_factor(w.init, "width"),
     shell:
         "lmforge init-model --cfg {params.cfg:q} --seed {params.seed} --out {output} "
-        "--tokens-meta {input.meta} --layers-factor {params.layers} "
+        "--tokenizer {input.tokenizer} --layers-factor {params.layers} "
         "--width-factor {params.width} > {log} 2>&1"
 
 
@@ -37,6 +38,7 @@ rule pretrain:
         f"{R}/logs/pretrain.log",
     benchmark:
         f"{R}/benchmarks/pretrain.tsv"
+    priority: 1
     conda:
         "../../envs/train.yaml"
     threads: 2
@@ -66,6 +68,7 @@ rule grow:
         f"{R}/logs/grow.log",
     benchmark:
         f"{R}/benchmarks/grow.tsv"
+    priority: 1
     conda:
         "../../envs/train.yaml"
     threads: 2
@@ -99,6 +102,7 @@ rule baseline:
         f"{R}/logs/baseline.log",
     benchmark:
         f"{R}/benchmarks/baseline.tsv"
+    priority: 1
     conda:
         "../../envs/train.yaml"
     threads: 2
@@ -154,6 +158,7 @@ rule anneal:
         f"{R}/logs/anneal/{{mix}}-s{{seed}}.log",
     wildcard_constraints:
         seed=r"\d+",
+    priority: 1
     conda:
         "../../envs/train.yaml"
     threads: 2
@@ -220,6 +225,7 @@ rule sft:
         f"{R}/logs/sft.log",
     benchmark:
         f"{R}/benchmarks/sft.tsv"
+    priority: 1
     conda:
         "../../envs/train.yaml"
     threads: 2
@@ -271,6 +277,7 @@ rule dpo:
         f"{R}/logs/dpo.log",
     benchmark:
         f"{R}/benchmarks/dpo.tsv"
+    priority: 1
     conda:
         "../../envs/train.yaml"
     threads: 2
@@ -301,6 +308,7 @@ rule rlvr:
         f"{R}/logs/rlvr.log",
     benchmark:
         f"{R}/benchmarks/rlvr.tsv"
+    priority: 1
     conda:
         "../../envs/train.yaml"
     threads: 2
@@ -352,6 +360,7 @@ rule promptable:
         f"{R}/logs/promptable.log",
     benchmark:
         f"{R}/benchmarks/promptable.tsv"
+    priority: 1
     conda:
         "../../envs/train.yaml"
     threads: 2

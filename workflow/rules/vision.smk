@@ -35,6 +35,7 @@ rule vlm:
         f"{R}/benchmarks/vlm-{{stage}}.tsv"
     wildcard_constraints:
         stage="caption|finetune|text_only",
+    priority: 1
     conda:
         "../../envs/train.yaml"
     threads: 2

@@ -202,6 +202,16 @@ class TokenStream:
         return np.concatenate(pieces) if pieces else np.zeros(0, self.dtype)
 
 
+def token_files(tokens_dir: str | Path) -> list[str]:
+    """`meta.json` and every token file it lists: what a reader of the mix's tokens reads (the
+    lineage follows them to the jobs that wrote each)."""
+    tokens_dir = Path(tokens_dir)
+    meta = read_json(tokens_dir / "meta.json")
+    return [str(tokens_dir / "meta.json")] + [str(tokens_dir / f["path"])
+                                              for split in meta["splits"].values()
+                                              for f in split["files"]]
+
+
 def open_tokens(tokens_dir: str | Path, split: str) -> TokenStream:
     """A mix's `train` or `valid` tokens, from its `meta.json`."""
     tokens_dir = Path(tokens_dir)

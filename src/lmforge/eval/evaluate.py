@@ -144,7 +144,12 @@ def evaluate_command(args, job) -> dict:
 
     torch.manual_seed(0)
     spec = TaskSpec.from_config(args.task, args.spec)
-    args.task_files = [p for p in (args.spec.get("path"), args.spec.get("shots_path")) if p]
+    if spec.kind == "token_perplexity":
+        from lmforge.data.tokenize import token_files
+
+        args.task_files = token_files(spec.path)
+    else:
+        args.task_files = [p for p in (spec.path, spec.shots_path) if p]
     model = load(args.model, args.tokenizer, args.model_name, args.batch_size)
     result = evaluate_pair(model, spec, args.out, progress=True)
     metrics = result["metrics"]

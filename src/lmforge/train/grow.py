@@ -47,6 +47,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lmforge.data.tokenize import token_files
 from lmforge.io.storage import InputError, read_json
 from lmforge.model.hf import build
 from lmforge.model.olmo2 import Olmo2, causal_lm_loss
@@ -288,7 +289,7 @@ def stage_schedule(n_params: list[float], batch_tokens: float, target_loss: floa
          arg("--width-noise", type=float),
          params=lambda args: {**args.cfg.to_dict(), "operator": args.operator,
                               "factor": args.factor, "from": args.checkpoint, "seed": args.seed},
-         inputs=("checkpoint", "tokens_dir"), outputs=("out", "metrics"))
+         inputs=("checkpoint", "token_files"), outputs=("out", "metrics"))
 def grow_command(args, job) -> dict:
     """Grow a trained model with its optimizer state (depth or width) and continue training
     on the data order where the small model stopped."""
@@ -304,6 +305,7 @@ def grow_command(args, job) -> dict:
         raise InputError(f"{args.checkpoint} does not record where its data order stopped; "
                          "train it again with this version of lmforge")
     first_instance = small_state["next_instance"]
+    args.token_files = token_files(args.tokens_dir)
     batches = token_batches(args.tokens_dir, grown, args.cfg, small_state["seed"],
                             first_instance)
     probe_inputs, probe_labels = batches(0, 0)

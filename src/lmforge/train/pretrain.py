@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from lmforge.io.storage import atomic_dir, read_json
+from lmforge.data.tokenize import token_files
+from lmforge.io.storage import atomic_dir
 from lmforge.model.checkpoint import init_model, load_model, save_model
 from lmforge.model.olmo2 import ModelConfig, Olmo2
 from lmforge.runner import CFG, METRICS, OUT, SEED, TOKENS_DIR, arg, command
@@ -32,15 +33,17 @@ def warmup_command(args, job) -> None:
     print("DeepSpeed CPU ops are built")
 
 
-@command("init-model", CFG, SEED, OUT, arg("--tokens-meta"),
+@command("init-model", CFG, SEED, OUT, arg("--tokenizer"),
          arg("--layers-factor", type=int, default=1), arg("--width-factor", type=int, default=1),
          job=lambda args: f"init/{Path(args.out).name}",
          params=lambda args: {**args.cfg, "n_layers": args.cfg["n_layers"] * args.layers_factor,
                               "width_factor": args.width_factor, "seed": args.seed},
-         inputs=("tokens_meta",), outputs=("out",))
+         inputs=("tokenizer",), outputs=("out",))
 def init_model_command(args, job) -> dict:
     """A randomly initialised model for the tokenizer's vocabulary."""
-    vocab = read_json(args.tokens_meta)["vocab_size"]
+    from lmforge.data.tokenize import load_tokenizer
+
+    vocab = load_tokenizer(args.tokenizer).get_vocab_size()
     layers = args.cfg["n_layers"] * args.layers_factor
     model = init_model(args.cfg, vocab, args.seed, n_layers=layers, width_factor=args.width_factor)
     with atomic_dir(args.out) as tmp:
@@ -52,10 +55,11 @@ def init_model_command(args, job) -> dict:
 @command("pretrain", arg("--init"), TOKENS_DIR, TRAIN_CFG, SEED, OUT, METRICS,
          arg("--job-name", default="pretrain"), job=lambda args: args.job_name,
          params=lambda args: {**args.cfg.to_dict(), "init": args.init, "seed": args.seed},
-         inputs=("init", "tokens_dir"), outputs=("out", "metrics"))
+         inputs=("init", "token_files"), outputs=("out", "metrics"))
 def pretrain_command(args, job) -> dict:
     """Train a model on the mix's tokens from its initial checkpoint."""
     model = load_model(args.init)
+    args.token_files = token_files(args.tokens_dir)
     batches = token_batches(args.tokens_dir, model, args.cfg, args.seed)
     return train_job(job, model, batches, args, {},
                      heldout=heldout(args.tokens_dir, model, args.cfg))
