@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from lmforge.data.attributes import AttributeStep, Spans, attribute_key, run_step
 from lmforge.data.text import paragraph_spans
-from lmforge.io.duck import DuckDBConfig, connect, sql_list
+from lmforge.io.duck import DuckDBConfig, connect, sql_list, sql_string
 from lmforge.io.storage import atomic_dir, read_jsonl
 from lmforge.runner import CFG, OUT_DIR, arg, command
 from lmforge.settings import Section
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 
 UNIT_BITS = 32  # units per shard < 2**32; a unit's shard is `unit >> UNIT_BITS`
 KEY_SCHEMA = pa.schema([("h1", pa.uint64()), ("h2", pa.uint64()), ("unit", pa.int64())])
-SEEN_SCHEMA = pa.schema([("unit", pa.int64()), ("seen", pa.int32())])
 
 
 @dataclass(frozen=True)
@@ -139,12 +138,22 @@ class KeyWriter:
     def write(self, out_dir: Path, name: str) -> int:
         pairs = np.frombuffer(bytes(self.digests), dtype="<u8").reshape(-1, 2)
         units = np.array(self.units, dtype=np.int64)
-        bucket_of = pairs[:, 0] % self.partitions if len(units) else units
-        for bucket in range(self.partitions):
-            rows = bucket_of == bucket
-            table = pa.table([pairs[rows, 0], pairs[rows, 1], units[rows]], schema=KEY_SCHEMA)
-            pq.write_table(table, out_dir / bucket_file(name, bucket))
+        write_buckets(out_dir, name, self.partitions, pairs[:, 0],
+                      [pairs[:, 0], pairs[:, 1], units], KEY_SCHEMA)
         return len(units)
+
+
+def write_buckets(out_dir: Path, name: str, partitions: int, digest: np.ndarray,
+                  columns: list[np.ndarray], schema: pa.Schema) -> None:
+    """Rows into `partitions` files by `digest % partitions`, each in the rows' order (one
+    stable sort, not one pass per bucket)."""
+    bucket_of = digest % partitions
+    order = np.argsort(bucket_of, kind="stable")
+    bounds = np.searchsorted(bucket_of[order], np.arange(partitions + 1))
+    for bucket in range(partitions):
+        rows = order[bounds[bucket]:bounds[bucket + 1]]
+        pq.write_table(pa.table([column[rows] for column in columns], schema=schema),
+                       out_dir / bucket_file(name, bucket))
 
 
 def bucket_file(name: str, bucket: int) -> str:
@@ -189,10 +198,10 @@ def find_later_copies(key_dirs: list, bucket: int, out_dir, cfg: DedupConfig | M
                      first AS (SELECT h1, h2, min(unit) AS first FROM keys GROUP BY h1, h2
                                HAVING count(*) > 1)
                 SELECT unit, count(*)::INTEGER AS seen
-                FROM keys JOIN first USING (h1, h2) WHERE unit > first
-                GROUP BY unit ORDER BY unit""")
-            pq.write_table(con.table("later").arrow().read_all().cast(SEEN_SCHEMA),
-                           tmp / f"{method}.parquet")
+                FROM keys JOIN first USING (h1, h2) WHERE unit > first GROUP BY unit""")
+            # Written by DuckDB (streamed, sorted by unit so a shard's rows are one range).
+            con.execute(f"COPY (SELECT * FROM later ORDER BY unit) TO "
+                        f"{sql_string(str(tmp / f'{method}.parquet'))} (FORMAT parquet)")
             counts[f"{method}_units"] = con.execute("SELECT count(*) FROM later").fetchone()[0]
     con.close()
     return counts

@@ -26,9 +26,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lmforge.data.attributes import AttributeStep, Spans, run_step
-from lmforge.data.dedup import UNIT_BITS, DedupConfig, bucket_file, check_fresh, units_of_shard
+from lmforge.data.dedup import (
+    UNIT_BITS,
+    DedupConfig,
+    bucket_file,
+    check_fresh,
+    units_of_shard,
+    write_buckets,
+)
 from lmforge.data.text import normalized_words
-from lmforge.io.duck import connect, sql_list
+from lmforge.io.duck import connect, sql_list, sql_string
 from lmforge.io.storage import atomic_dir, atomic_path, read_jsonl
 from lmforge.runner import CFG, OUT, OUT_DIR, arg, command
 
@@ -36,7 +43,6 @@ log = logging.getLogger(__name__)
 
 BAND_SCHEMA = pa.schema([("band", pa.int16()), ("h1", pa.uint64()), ("h2", pa.uint64()),
                          ("unit", pa.int64())])
-PAIR_SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.int64())])
 DUPLICATE_SCHEMA = pa.schema([("unit", pa.int64()), ("cluster", pa.int64()),
                               ("score", pa.float64())])
 BANDS, SIGNATURES = "bands", "signatures.parquet"
@@ -77,16 +83,12 @@ def write_signatures(docs_path, shard_index: int, out_dir, cfg: DedupConfig | Ma
         dtype="<u8").reshape(-1, 2)
     bands = np.tile(np.arange(cfg.minhash.bands, dtype=np.int16), len(matrix))
     band_units = np.repeat(units, cfg.minhash.bands)
-    bucket_of = digests[:, 0] % cfg.partitions if len(digests) else band_units
     with atomic_dir(out_dir) as tmp:
         signature = pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel(), pa.uint64()),
                                                       matrix.shape[1])
         pq.write_table(pa.table({"unit": units, "signature": signature}), tmp / SIGNATURES)
-        for bucket in range(cfg.partitions):
-            keep = bucket_of == bucket
-            pq.write_table(pa.table([bands[keep], digests[keep, 0], digests[keep, 1],
-                                     band_units[keep]], schema=BAND_SCHEMA),
-                           tmp / bucket_file(BANDS, bucket))
+        write_buckets(tmp, BANDS, cfg.partitions, digests[:, 0],
+                      [bands, digests[:, 0], digests[:, 1], band_units], BAND_SCHEMA)
     return {"documents": len(matrix), "num_perm": int(matrix.shape[1])}
 
 
@@ -103,9 +105,10 @@ def candidate_pairs(signature_dirs: list, bucket: int, out_path,
              first AS (SELECT band, h1, h2, min(unit) AS first FROM bands
                        GROUP BY band, h1, h2 HAVING count(*) > 1)
         SELECT DISTINCT first AS a, unit AS b FROM bands JOIN first USING (band, h1, h2)
-        WHERE unit > first ORDER BY a, b""")
-    with atomic_path(out_path) as tmp:
-        pq.write_table(con.table("pairs").arrow().read_all().cast(PAIR_SCHEMA), tmp)
+        WHERE unit > first""")
+    with atomic_path(out_path) as tmp:  # streamed by DuckDB
+        con.execute(f"COPY (SELECT * FROM pairs ORDER BY a, b) TO {sql_string(str(tmp))} "
+                    "(FORMAT parquet)")
     pairs = con.execute("SELECT count(*) FROM pairs").fetchone()[0]
     con.close()
     return {"candidate_pairs": pairs}
