@@ -99,8 +99,14 @@ def test_corpus_statistics_equal_the_injected_labels(finished):
     injected = {item for label in labels for item in label["task_items"]}
     contamination = pd.read_parquet(finished / "results/stats/documents-demo/contamination.parquet")
     assert contamination["contaminated_exact"].sum() == len(injected)
-    assert contamination["contaminated_documents"].sum() == sum(
+    by_task = contamination.set_index("task")
+    assert by_task.loc[["cloze_mc", "arith_gen"], "contaminated_documents"].sum() == sum(
         "contamination" in label["kinds"] for label in labels)
+    # The cloze sentences come from the reference's held-out topics: the pages holding cloze
+    # items share n-grams with reference documents (and hold none whole); no other page does.
+    assert by_task.loc["reference_bpb", "contaminated_exact"] == 0
+    assert 0 < by_task.loc["reference_bpb", "contaminated_documents"] <= \
+        by_task.loc["cloze_mc", "contaminated_documents"]
     # A cloze item can share a 13-gram with another, injected one: n-gram finds at least these.
     assert contamination["contaminated_ngram"].sum() >= len(injected)
     # Every injected abusive sentence is counted; the English-only model also flags a few
