@@ -62,8 +62,12 @@ def run(cmd: list[str], log: Path) -> dict:
     if os.waitstatus_to_exitcode(status):
         sys.exit(f"{' '.join(map(str, cmd[:4]))} failed:\n{log.read_text()[-3000:]}")
     lines = output.strip().splitlines()
+    try:
+        out = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):  # dolma prints a report, not JSON
+        out = {}
     return {"wall": time.perf_counter() - start, "cpu": usage.ru_utime + usage.ru_stime,
-            "rss_mb": usage.ru_maxrss / 1024, "out": json.loads(lines[-1]) if lines else {}}
+            "rss_mb": usage.ru_maxrss / 1024, "out": out}
 
 
 def lmforge_dedup(docs: list[Path], work: Path, cfg: dict, log: Path) -> dict:
