@@ -43,9 +43,6 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-sys.path.insert(0, str(HERE))
-from corpus import make_corpus  # noqa: E402
-
 DATATROVE = Path(os.environ.get("DATATROVE_PYTHON", ROOT / ".venv-peers/datatrove/bin/python"))
 DOLMA = Path(os.environ.get("DOLMA_BIN", ROOT / ".venv-peers/dolma/bin/dolma"))
 DEDUP_STEPS = ("dedup_keys", "dedup_bucket", "dedup")
@@ -140,7 +137,10 @@ def dolma_paragraphs(docs_dir: Path, paragraphs: int, work: Path, log: Path) -> 
 def one_size(megabytes: float, shard_mb: float, work: Path, config: dict, log: Path) -> dict:
     shards = max(1, round(megabytes / shard_mb))
     docs_dir = work / "documents"
-    corpus = make_corpus(docs_dir, megabytes, shards)
+    # In its own process: a child's peak RSS on Linux counts the image it was forked from,
+    # so the bench process must stay small.
+    corpus = run([sys.executable, str(HERE / "corpus.py"), str(docs_dir), str(megabytes),
+                  str(shards)], log)["out"]
     docs = sorted(docs_dir.glob("shard-*.jsonl.gz"))
     cfg = {**config["curate"]["dedup"], "partitions": shards,
            "duckdb": {**config["curate"]["dedup"]["duckdb"], "threads": 1,

@@ -86,3 +86,9 @@ def make_corpus(out_dir: Path, megabytes: float, shards: int, seed: int = 0) -> 
             "paragraphs": counts["paragraph_occurrences"],
             "paragraph_duplicates": counts["paragraph_occurrences"] - len(paragraphs),
             "near_duplicates": counts["copies"]}
+
+
+if __name__ == "__main__":  # corpus.py OUT_DIR MEGABYTES SHARDS: the counts as JSON
+    import sys
+
+    print(json.dumps(make_corpus(Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]))))

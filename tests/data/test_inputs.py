@@ -184,7 +184,7 @@ def test_plan_data_scales_the_measured_costs(tmp_path, capsys):
         return [{"cpu": cpu, "rss_mb": rss, "wall": cpu, "out": {}} for _ in range(n)]
 
     scope_jobs = {"shard": 4, "bucket": 4, "corpus": 1}
-    measured = {"100": {"corpus": {"documents": 40_000, "shards": 4},
+    measured = {"100": {"corpus": {"documents": 40_000, "shards": 4, "near_duplicates": 400},
                         "jobs": {step: jobs(scope_jobs[scope], 10.0, 420.0)
                                  for step, scope in STEP_SCOPE.items()}}}
     rows = {r["step"]: r for r in plan_data(measured, documents=1_000_000, shards=100,
@@ -196,6 +196,8 @@ def test_plan_data_scales_the_measured_costs(tmp_path, capsys):
     # A bucket of 100,000 documents: 10× the bench's, capped at 1 GB × 1.25 + 1 GB.
     assert rows["dedup_bucket"]["memory_mb"] == 2250
     assert rows["minhash_clusters"]["jobs"] == 1
+    # 10,000 near duplicates (1%), each a pair, two 100-value signatures, union-find arrays.
+    assert rows["minhash_clusters"]["memory_mb"] == pytest.approx(120 + 10_000 * 1640 / 1e6)
     (tmp_path / "scale.json").write_text(json.dumps(measured))
     assert cli(["plan-data", "--measured", str(tmp_path / "scale.json"), "--warc-files", "90000",
                 "--cores", "512"]) == 0

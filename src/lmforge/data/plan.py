@@ -5,8 +5,10 @@ The per-step costs come from `make bench-scale` (its `--json` file): CPU-seconds
 and the peak RSS of one job at the bench's largest size. Per-shard jobs (keys, signatures,
 attributes) hold one shard, so their memory above an idle interpreter grows with the documents
 of a shard (a WARC file's, `--docs-per-warc`); a bucket job holds its share of the keys, which
-DuckDB caps at the config's `memory_limit` (it spills past it); the cluster job holds the
-candidate pairs, which grow with the duplicates. CPU grows with the documents. Wall time on
+DuckDB caps at the config's `memory_limit` (it spills past it); the one cluster job holds the
+candidate pairs and both ends' signatures, which grow with the near duplicates (counted from
+their bytes: the bench's own cluster job is mostly its interpreter). CPU grows with the
+documents. Wall time on
 `--cores` is whole waves of equal jobs, each job's share of the CPU one after another.
 """
 
@@ -25,14 +27,18 @@ STEP_SCOPE = {"dedup_keys": "shard", "dedup_bucket": "bucket", "dedup": "shard",
               "minhash": "shard", "minhash_bucket": "bucket", "minhash_clusters": "corpus",
               "dedup_minhash": "shard"}
 IDLE_MB = 120  # an lmforge job's interpreter with its imports, before it reads anything
+# What the cluster job holds per near duplicate: its pair (two int64), both ends' signatures
+# (uint64 × bands × rows each) and the union-find arrays (node, label, score: 24 bytes).
+PAIR_BYTES, UNION_FIND_BYTES = 16, 24
 
 
 def plan_data(measured: dict, documents: int, shards: int, partitions: int, cores: int,
-              memory_limit: str) -> list[dict]:
+              memory_limit: str, num_perm: int = 100) -> list[dict]:
     """Per step: jobs, memory per job (MB), CPU-hours and wall hours on `cores`."""
     size = max(measured, key=float)
     bench = measured[size]
     bench_docs = bench["corpus"]["documents"]
+    near_duplicates = documents * bench["corpus"]["near_duplicates"] / bench_docs
     bench_jobs = {"shard": bench["corpus"]["shards"], "bucket": bench["corpus"]["shards"],
                   "corpus": 1}
     target_jobs = {"shard": shards, "bucket": partitions, "corpus": 1}
@@ -44,6 +50,9 @@ def plan_data(measured: dict, documents: int, shards: int, partitions: int, core
         memory = IDLE_MB + max(max(j["rss_mb"] for j in jobs) - IDLE_MB, 0) * growth
         if scope == "bucket":
             memory = min(memory, job_memory_mb(memory_limit))
+        if scope == "corpus":
+            per_duplicate = PAIR_BYTES + 2 * 8 * num_perm + UNION_FIND_BYTES
+            memory = IDLE_MB + near_duplicates * per_duplicate / 1e6
         cpu_hours = cpu_per_doc * documents / 3600
         n = target_jobs[scope]
         wall = math.ceil(n / cores) * cpu_hours / n
@@ -86,8 +95,10 @@ def plan_data_command(args, job) -> None:
     partitions = args.partitions or recommended_partitions(measured, documents,
                                                            args.memory_limit)
     rows = plan_data(measured, documents, shards, partitions, args.cores, args.memory_limit)
+    bench = measured[max(measured, key=float)]["corpus"]
     print(f"{documents:,} documents in {shards:,} shards, {partitions:,} dedup buckets "
-          f"(DuckDB memory_limit {args.memory_limit})")
+          f"(DuckDB memory_limit {args.memory_limit}); near duplicates at the bench's rate, "
+          f"{bench['near_duplicates'] / bench['documents']:.1%}")
     print(markdown(rows, args.cores))
 
 
