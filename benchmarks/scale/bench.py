@@ -33,45 +33,28 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE.parent))
+from harness import run  # noqa: E402
+
 DATATROVE = Path(os.environ.get("DATATROVE_PYTHON", ROOT / ".venv-peers/datatrove/bin/python"))
 DOLMA = Path(os.environ.get("DOLMA_BIN", ROOT / ".venv-peers/dolma/bin/dolma"))
 DEDUP_STEPS = ("dedup_keys", "dedup_bucket", "dedup")
 MINHASH_STEPS = ("minhash", "minhash_bucket", "minhash_clusters", "dedup_minhash")
 
 
-def run(cmd: list[str], log: Path) -> dict:
-    """Run a process to the end: wall and CPU seconds, peak RSS (MB), its last JSON line."""
-    start = time.perf_counter()
-    with open(log, "a") as stderr:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True)
-        output = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status):
-        sys.exit(f"{' '.join(map(str, cmd[:4]))} failed:\n{log.read_text()[-3000:]}")
-    lines = output.strip().splitlines()
-    try:
-        out = json.loads(lines[-1])
-    except (IndexError, json.JSONDecodeError):  # dolma prints a report, not JSON
-        out = {}
-    return {"wall": time.perf_counter() - start, "cpu": usage.ru_utime + usage.ru_stime,
-            "rss_mb": usage.ru_maxrss / 1024, "out": out}
-
-
 def lmforge_dedup(docs: list[Path], work: Path, cfg: dict, log: Path) -> dict:
     """Every job of the sharded dedup in the workflow's order: {step: [job results]}."""
     def job(step: str, **kwargs) -> dict:
         return run([sys.executable, str(HERE / "job.py"), step,
-                    json.dumps({**kwargs, "cfg": cfg}, default=str)], log)
+                    json.dumps({**kwargs, "cfg": cfg}, default=str)], log, "a")
 
     shards = range(len(docs))
     keys = [work / "keys" / f"{i:05d}" for i in shards]
@@ -121,7 +104,7 @@ def dolma_paragraphs(docs_dir: Path, paragraphs: int, work: Path, log: Path) -> 
         "work_dir": {"input": str(work / "dolma-in"), "output": str(work / "dolma-out")},
     }
     (work / "dolma.yaml").write_text(yaml.safe_dump(config))
-    result = run([str(DOLMA), "-c", str(work / "dolma.yaml"), "dedupe"], log)
+    result = run([str(DOLMA), "-c", str(work / "dolma.yaml"), "dedupe"], log, "a")
     import gzip
 
     spans = 0
@@ -140,7 +123,7 @@ def one_size(megabytes: float, shard_mb: float, work: Path, config: dict, log: P
     # In its own process: a child's peak RSS on Linux counts the image it was forked from,
     # so the bench process must stay small.
     corpus = run([sys.executable, str(HERE / "corpus.py"), str(docs_dir), str(megabytes),
-                  str(shards)], log)["out"]
+                  str(shards)], log, "a")["out"]
     docs = sorted(docs_dir.glob("shard-*.jsonl.gz"))
     cfg = {**config["curate"]["dedup"], "partitions": shards,
            "duckdb": {**config["curate"]["dedup"]["duckdb"], "threads": 1,
@@ -148,7 +131,7 @@ def one_size(megabytes: float, shard_mb: float, work: Path, config: dict, log: P
            "minhash": {**config["curate"]["dedup"]["minhash"], "min_jaccard": 0.0}}
     jobs = lmforge_dedup(docs, work / "lmforge", cfg, log)
     datatrove = run([str(DATATROVE), str(ROOT / "benchmarks/curate/datatrove_peer.py"),
-                     "minhash", str(docs_dir)], log)
+                     "minhash", str(docs_dir)], log, "a")
     dolma = dolma_paragraphs(docs_dir, corpus["paragraphs"], work, log)
     shutil.rmtree(work / "lmforge")
     return {"corpus": corpus, "jobs": jobs, "found": found(jobs), "datatrove": datatrove,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lmforge.data.attributes import AttributeStep, Spans, attribute_key, run_step
 from lmforge.data.text import normalized_words, paragraph_spans
-from lmforge.eval.items import all_item_texts
+from lmforge.eval.items import all_item_texts, task_files
 from lmforge.runner import CFG, OUT, arg, command, json_object
 from lmforge.settings import Section
 
@@ -84,11 +84,6 @@ def decontaminate(docs_path, specs: Mapping[str, Mapping], out_path,
     return {"documents": counts["documents"],
             "contaminated_documents": counts.get(attribute_key("decontam", "overlap"), 0),
             "contaminated_paragraphs": counts.get("contaminated_paragraphs", 0)}
-
-
-def task_files(specs: Mapping[str, Mapping]) -> list[str]:
-    """The files the tasks' items are read from (for the lineage record)."""
-    return sorted({spec["path"] for spec in specs.values()})
 
 
 TASKS = arg("--tasks", type=json_object,

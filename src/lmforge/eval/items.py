@@ -48,3 +48,8 @@ def all_item_texts(specs: Mapping[str, Mapping]) -> Iterator[tuple[str, str, str
     for name, values in specs.items():
         for item, text in item_texts(TaskSpec.from_config(name, dict(values))):
             yield name, item, text
+
+
+def task_files(specs: Mapping[str, Mapping] | None) -> list[str]:
+    """The files the tasks' items are read from (for a job's lineage record)."""
+    return sorted({spec["path"] for spec in (specs or {}).values()})

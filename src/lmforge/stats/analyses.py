@@ -17,6 +17,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from lmforge.eval.items import task_files
 from lmforge.io.duck import connect, sql_list, sql_string
 from lmforge.io.storage import (
     atomic_path,
@@ -245,7 +246,7 @@ TASKS = arg("--tasks", type=json_object, default=None,
          inputs=("docs", "tokenizer", "task_files"), outputs=("out",))
 def stats_measure_command(args, job) -> dict:
     """The per-document pass of one shard: tokens, PII, toxic sentences, evaluation items."""
-    args.task_files = sorted({spec["path"] for spec in (args.tasks or {}).values()})
+    args.task_files = task_files(args.tasks)
     return {"documents": measure_shard(args.docs, args.out, args.tokenizer, args.tasks,
                                        StatsConfig.of(args.cfg))}
 
@@ -259,7 +260,7 @@ def stats_measure_command(args, job) -> dict:
          outputs=("out_dir",))
 def stats_command(args, job) -> dict:
     """WIMBD analyses of one corpus (DuckDB), with plots and a summary."""
-    args.task_files = sorted({spec["path"] for spec in (args.tasks or {}).values()})
+    args.task_files = task_files(args.tasks)
     summary = corpus_stats(args.docs, args.out_dir, args.cfg, tokenizer=args.tokenizer,
                            tasks=args.tasks, lang_paths=args.lang_attributes,
                            measured=args.measured)
