@@ -157,6 +157,46 @@ def test_minhash_joins_a_chain_of_near_duplicates_into_one_cluster(tmp_path):
     assert flags == [False, True, True, True] and found["clusters"] == 1
 
 
+def test_minhash_union_find_finds_every_component_and_its_smallest_unit(tmp_path):
+    """The out-of-core union-find against scipy's connected components on a random graph
+    with long chains (many rounds of label spreading) and stars, over two shards."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from lmforge.data.dedup import UNIT_BITS
+    from lmforge.data.minhash import SIGNATURES, clusters
+
+    rng = np.random.default_rng(3)
+    nodes = np.concatenate([np.arange(300), (1 << UNIT_BITS) + np.arange(300)])
+    chain = rng.permutation(nodes)[:120]  # one path through 120 nodes in random order
+    edges = [*zip(chain[:-1], chain[1:], strict=True),
+             *(tuple(rng.choice(nodes, 2, replace=False)) for _ in range(150))]
+    a, b = np.array([min(e) for e in edges]), np.array([max(e) for e in edges])
+    for shard, units in enumerate((nodes[:300], nodes[300:])):
+        (tmp_path / f"s{shard}").mkdir()
+        width = MINHASH["bands"] * MINHASH["rows"]  # equal signatures: every pair is similar
+        signature = pa.FixedSizeListArray.from_arrays(
+            pa.array(np.zeros(len(units) * width, dtype=np.uint64)), width)
+        pq.write_table(pa.table({"unit": units, "signature": signature}),
+                       tmp_path / f"s{shard}" / SIGNATURES)
+    pq.write_table(pa.table({"a": a, "b": b}), tmp_path / "pairs.parquet")
+    found = clusters([tmp_path / "pairs.parquet"], [tmp_path / "s0", tmp_path / "s1"],
+                     tmp_path / "clusters.parquet", dedup_cfg(tmp_path))
+    index = {unit: i for i, unit in enumerate(nodes)}
+    graph = coo_matrix((np.ones(len(a)), ([index[u] for u in a], [index[u] for u in b])),
+                       shape=(len(nodes), len(nodes)))
+    _, component = connected_components(graph, directed=False)
+    first = {c: nodes[component == c].min() for c in np.unique(component)}
+    expected = {int(u): int(first[c]) for u, c in zip(nodes, component, strict=True)
+                if first[c] != u}
+    table = pq.read_table(tmp_path / "clusters.parquet").to_pydict()
+    assert dict(zip(table["unit"], table["cluster"], strict=True)) == expected
+    assert table["unit"] == sorted(expected) and set(table["score"]) == {1.0}
+    assert found["duplicates"] == len(expected) and found["union_find_rounds"] > 2
+
+
 def test_decontamination_flags_task_items_only(tmp_path, config):
     make_tasks(tmp_path / "tasks", config["tasks"])
     cloze = next(read_jsonl(tmp_path / "tasks" / "cloze_mc.jsonl.gz"))

@@ -198,6 +198,10 @@ def test_plan_data_scales_the_measured_costs(tmp_path, capsys):
     assert rows["minhash_clusters"]["jobs"] == 1
     # 10,000 near duplicates (1%), each a pair, two 100-value signatures, union-find arrays.
     assert rows["minhash_clusters"]["memory_mb"] == pytest.approx(120 + 10_000 * 1640 / 1e6)
+    # 1e9 of them: DuckDB's cap, as the bucket jobs.
+    many = plan_data(measured, documents=100_000_000_000, shards=100, partitions=10, cores=50,
+                     memory_limit="1GB")
+    assert {r["step"]: r for r in many}["minhash_clusters"]["memory_mb"] == 2250
     (tmp_path / "scale.json").write_text(json.dumps(measured))
     assert cli(["plan-data", "--measured", str(tmp_path / "scale.json"), "--warc-files", "90000",
                 "--cores", "512"]) == 0

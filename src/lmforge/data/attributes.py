@@ -11,12 +11,13 @@ Global steps (dedup) keep their state across shards: the shards are run in order
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from lmforge.io.storage import read_jsonl, write_jsonl_gz
+from lmforge.io.storage import jsonl_gz_writer, read_jsonl
 from lmforge.settings import Section
 
 log = logging.getLogger(__name__)
@@ -92,19 +93,30 @@ def _batches(docs_path, size: int):
 def run_step(step: AttributeStep, docs_paths: list, out_paths: list) -> dict:
     """Run `step` over the shards in order; returns the counts: documents, documents per
     attribute, and the step's own."""
-    counts: Counter = Counter(documents=0)  # an empty shard still reports its 0 documents
-    for index, (docs_path, out_path) in enumerate(zip(docs_paths, out_paths, strict=True)):
-        step.begin_shard(index, docs_path)
+    return run_steps([step], docs_paths, [out_paths])[0]
 
-        def rows(docs_path=docs_path):
-            for batch in _batches(docs_path, step.batch_size):
-                for doc, spans in zip(batch, step.tag_batch(batch), strict=True):
-                    attributes = step.attributes(spans)
-                    counts["documents"] += 1
-                    counts.update(attributes.keys())
-                    yield {"id": doc["id"], "source": doc.get("source"), "attributes": attributes}
 
-        write_jsonl_gz(out_path, rows())
-        log.info("%s: %s done (%d documents so far)", step.name, Path(str(docs_path)).name,
-                 counts["documents"])
-    return {**dict(sorted(counts.items())), **step.counts}
+def run_steps(steps: list[AttributeStep], docs_paths: list, out_paths: list[list]) -> list[dict]:
+    """Several steps over the same shards, each document read once (`out_paths[i]`: step i's
+    files); each step's counts as `run_step` returns them."""
+    if any(len(outs) != len(docs_paths) for outs in out_paths):
+        raise ValueError(f"{len(docs_paths)} shards need as many attribute files per step")
+    counts = [Counter(documents=0) for _ in steps]  # an empty shard still reports 0 documents
+    batch_size = min(step.batch_size for step in steps)
+    for index, docs_path in enumerate(docs_paths):
+        for step in steps:
+            step.begin_shard(index, docs_path)
+        with contextlib.ExitStack() as files:
+            writers = [files.enter_context(jsonl_gz_writer(outs[index])) for outs in out_paths]
+            for batch in _batches(docs_path, batch_size):
+                for step, step_counts, write in zip(steps, counts, writers, strict=True):
+                    for doc, spans in zip(batch, step.tag_batch(batch), strict=True):
+                        attributes = step.attributes(spans)
+                        step_counts["documents"] += 1
+                        step_counts.update(attributes.keys())
+                        write({"id": doc["id"], "source": doc.get("source"),
+                               "attributes": attributes})
+        log.info("%s: %s done (%d documents so far)", ", ".join(step.name for step in steps),
+                 Path(str(docs_path)).name, counts[0]["documents"])
+    return [{**dict(sorted(step_counts.items())), **step.counts}
+            for step, step_counts in zip(steps, counts, strict=True)]

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lmforge.data.attributes import AttributeStep, Spans, attribute_key, run_step
+from lmforge.data.attributes import AttributeStep, Spans, attribute_key, run_steps
 from lmforge.data.text import paragraph_spans
 from lmforge.io.duck import DuckDBConfig, connect, sql_list, sql_string
 from lmforge.io.storage import atomic_dir, read_jsonl
@@ -272,14 +272,14 @@ def write_attributes(docs_path, shard_index: int, later_dirs: list, outs: Mappin
                      cfg: DedupConfig | Mapping) -> dict:
     """One shard's attribute file per method, from every bucket's later copies."""
     cfg = DedupConfig.of(cfg)
+    later = {method: units_of_shard([Path(d) / f"{method}.parquet" for d in later_dirs],
+                                    shard_index, "seen", cfg.duckdb) for method in METHODS}
+    steps = [ParagraphCopies(later[method], cfg.paragraphs) if method == PARAGRAPHS
+             else LaterCopies(method, later[method]) for method in METHODS]
+    results = run_steps(steps, [docs_path], [[outs[method]] for method in METHODS])
     metrics = {}
-    for method in METHODS:
-        later = units_of_shard([Path(d) / f"{method}.parquet" for d in later_dirs], shard_index,
-                               "seen", cfg.duckdb)
-        step = (ParagraphCopies(later, cfg.paragraphs) if method == PARAGRAPHS
-                else LaterCopies(method, later))
-        counts = run_step(step, [docs_path], [outs[method]])
-        check_fresh(later, counts.get("paragraphs", 0) if method == PARAGRAPHS
+    for method, step, counts in zip(METHODS, steps, results, strict=True):
+        check_fresh(later[method], counts.get("paragraphs", 0) if method == PARAGRAPHS
                     else counts["documents"], docs_path)
         metrics["documents"] = counts["documents"]
         metrics[f"{method}.duplicates"] = counts.get(attribute_key(step.name, "duplicate"),

@@ -9,8 +9,8 @@ Curator's plan), each job's memory bounded by its shard, its bucket or the dupli
 3. `clusters`, one job: the candidate pairs whose estimated Jaccard similarity reaches
    `min_jaccard` (0: the shared band alone decides, datatrove's rule) are joined by union-find
    (connected components); the first document of each cluster is kept and the others are
-   duplicates, scored by their highest similarity to a member. Its memory grows with the
-   candidate pairs and their signatures, not with the corpus.
+   duplicates, scored by their highest similarity to a member. It runs in DuckDB out of core,
+   so its memory is DuckDB's limit whatever the number of pairs.
 4. `write_near_duplicates`, one job per shard: the `dedup_minhash__duplicate` attributes.
 """
 
@@ -43,8 +43,6 @@ log = logging.getLogger(__name__)
 
 BAND_SCHEMA = pa.schema([("band", pa.int16()), ("h1", pa.uint64()), ("h2", pa.uint64()),
                          ("unit", pa.int64())])
-DUPLICATE_SCHEMA = pa.schema([("unit", pa.int64()), ("cluster", pa.int64()),
-                              ("score", pa.float64())])
 BANDS, SIGNATURES = "bands", "signatures.parquet"
 
 def shingles(text: str, n: int) -> list[bytes]:
@@ -114,52 +112,66 @@ def candidate_pairs(signature_dirs: list, bucket: int, out_path,
     return {"candidate_pairs": pairs}
 
 
-def _components(a: np.ndarray, b: np.ndarray, nodes: np.ndarray) -> np.ndarray:
-    """Union-find over the edges: each node's component as its smallest member."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    ia, ib = np.searchsorted(nodes, a), np.searchsorted(nodes, b)
-    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (ia, ib)), shape=(len(nodes),) * 2)
-    _, labels = connected_components(graph, directed=False)
-    smallest = np.full(labels.max() + 1 if len(labels) else 0, np.iinfo(np.int64).max)
-    np.minimum.at(smallest, labels, nodes)
-    return smallest[labels]
-
-
 def clusters(pair_paths: list, signature_dirs: list, out_path, cfg: DedupConfig | Mapping) -> dict:
-    """The duplicates of every cluster but its first document: (unit, cluster, score)."""
+    """The duplicates of every cluster but its first document: (unit, cluster, score), sorted
+    by unit. All in DuckDB, out of core under its memory limit: no table of the job grows in
+    Python's memory with the corpus or with the duplicates."""
     cfg = DedupConfig.of(cfg)
+    width = cfg.minhash.bands * cfg.minhash.rows
+    signatures = sql_list(Path(d) / SIGNATURES for d in signature_dirs)
     con = connect(cfg.duckdb)
     con.execute(f"CREATE TEMP TABLE pairs AS SELECT DISTINCT a, b "
-                f"FROM read_parquet({sql_list(pair_paths)}) ORDER BY a, b")
-    pairs = con.table("pairs").fetchnumpy()
-    a, b = pairs["a"].astype(np.int64), pairs["b"].astype(np.int64)
-    # Only the signatures of documents in a candidate pair are read into memory.
-    needed = con.sql(f"""
-        SELECT unit, signature FROM read_parquet({sql_list(Path(d) / SIGNATURES
-                                                          for d in signature_dirs)})
-        WHERE unit IN (SELECT a FROM pairs UNION SELECT b FROM pairs) ORDER BY unit
-        """).arrow().read_all()
+                f"FROM read_parquet({sql_list(pair_paths)})")
+    # The estimated Jaccard similarity of each pair: the share of equal signature entries.
+    # Only the signatures of documents in a pair are joined.
+    con.execute(f"""
+        CREATE TEMP TABLE kept AS
+        WITH needed AS (SELECT unit, signature FROM read_parquet({signatures})
+                        WHERE unit IN (SELECT a FROM pairs UNION SELECT b FROM pairs)),
+             scored AS (
+                SELECT a, b, list_sum(list_transform(
+                    range(1, {width + 1}), lambda i: (x.signature[i] = y.signature[i])::INTEGER
+                )) / {width} AS similarity
+                FROM pairs JOIN needed x ON x.unit = a JOIN needed y ON y.unit = b)
+        SELECT * FROM scored WHERE similarity >= {cfg.minhash.min_jaccard}""")
+    con.execute("""
+        CREATE TEMP TABLE edges AS
+        SELECT a AS node, b AS other, similarity FROM kept
+        UNION ALL SELECT b, a, similarity FROM kept""")
+    # Union-find out of core: each node takes the smallest label among itself and its
+    # neighbours, then its label's label (pointer jumping), until nothing changes; each node
+    # ends labelled with the smallest unit of its connected component (its first document).
+    con.execute("CREATE TEMP TABLE label AS SELECT node, least(node, min(other)) AS label "
+                "FROM edges GROUP BY node")
+    rounds = 0
+    while True:
+        rounds += 1
+        con.execute("""
+            CREATE OR REPLACE TEMP TABLE next AS
+            WITH spread AS (SELECT e.node, min(l.label) AS label
+                            FROM edges e JOIN label l ON l.node = e.other GROUP BY e.node)
+            SELECT own.node, least(own.label, spread.label, jump.label) AS label
+            FROM label own JOIN spread USING (node) JOIN label jump ON jump.node = own.label""")
+        changed = con.execute("SELECT count(*) FROM next JOIN label USING (node) "
+                              "WHERE next.label <> label.label").fetchone()[0]
+        con.execute("DROP TABLE label; ALTER TABLE next RENAME TO label")
+        if not changed:
+            break
+    con.execute("""
+        CREATE TEMP TABLE duplicates AS
+        SELECT node AS unit, label AS cluster, max(similarity) AS score
+        FROM edges JOIN label USING (node) WHERE label < node GROUP BY node, label""")
+    with atomic_path(out_path) as tmp:  # streamed by DuckDB
+        con.execute(f"COPY (SELECT unit, cluster, score FROM duplicates ORDER BY unit) "
+                    f"TO {sql_string(str(tmp))} (FORMAT parquet)")
+    found = {"candidate_pairs": con.execute("SELECT count(*) FROM pairs").fetchone()[0],
+             "similar_pairs": con.execute("SELECT count(*) FROM kept").fetchone()[0],
+             "clusters": con.execute("SELECT count(DISTINCT cluster) FROM duplicates"
+                                     ).fetchone()[0],
+             "duplicates": con.execute("SELECT count(*) FROM duplicates").fetchone()[0],
+             "union_find_rounds": rounds}
     con.close()
-    nodes = needed["unit"].to_numpy()
-    width = cfg.minhash.bands * cfg.minhash.rows
-    sigs = needed["signature"].combine_chunks().flatten().to_numpy().reshape(-1, width)
-    similarity = (sigs[np.searchsorted(nodes, a)] == sigs[np.searchsorted(nodes, b)]).mean(axis=1)
-    kept = similarity >= cfg.minhash.min_jaccard
-    a, b, similarity = a[kept], b[kept], similarity[kept]
-    cluster = _components(a, b, nodes)
-    score = np.zeros(len(nodes))
-    np.maximum.at(score, np.searchsorted(nodes, a), similarity)
-    np.maximum.at(score, np.searchsorted(nodes, b), similarity)
-    duplicate = cluster != nodes
-    table = pa.table([nodes[duplicate], cluster[duplicate], score[duplicate]],
-                     schema=DUPLICATE_SCHEMA)
-    with atomic_path(out_path) as tmp:
-        pq.write_table(table, tmp)
-    return {"candidate_pairs": int(len(kept)), "similar_pairs": int(kept.sum()),
-            "clusters": int(len(np.unique(cluster[duplicate]))),
-            "duplicates": int(duplicate.sum())}
+    return found
 
 
 class NearDuplicates(AttributeStep):

@@ -4,12 +4,11 @@
 The per-step costs come from `make bench-scale` (its `--json` file): CPU-seconds per document
 and the peak RSS of one job at the bench's largest size. Per-shard jobs (keys, signatures,
 attributes) hold one shard, so their memory above an idle interpreter grows with the documents
-of a shard (a WARC file's, `--docs-per-warc`); a bucket job holds its share of the keys, which
-DuckDB caps at the config's `memory_limit` (it spills past it); the one cluster job holds the
-candidate pairs and both ends' signatures, which grow with the near duplicates (counted from
-their bytes: the bench's own cluster job is mostly its interpreter). CPU grows with the
-documents. Wall time on
-`--cores` is whole waves of equal jobs, each job's share of the CPU one after another.
+of a shard (a WARC file's, `--docs-per-warc`); a bucket job holds its share of the keys, and the one
+cluster job the candidate pairs with both ends' signatures (counted from their bytes, growing
+with the near duplicates); DuckDB caps both at the config's `memory_limit` and spills past it.
+CPU grows with the documents. Wall time on `--cores` is whole waves of equal jobs, each job's
+share of the CPU one after another.
 """
 
 from __future__ import annotations
@@ -27,8 +26,8 @@ STEP_SCOPE = {"dedup_keys": "shard", "dedup_bucket": "bucket", "dedup": "shard",
               "minhash": "shard", "minhash_bucket": "bucket", "minhash_clusters": "corpus",
               "dedup_minhash": "shard"}
 IDLE_MB = 120  # an lmforge job's interpreter with its imports, before it reads anything
-# What the cluster job holds per near duplicate: its pair (two int64), both ends' signatures
-# (uint64 × bands × rows each) and the union-find arrays (node, label, score: 24 bytes).
+# What the cluster job's tables hold per near duplicate: its pair (two int64), both ends'
+# signatures (uint64 × bands × rows each) and the union-find's (node, label, score: 24 bytes).
 PAIR_BYTES, UNION_FIND_BYTES = 16, 24
 
 
@@ -48,11 +47,11 @@ def plan_data(measured: dict, documents: int, shards: int, partitions: int, core
         cpu_per_doc = sum(j["cpu"] for j in jobs) / bench_docs
         growth = (documents / target_jobs[scope]) / (bench_docs / bench_jobs[scope])
         memory = IDLE_MB + max(max(j["rss_mb"] for j in jobs) - IDLE_MB, 0) * growth
-        if scope == "bucket":
-            memory = min(memory, job_memory_mb(memory_limit))
         if scope == "corpus":
             per_duplicate = PAIR_BYTES + 2 * 8 * num_perm + UNION_FIND_BYTES
             memory = IDLE_MB + near_duplicates * per_duplicate / 1e6
+        if scope in ("bucket", "corpus"):
+            memory = min(memory, job_memory_mb(memory_limit))
         cpu_hours = cpu_per_doc * documents / 3600
         n = target_jobs[scope]
         wall = math.ceil(n / cores) * cpu_hours / n

@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,15 +90,24 @@ def _open_gzip_writer(tmp: Path):
     return raw, io.TextIOWrapper(gz, encoding="utf-8", newline="\n")
 
 
-def write_jsonl_gz(path: str | os.PathLike, rows: Iterable[dict]) -> int:
-    """Write rows as gzip JSONL atomically; returns the number of rows."""
-    count = 0
+@contextlib.contextmanager
+def jsonl_gz_writer(path: str | os.PathLike) -> Iterator[Callable[[dict], None]]:
+    """Yield a function writing one row to gzip JSONL; the file appears, atomically, only if
+    the block succeeds (several can be open at once, unlike `write_jsonl_gz`'s iterator)."""
     with atomic_path(path) as tmp:
         raw, text = _open_gzip_writer(tmp)
         with raw, text:
-            for row in rows:
-                text.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
-                count += 1
+            yield lambda row: text.write(
+                json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
+
+
+def write_jsonl_gz(path: str | os.PathLike, rows: Iterable[dict]) -> int:
+    """Write rows as gzip JSONL atomically; returns the number of rows."""
+    count = 0
+    with jsonl_gz_writer(path) as write:
+        for row in rows:
+            write(row)
+            count += 1
     return count
 
 
