@@ -59,6 +59,29 @@ def mlflow_store(tmp_path, monkeypatch) -> str:
     return uri
 
 
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch):
+    """A loopback Hub (tests/fakehub.py) that the real `huggingface_hub` client talks to,
+    with a private cache and a dummy token: no test reaches the real Hub or a real cache."""
+    from huggingface_hub import constants
+
+    from fakehub import FakeHub
+
+    with FakeHub() as hub:
+        home = tmp_path / "hf-home"
+        for name, value in {"HF_ENDPOINT": hub.endpoint, "HF_HOME": str(home),
+                            "HF_TOKEN": "test-token", "HF_HUB_DISABLE_TELEMETRY": "1",
+                            "HF_HUB_OFFLINE": "0"}.items():
+            monkeypatch.setenv(name, value)  # for subprocesses (the workflow's jobs)
+        # This process imported huggingface_hub already: its constants are read at import.
+        for name, value in {"ENDPOINT": hub.endpoint, "HF_HUB_CACHE": str(home / "hub"),
+                            "HUGGINGFACE_CO_URL_TEMPLATE":
+                                hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}",
+                            "HF_HUB_DISABLE_TELEMETRY": True, "HF_HUB_OFFLINE": False}.items():
+            monkeypatch.setattr(constants, name, value)
+        yield hub
+
+
 @pytest.fixture(scope="session")
 def demo_crawl(tmp_path_factory, config) -> Path:
     """The default demo crawl and its tasks, made once per test session."""

@@ -53,6 +53,9 @@ COMMANDS = {
     "plan": "lmforge.train.plan",
     "plan-data": "lmforge.data.plan",
     "export-hf": "lmforge.model.hf",
+    "fetch-hub-model": "lmforge.io.hub",
+    "fetch-hub-dataset": "lmforge.io.hub",
+    "publish": "lmforge.io.hub",
     # post-training
     "sft-data": "lmforge.posttrain.sft",
     "sft": "lmforge.posttrain.sft",

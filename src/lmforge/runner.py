@@ -106,6 +106,9 @@ class UntrackedJob:
     def log_artifact(self, path) -> None:
         pass
 
+    def set_tags(self, tags: dict) -> None:
+        pass
+
 
 def rank_and_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))

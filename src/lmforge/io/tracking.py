@@ -148,14 +148,19 @@ def _flatten(values: dict, prefix: str = "") -> dict:
     return out
 
 
+def provenance() -> dict[str, str]:
+    """The git commit and config hash of the invocation this job belongs to."""
+    return {"git_commit": os.environ.get(ENV_GIT_COMMIT) or git_commit(),
+            "config_hash": os.environ.get(ENV_CONFIG_HASH, "unknown")}
+
+
 @contextlib.contextmanager
 def job_run(name: str, params: dict | None = None) -> Iterator[JobRun]:
     """A child run of the current Snakemake invocation (or a top-level run when used alone)."""
     client = open_client()
     experiment = os.environ.get(ENV_EXPERIMENT, "lmforge")
     tags = {"lmforge.job": name,
-            "lmforge.git_commit": os.environ.get(ENV_GIT_COMMIT) or git_commit(),
-            "lmforge.config_hash": os.environ.get(ENV_CONFIG_HASH, "unknown")}
+            **{f"lmforge.{key}": value for key, value in provenance().items()}}
     if os.environ.get(ENV_PARENT):
         tags["mlflow.parentRunId"] = os.environ[ENV_PARENT]
     run = client.create_run(_experiment_id(client, experiment), run_name=name, tags=tags)

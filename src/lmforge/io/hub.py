@@ -1,0 +1,232 @@
+"""The Hugging Face Hub in and out, through `huggingface_hub` (which honours `HF_ENDPOINT`,
+`HF_HUB_OFFLINE`, `HF_TOKEN` and the standard cache as it documents):
+
+- `fetch_model`: a model pinned to a revision, `hf:<repo>@<revision>`, downloaded with
+  `snapshot_download` (only the files a causal LM needs) into the standard cache; the record
+  names the commit the revision resolved to, so a result says exactly which weights it scored.
+- `publish`: a checkpoint exported in Hugging Face format with its tokenizer and chat template,
+  a model card built from the run's own records, uploaded with `upload_folder`.
+- `dataset_files` / `fetch_dataset_file`: released corpora as `hf://datasets/<repo>@<revision>/
+  <glob>`, listed with `HfFileSystem` and downloaded file by file.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmforge.io.storage import InputError, atomic_path, write_json
+from lmforge.runner import CHECKPOINT, OUT, TOKENIZER, arg, command
+
+log = logging.getLogger(__name__)
+
+# What evaluating or continuing a causal LM needs; not the other formats a repo may carry
+# (PyTorch pickles, ONNX, GGUF, Flax).
+MODEL_FILES = ["config.json", "generation_config.json", "*.safetensors",
+               "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",
+               "special_tokens_map.json", "vocab.json", "merges.txt", "chat_template.jinja"]
+_MODEL_REF = re.compile(r"^hf:(?P<repo>[\w.-]+/[\w.-]+)@(?P<revision>[\w./-]+)$")
+_DATASET_URL = re.compile(
+    r"^hf://datasets/(?P<repo>[\w.-]+/[\w.-]+)@(?P<revision>[\w.-]+)/(?P<pattern>.+)$")
+
+
+@dataclass(frozen=True)
+class HubModel:
+    repo: str
+    revision: str
+
+    @classmethod
+    def parse(cls, ref: str) -> HubModel:
+        match = _MODEL_REF.match(ref)
+        if match is None:
+            raise InputError(f"{ref!r}: a Hub model is `hf:<org>/<name>@<revision>` (a commit, "
+                             "tag or branch; pinned, so a result names the weights it scored)")
+        return cls(match["repo"], match["revision"])
+
+
+def is_hub_model(ref: str) -> bool:
+    return ref.startswith("hf:")
+
+
+def _hub_error(what: str, err: Exception) -> InputError:
+    return InputError(f"{what}: {type(err).__name__}: {str(err).splitlines()[0]}")
+
+
+def fetch_model(ref: str) -> dict:
+    """Download a pinned Hub model into the standard cache: {repo, revision, commit, path,
+    files}."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    model = HubModel.parse(ref)
+    try:
+        path = Path(snapshot_download(model.repo, revision=model.revision,
+                                      allow_patterns=MODEL_FILES))
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as err:
+        raise _hub_error(ref, err) from None
+    files = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
+    if "config.json" not in files or not any(f.endswith(".safetensors") for f in files):
+        raise InputError(f"{ref}: no config.json and safetensors weights at that revision "
+                         f"(found {files})")
+    # The snapshot folder is named by the commit the revision resolved to.
+    return {"ref": ref, "repo": model.repo, "revision": model.revision, "commit": path.name,
+            "path": str(path), "files": files}
+
+
+def model_card(name: str, facts: dict) -> str:
+    """A Hub model card (YAML front matter + Markdown) from what the run recorded."""
+    arch = facts["architecture"]
+    lines = ["---", "library_name: transformers", "license: apache-2.0",
+             f"tags: [lmforge, {arch['model_type']}]", "---", "", f"# {name}", "",
+             "Trained with [lmforge](https://github.com/) from raw crawl to checkpoint; every "
+             "artifact below is a target of one Snakemake workflow.", "", "## Architecture", "",
+             "| | |", "| --- | --- |"]
+    lines += [f"| {key} | {value:,} |" if isinstance(value, int) else f"| {key} | {value} |"
+              for key, value in arch.items()]
+    lines += ["", "## Training", "", f"- tokens seen: {facts['tokens_seen']:,}",
+              f"- config hash: `{facts['config_hash']}`", f"- git commit: `{facts['git_commit']}`"]
+    if facts.get("funnel"):
+        lines += ["", "## Data: the mix and its funnel", "", facts["funnel"].strip()]
+    if facts.get("evaluation"):
+        lines += ["", "## Evaluation", "", facts["evaluation"].strip()]
+    if facts.get("lineage"):
+        lines += ["", "## Lineage", "", "The runs and content hashes that produced these "
+                  "weights, back to the crawl (`lmforge lineage`):", "", "```",
+                  *facts["lineage"], "```"]
+    return "\n".join(lines) + "\n"
+
+
+def architecture(model) -> dict:
+    from lmforge.model.hf import hf_config
+
+    config = hf_config(model.cfg)
+    keep = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
+            "intermediate_size", "vocab_size", "max_position_embeddings", "num_experts",
+            "num_experts_per_tok")
+    return {"model_type": config["model_type"],
+            **{k: config[k] for k in keep[1:] if k in config},
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def publish(checkpoint, tokenizer, repo: str, revision: str, facts: dict,
+            message: str) -> dict:
+    """Export, write the card and upload to `repo` at branch `revision` (made if new):
+    {repo, revision, commit, files}."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from lmforge.model.checkpoint import load_model
+    from lmforge.model.hf import export_hf
+
+    model = load_model(checkpoint)
+    facts = {**facts, "architecture": architecture(model)}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "export"
+        export_hf(model, folder, tokenizer=tokenizer)
+        (folder / "README.md").write_text(model_card(repo.split("/")[-1], facts))
+        files = sorted(p.name for p in folder.iterdir())
+        api = HfApi()
+        try:
+            api.create_repo(repo, exist_ok=True)
+            if revision != "main":  # upload_folder does not make branches
+                api.create_branch(repo, branch=revision, exist_ok=True)
+            commit = api.upload_folder(repo_id=repo, folder_path=folder, revision=revision,
+                                       commit_message=message)
+        except HfHubHTTPError as err:
+            raise _hub_error(f"publishing to {repo}@{revision}", err) from None
+    return {"repo": repo, "revision": revision, "commit": commit.oid,
+            "url": commit.commit_url, "files": files}
+
+
+def dataset_files(url: str) -> list[str]:
+    """The files of a Hub dataset a `hf://datasets/<repo>@<revision>/<glob>` names, as
+    `hf://` URLs pinned to the commit the revision resolves to, sorted."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    match = _DATASET_URL.match(url)
+    if match is None:
+        raise InputError(f"{url!r}: a Hub dataset input is "
+                         "`hf://datasets/<org>/<name>@<revision>/<glob>`")
+    api = HfApi()
+    try:
+        info = api.dataset_info(match["repo"], revision=match["revision"])
+        names = api.list_repo_files(match["repo"], repo_type="dataset", revision=info.sha)
+    except HfHubHTTPError as err:
+        raise _hub_error(url, err) from None
+    found = sorted(n for n in names if fnmatch.fnmatchcase(n, match["pattern"]))
+    if not found:
+        raise InputError(f"{url}: matches no file of the dataset at {info.sha}")
+    return [f"hf://datasets/{match['repo']}@{info.sha}/{name}" for name in found]
+
+
+def fetch_dataset_file(url: str, out) -> dict:
+    """One dataset file into the standard cache, then copied to `out` atomically."""
+    import shutil
+
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    match = _DATASET_URL.match(url)
+    if match is None:
+        raise InputError(f"{url!r}: not `hf://datasets/<org>/<name>@<revision>/<file>`")
+    try:
+        cached = hf_hub_download(match["repo"], match["pattern"], repo_type="dataset",
+                                 revision=match["revision"])
+    except (HfHubHTTPError, LocalEntryNotFoundError) as err:
+        raise _hub_error(url, err) from None
+    with atomic_path(out) as tmp:
+        shutil.copyfile(cached, tmp)
+    return {"url": url, "bytes": Path(out).stat().st_size}
+
+
+@command("fetch-hub-model", arg("--ref", help="hf:<org>/<name>@<revision>"), OUT,
+         job=lambda args: f"fetch_hub_model/{Path(args.out).stem}", outputs=("out",))
+def fetch_hub_model_command(args, job) -> None:
+    """Download a pinned Hub model into the Hugging Face cache; write its record (the commit
+    the revision resolved to, the snapshot's path and files)."""
+    record = fetch_model(args.ref)
+    job.set_tags({"hub.repo": record["repo"], "hub.revision": record["revision"],
+                  "hub.commit": record["commit"]})
+    write_json(args.out, record)
+    log.info("%s is commit %s at %s", args.ref, record["commit"], record["path"])
+
+
+@command("publish", CHECKPOINT, TOKENIZER, arg("--repo"), arg("--revision", default="main"),
+         arg("--funnel", default=None), arg("--evaluation", default=None),
+         arg("--lineage", default=None, help="`lmforge lineage` of the checkpoint, as text"),
+         arg("--tokens-seen", type=int), arg("--message", default="Upload from lmforge"),
+         OUT, job=lambda args: f"publish/{args.repo}",
+         inputs=("checkpoint", "tokenizer", "funnel", "evaluation", "lineage"),
+         outputs=("out",))
+def publish_command(args, job) -> dict:
+    """Export a checkpoint in Hugging Face format with a model card and upload it to the Hub;
+    record the commit it made."""
+    from lmforge.io import tracking
+
+    def text(path):
+        return Path(path).read_text() if path else None
+
+    facts = {"tokens_seen": args.tokens_seen, "funnel": text(args.funnel),
+             "evaluation": text(args.evaluation),
+             "lineage": text(args.lineage).splitlines() if args.lineage else None,
+             **tracking.provenance()}
+    record = publish(args.checkpoint, args.tokenizer, args.repo, args.revision, facts,
+                     args.message)
+    job.set_tags({"hub.repo": record["repo"], "hub.revision": record["revision"],
+                  "hub.commit": record["commit"]})
+    with atomic_path(args.out) as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+    return {"files": len(record["files"])}
+
+
+@command("fetch-hub-dataset", arg("--url", help="hf://datasets/<org>/<name>@<commit>/<file>"),
+         OUT, job=lambda args: f"fetch_hub_dataset/{Path(args.out).name}", outputs=("out",))
+def fetch_hub_dataset_command(args, job) -> dict:
+    """Download one file of a Hub dataset (a released corpus) for `crawl.source: documents`."""
+    return {"bytes": fetch_dataset_file(args.url, args.out)["bytes"]}

@@ -1,0 +1,130 @@
+"""The Hub in and out (`lmforge.io.hub`) with the real `huggingface_hub` client against a
+loopback Hub (tests/fakehub.py): a pinned model fetched and evaluated beside our own
+checkpoint, a checkpoint published and loaded back with `transformers`, a dataset's files as
+documents input, and the errors a user meets."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+from lmforge.data.tokenize import train_tokenizer
+from lmforge.eval.lm import load
+from lmforge.io.hub import dataset_files, fetch_dataset_file, fetch_model, publish
+from lmforge.io.storage import InputError, write_jsonl_gz
+from lmforge.model.checkpoint import save_model
+from lmforge.model.hf import export_hf
+from lmforge.model.olmo2 import ModelConfig, Olmo2
+
+from conftest import make_docs
+
+TEXTS = [f"Question {i}: how many apple trees grow in garden {i % 9}? Answer: {i % 7} trees."
+         for i in range(200)]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    """A tiny OLMo 2 as an lmforge checkpoint (`native`) and exported (`hf`), with its
+    tokenizer."""
+    out = tmp_path_factory.mktemp("tiny")
+    write_jsonl_gz(out / "docs.jsonl.gz", make_docs(TEXTS))
+    train_tokenizer([str(out / "docs.jsonl.gz")], out / "tokenizer.json", 300, 1, 0.1)
+    torch.manual_seed(0)
+    model = Olmo2(ModelConfig(vocab_size=300, d_model=32, n_layers=2, n_heads=2, mlp_hidden=64,
+                              max_seq_len=32))
+    save_model(model, out / "native")
+    export_hf(model, out / "hf", tokenizer=out / "tokenizer.json")
+    return out
+
+
+def folder_files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_a_pinned_hub_model_is_fetched_once_and_scores_as_our_checkpoint(fake_hub, tiny):
+    first = fake_hub.add("org/tiny", folder_files(tiny / "hf"))
+    # Later commits on main, and a format a causal LM does not need, must not be fetched.
+    fake_hub.add("org/tiny", {"pytorch_model.bin": b"pickle", "model.onnx": b"onnx"})
+    record = fetch_model(f"hf:org/tiny@{first}")
+    assert record["commit"] == first and "pytorch_model.bin" not in record["files"]
+    assert set(record["files"]) == set(folder_files(tiny / "hf"))
+    hub_lm = load(record["path"], name="hub")
+    ours = load(tiny / "native", tokenizer=tiny / "tokenizer.json")
+    requests = [(f"Question {i}: how many apple trees grow in garden", f" {i % 9}?")
+                for i in range(6)]
+    for a, b in zip(ours.loglikelihood(requests), hub_lm.loglikelihood(requests), strict=True):
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+    # A branch resolves to its current commit; offline, the cache answers without a request.
+    branch = fetch_model("hf:org/tiny@main")
+    assert branch["commit"] == fake_hub.repos[("model", "org/tiny")].refs["main"] != first
+    from huggingface_hub import constants
+
+    asked = len(fake_hub.requests)
+    constants.HF_HUB_OFFLINE = True  # restored by the fixture
+    assert fetch_model(f"hf:org/tiny@{first}")["path"] == record["path"]
+    assert len(fake_hub.requests) == asked
+
+
+def test_hub_errors_name_the_model(fake_hub, tiny):
+    fake_hub.add("org/empty", {"README.md": b"# nothing here\n"})
+    with pytest.raises(InputError, match="hf:<org>/<name>@<revision>"):
+        fetch_model("hf:org/tiny")  # not pinned
+    with pytest.raises(InputError, match="hf:org/missing@main: RepositoryNotFoundError"):
+        fetch_model("hf:org/missing@main")
+    with pytest.raises(InputError, match="RevisionNotFoundError"):
+        fetch_model("hf:org/empty@v9")
+    with pytest.raises(InputError, match="no config.json and safetensors"):
+        fetch_model("hf:org/empty@main")
+
+
+def test_publish_uploads_the_export_with_a_card_that_transformers_loads(fake_hub, tiny,
+                                                                         tmp_path):
+    facts = {"tokens_seen": 12_345, "funnel": "| step | kept |\n| --- | --- |\n| all | 9 |",
+             "evaluation": "| model | cloze_mc |", "lineage": ["checkpoints/pretrain  <- run"],
+             "git_commit": "abc123", "config_hash": "feedbeef"}
+    record = publish(tiny / "native", tiny / "tokenizer.json", "org/published", "v1", facts,
+                     "first upload")
+    uploaded = fake_hub.files("org/published", "v1")
+    assert record["commit"] == fake_hub.repos[("model", "org/published")].refs["v1"]
+    assert sorted(uploaded) == record["files"]
+    for name, data in folder_files(tiny / "hf").items():  # byte for byte the export
+        assert uploaded[name] == data
+    card = uploaded["README.md"].decode()
+    for fact in ("tokens seen: 12,345", "`feedbeef`", "`abc123`", "| all | 9 |",
+                 "checkpoints/pretrain  <- run", "| parameters |", "olmo2"):
+        assert fact in card
+    assert "main" in fake_hub.repos[("model", "org/published")].refs  # v1 is a branch
+    from huggingface_hub import snapshot_download
+
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(
+        snapshot_download("org/published", revision="v1")).eval()
+    ids = torch.randint(0, 300, (1, 12))
+    ours = load(tiny / "native", tokenizer=tiny / "tokenizer.json").hidden.__self__
+    with torch.no_grad():
+        assert (ours(ids) - theirs(ids).logits).abs().max() < 1e-4
+    # The same files again: no empty commit (the client compares blob ids); a changed card
+    # is a new commit on the branch.
+    same = publish(tiny / "native", tiny / "tokenizer.json", "org/published", "v1", facts, "2")
+    assert same["commit"] == record["commit"]
+    changed = publish(tiny / "native", tiny / "tokenizer.json", "org/published", "v1",
+                      {**facts, "tokens_seen": 20_000}, "3")
+    assert changed["commit"] != record["commit"]
+    assert "20,000" in fake_hub.files("org/published", "v1")["README.md"].decode()
+
+
+def test_hub_dataset_files_are_pinned_and_fetched_byte_identical(fake_hub, tmp_path):
+    shard = tmp_path / "part-0.jsonl"
+    shard.write_text("".join(json.dumps(d) + "\n" for d in make_docs(["one", "two"])))
+    sha = fake_hub.add("org/corpus", {"data/part-0.jsonl": shard.read_bytes(),
+                                      "data/part-1.jsonl": b"",
+                                      "README.md": b"# corpus\n"}, kind="dataset")
+    urls = dataset_files("hf://datasets/org/corpus@main/data/*.jsonl")
+    assert urls == [f"hf://datasets/org/corpus@{sha}/data/part-{i}.jsonl" for i in (0, 1)]
+    fetch_dataset_file(urls[0], tmp_path / "local.jsonl")
+    assert (tmp_path / "local.jsonl").read_bytes() == shard.read_bytes()
+    with pytest.raises(InputError, match="matches no file"):
+        dataset_files("hf://datasets/org/corpus@main/data/*.parquet")
+    with pytest.raises(InputError, match="hf://datasets/<org>/<name>@<revision>/<glob>"):
+        dataset_files("hf://datasets/org/corpus/data/*.jsonl")
