@@ -128,3 +128,40 @@ def test_hub_dataset_files_are_pinned_and_fetched_byte_identical(fake_hub, tmp_p
         dataset_files("hf://datasets/org/corpus@main/data/*.parquet")
     with pytest.raises(InputError, match="hf://datasets/<org>/<name>@<revision>/<glob>"):
         dataset_files("hf://datasets/org/corpus/data/*.jsonl")
+
+
+def test_a_hub_model_is_evaluated_beside_ours_in_one_matrix(fake_hub, tiny, tmp_path,
+                                                            mlflow_store):
+    import yaml
+
+    from lmforge.cli import main
+    from lmforge.eval.evaluate import evaluate_pair
+    from lmforge.eval.specs import TaskSpec
+
+    commit = fake_hub.add("org/tiny", folder_files(tiny / "hf"))
+    (tmp_path / "piqa.jsonl").write_text("".join(
+        json.dumps({"goal": f"How many trees in garden {i}?", "sol1": f"{i % 7} trees.",
+                    "sol2": "a river.", "label": 0}) + "\n" for i in range(6)))
+    write_jsonl_gz(tmp_path / "docs.jsonl.gz", make_docs(TEXTS[:4]))
+    (tmp_path / "tasks.yaml").write_text(yaml.safe_dump({
+        "piqa_mc": {"kind": "choice", "format": "piqa", "path": str(tmp_path / "piqa.jsonl"),
+                    "formulation": "mc"},
+        "docs_ppl": {"kind": "perplexity", "format": "documents",
+                     "path": str(tmp_path / "docs.jsonl.gz")}}))
+    assert main(["evaluate-matrix", "--models", f"ours={tiny / 'native'}",
+                 f"hub=hf:org/tiny@{commit}", "--tokenizer", str(tiny / "tokenizer.json"),
+                 "--tasks", str(tmp_path / "tasks.yaml"), "--out-dir", str(tmp_path / "out")]) == 0
+    rows = {(r["model"], r["task"]): r
+            for r in json.loads((tmp_path / "out" / "summary.json").read_text())}
+    for task in ("piqa_mc", "docs_ppl"):  # the same weights: the same scores
+        assert rows[("hub", task)]["value"] == pytest.approx(rows[("ours", task)]["value"],
+                                                             rel=1e-5)
+        assert rows[("hub", task)]["hub_commit"] == commit
+        assert rows[("ours", task)]["hub_commit"] is None
+    result = json.loads((tmp_path / "out" / "hub" / "piqa_mc.json").read_text())
+    assert result["hub"] == {"repo": "org/tiny", "revision": commit, "commit": commit}
+    # Token perplexity is in the workflow's tokens: refused for a model with its own tokenizer.
+    spec = TaskSpec.from_config("heldout_ppl", {"kind": "token_perplexity", "format": "memmap",
+                                                "path": "tokens"})
+    with pytest.raises(InputError, match="bits-per-byte task"):
+        evaluate_pair(None, spec, tmp_path / "x.json", source=result["hub"])

@@ -17,15 +17,42 @@ import yaml
 from lmforge.eval.lm import LanguageModel, load
 from lmforge.eval.specs import TaskSpec
 from lmforge.eval.tasks import run_task
+from lmforge.io.hub import HUB_RECORD_KEYS, fetch_model, is_hub_model
 from lmforge.io.storage import InputError, atomic_path, read_json, write_json, write_text
 from lmforge.runner import OUT, OUT_DIR, OUT_JSON, OUT_MD, arg, command, json_object
 
 WORKFLOW_TASKS = ("heldout_ppl", "heldout_domains", "reference_bpb", "cloze_mc", "arith_gen")
 
 
+def open_model(ref: str, tokenizer, name: str, batch_size: int
+               ) -> tuple[LanguageModel, dict | None]:
+    """A model by path, by Hub reference (`hf:<repo>@<revision>`, fetched), or by the record
+    `fetch-hub-model` wrote; with its Hub source (repo, revision, commit) when it has one."""
+    source = None
+    if is_hub_model(ref):
+        source = fetch_model(ref)
+    elif ref.endswith(".json"):
+        source = read_json(ref)
+        if not isinstance(source, dict) or not HUB_RECORD_KEYS <= set(source):
+            raise InputError(f"{ref}: not a record of `lmforge fetch-hub-model`")
+    model = load(source["path"] if source else ref, tokenizer, name, batch_size)
+    return model, ({k: source[k] for k in ("repo", "revision", "commit")} if source else None)
+
+
+def check_task_fits(spec: TaskSpec, source: dict | None) -> None:
+    if source and spec.kind == "token_perplexity":
+        raise InputError(f"{spec.name}: token perplexity reads the workflow's token files, made "
+                         f"with its tokenizer; {source['repo']} has its own. Use a bits-per-byte "
+                         "task (heldout_domains, reference_bpb) to compare it")
+
+
 def evaluate_pair(model: LanguageModel, spec: TaskSpec, out: str | Path,
-                  progress: bool = False) -> dict:
+                  progress: bool = False, source: dict | None = None) -> dict:
+    """One (model, task) result, naming the Hub commit it scored when the model is one."""
+    check_task_fits(spec, source)
     result = run_task(model, spec, progress)
+    if source:
+        result["hub"] = source
     write_json(out, result)
     return result
 
@@ -50,6 +77,7 @@ def summary_rows(results: list[dict], contamination: dict[str, dict] | None = No
         ci = metrics.get(f"{metric}_ci95") or [None, None]
         rows.append({
             "model": result["model"], "task": result["task"], "kind": result["kind"],
+            "hub_commit": result.get("hub", {}).get("commit"),
             "metric": metric, "value": metrics[metric],
             "stderr": metrics.get(f"{metric}_stderr"), "ci95_low": ci[0], "ci95_high": ci[1],
             "instances": next(metrics[k] for k in ("instances", "documents", "tokens")
@@ -119,7 +147,7 @@ def write_summary(results: list[dict], out_md: str | Path, out_parquet: str | Pa
     write_text(out_md, "# Evaluation summary\n\n" + table)
     write_json(out_json, rows)
     columns = ["model", "task", "kind", "metric", "value", "stderr", "ci95_low", "ci95_high",
-               "instances", "contamination_ngram", "contamination_exact"]
+               "instances", "contamination_ngram", "contamination_exact", "hub_commit"]
     with atomic_path(out_parquet) as tmp:
         pq.write_table(pa.Table.from_pylist([{c: r[c] for c in columns} for r in rows]), tmp)
     return table
@@ -150,8 +178,10 @@ def evaluate_command(args, job) -> dict:
         args.task_files = token_files(spec.path)
     else:
         args.task_files = [p for p in (spec.path, spec.shots_path) if p]
-    model = load(args.model, args.tokenizer, args.model_name, args.batch_size)
-    result = evaluate_pair(model, spec, args.out, progress=True)
+    model, source = open_model(args.model, args.tokenizer, args.model_name, args.batch_size)
+    if source:
+        job.set_tags({f"hub.{k}": v for k, v in source.items()})
+    result = evaluate_pair(model, spec, args.out, progress=True, source=source)
     metrics = result["metrics"]
     log.info("%s on %s: %s = %s", args.model_name, args.task, result["primary_metric"],
              metrics[result["primary_metric"]])
@@ -194,9 +224,12 @@ def evaluate_matrix_command(args, job) -> None:
     results = []
     for name, path in models.items():
         torch.manual_seed(0)
-        model = load(path, args.tokenizer, name, args.batch_size)
+        model, source = open_model(path, args.tokenizer, name, args.batch_size)
+        if source:
+            job.log_params({f"{name}.hub": source})
         for spec in specs:
-            result = evaluate_pair(model, spec, out / name / f"{spec.name}.json", True)
+            result = evaluate_pair(model, spec, out / name / f"{spec.name}.json", True,
+                                   source)
             results.append(result)
             job.log_metrics({f"{name}.{spec.name}.{result['primary_metric']}":
                              result["metrics"][result["primary_metric"]]})

@@ -35,6 +35,9 @@ _DATASET_URL = re.compile(
     r"^hf://datasets/(?P<repo>[\w.-]+/[\w.-]+)@(?P<revision>[\w.-]+)/(?P<pattern>.+)$")
 
 
+HUB_RECORD_KEYS = {"ref", "repo", "revision", "commit", "path", "files"}
+
+
 @dataclass(frozen=True)
 class HubModel:
     repo: str
