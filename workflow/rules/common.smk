@@ -1,5 +1,6 @@
 import json
 import os
+import re
 from pathlib import Path
 
 from lmforge.codegraph import CodeGraph
@@ -16,7 +17,7 @@ from lmforge.train.stages import (
     grow_train_config,
     pretrain_train_config,
 )
-from lmforge.data.warc_inputs import is_remote, warc_inputs
+from lmforge.data.warc_inputs import HUB_DATASETS, is_remote, warc_inputs
 from lmforge.eval.specs import decontamination_specs, workflow_task_specs
 from lmforge.stats.analyses import ANALYSES as STATS_ANALYSES, PLOTS as STATS_PLOTS
 
@@ -63,7 +64,20 @@ def crawl_shards():
         raise ValueError(
             f"crawl.source is {crawl['source']!r} but its paths give no file"
         )
-    return {f"shard-{i:04d}": outside_file(p) for i, p in enumerate(paths)}
+    shards = {}
+    for i, path in enumerate(paths):
+        shard = f"shard-{i:04d}"
+        if path.startswith(HUB_DATASETS):
+            # Fetched by rule fetch_hub_dataset; the name keeps the file's format suffixes.
+            local = f"{R}/hub/datasets/{shard}/{os.path.basename(path)}"
+            HUB_DATASET_FILES[local] = path
+            shards[shard] = local
+        else:
+            shards[shard] = outside_file(path)
+    return shards
+
+
+HUB_DATASET_FILES = {}  # local copy -> pinned hf:// URL of a Hub dataset file
 
 
 SHARDS = crawl_shards()
@@ -139,6 +153,9 @@ ANNEALS = [f"anneal-{MIDTRAIN['mix']}-s{seed}" for seed in MIDTRAIN["seeds"]]
 CONTROL = f"anneal-{MIDTRAIN['control_mix']}-s{MIDTRAIN['seeds'][0]}"
 MIDTRAIN_MODELS = ANNEALS + [f"soup-{MIDTRAIN['mix']}", CONTROL]
 EVAL = config["evaluate"]
+# Hub models evaluated beside ours: name -> hf:<repo>@<revision>. Token perplexity is in the
+# workflow's own tokens, so they run the tasks of every other kind.
+HUB_MODELS = EVAL.get("hub_models", {})
 # The baseline is evaluated only where it is compared (it costs a pretraining run).
 EVAL_MODELS = [
     m for m in EVAL["models"] if m != "baseline" or config["grow"]["compare_baseline"]
@@ -150,6 +167,55 @@ TASK_SPECS = workflow_task_specs(
     tokens_dir=f"{R}/tokens/{MIX}",
     heldout_docs=f"{R}/eval/heldout/{MIX}.jsonl.gz",
 )
+
+
+HUB_TASKS = [t for t in EVAL["tasks"] if TASK_SPECS[t]["kind"] != "token_perplexity"]
+OWN_MODELS = [
+    "init",
+    "pretrain",
+    "init-grown",
+    "grow",
+    "baseline",
+    "sft",
+    "dpo",
+    "rlvr",
+]
+if set(HUB_MODELS) & set(OWN_MODELS + MIDTRAIN_MODELS):
+    raise ValueError(
+        f"evaluate.hub_models names {sorted(set(HUB_MODELS) & set(OWN_MODELS))}, "
+        "which the workflow's own checkpoints use: give the Hub models other names"
+    )
+
+
+def one_of(names):
+    """A wildcard constraint matching exactly these names (nothing when there are none)."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
+# The stages each checkpoint went through, for the tokens it has seen (publish's card).
+MODEL_STAGES = {
+    "pretrain": ["pretrain"],
+    "baseline": ["baseline"],
+    "grow": ["pretrain", "grow"],
+    "sft": ["pretrain", "grow", "sft"],
+    "dpo": ["pretrain", "grow", "sft", "dpo"],
+    "rlvr": ["pretrain", "grow", "sft", "dpo", "rlvr"],
+}
+PUBLISH = config["publish"]
+
+
+def publish_inputs(wildcards):
+    if not PUBLISH["repo"]:
+        raise ValueError(f"set publish.repo (org/name) to publish {wildcards.model}")
+    return {
+        "checkpoint": checkpoint_path(wildcards.model),
+        "metrics": [
+            f"{R}/train/{s}/metrics.csv" for s in MODEL_STAGES[wildcards.model]
+        ],
+        "tokenizer": f"{R}/tokenizer/{MIX}/tokenizer.json",
+        "funnel": f"{R}/mixes/{MIX}/funnel.md",
+        "evaluation": f"{R}/eval/summary.md",
+    }
 
 
 # The tasks decontamination and the contamination analysis look for (lmforge.eval.specs).

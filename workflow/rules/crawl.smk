@@ -45,6 +45,21 @@ rule crawl_demo:
 if config["crawl"]["source"] == "documents":
 
     # A released corpus: each file becomes a documents shard, no extraction.
+    rule fetch_hub_dataset:
+        input:
+            code("fetch-hub-dataset"),
+        output:
+            f"{R}/hub/datasets/{{shard}}/{{name}}",
+        log:
+            f"{R}/logs/hub/datasets/{{shard}}/{{name}}.log",
+        localrule: True  # the Hub is reached from the submit host, not the compute nodes
+        conda:
+            "../../envs/data.yaml"
+        params:
+            url=lambda w: HUB_DATASET_FILES[f"{R}/hub/datasets/{w.shard}/{w.name}"],
+        shell:
+            "lmforge fetch-hub-dataset --url {params.url} --out {output} > {log} 2>&1"
+
     rule import_documents:
         input:
             code("import-documents"),

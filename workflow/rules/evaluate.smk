@@ -52,10 +52,72 @@ rule evaluate:
         "--out {output} > {log} 2>&1"
 
 
+rule fetch_hub_model:
+    input:
+        code("fetch-hub-model"),
+    output:
+        f"{R}/hub/models/{{model}}.json",
+    log:
+        f"{R}/logs/hub/{{model}}.log",
+    wildcard_constraints:
+        model=one_of(HUB_MODELS),
+    localrule: True  # the Hub is reached from the submit host, not the compute nodes
+    conda:
+        "../../envs/eval.yaml"
+    params:
+        ref=lambda w: HUB_MODELS[w.model],
+    shell:
+        "lmforge fetch-hub-model --ref {params.ref} --out {output} > {log} 2>&1"
+
+
+rule evaluate_hub:
+    input:
+        code("evaluate"),
+        unpack(task_inputs),
+        model=f"{R}/hub/models/{{model}}.json",
+    output:
+        f"{R}/eval/{{model}}/{{task}}.json",
+    log:
+        f"{R}/logs/evaluate/{{model}}/{{task}}.log",
+    wildcard_constraints:
+        model=one_of(HUB_MODELS),
+        task=one_of(HUB_TASKS),
+    conda:
+        "../../envs/eval.yaml"
+    params:
+        spec=staged_spec,
+    shell:
+        "lmforge evaluate --model {input.model} --model-name {wildcards.model} "
+        "--task {wildcards.task} --spec {params.spec:q} --out {output} > {log} 2>&1"
+
+
+rule publish:
+    input:
+        code("publish"),
+        unpack(publish_inputs),
+    output:
+        f"{R}/publish/{{model}}.json",
+    log:
+        f"{R}/logs/publish/{{model}}.log",
+    wildcard_constraints:
+        model=one_of(MODEL_STAGES),
+    localrule: True
+    conda:
+        "../../envs/eval.yaml"
+    params:
+        repo=PUBLISH["repo"],
+        revision=PUBLISH["revision"],
+    shell:
+        "lmforge publish --checkpoint {input.checkpoint} --tokenizer {input.tokenizer} "
+        "--repo {params.repo} --revision {params.revision} --metrics {input.metrics} "
+        "--funnel {input.funnel} --evaluation {input.evaluation} --out {output} > {log} 2>&1"
+
+
 rule eval_summary:
     input:
         code("eval-summary"),
         results=[f"{R}/eval/{m}/{t}.json" for m in EVAL_MODELS for t in EVAL["tasks"]]
+        + [f"{R}/eval/{m}/{t}.json" for m in HUB_MODELS for t in HUB_TASKS]
         + [
             f"{R}/eval/{m}/{t}.json"
             for m in MIDTRAIN_MODELS

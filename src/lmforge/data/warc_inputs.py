@@ -1,7 +1,10 @@
-"""Which WARC files a crawl reads: local globs, URLs, or a Common Crawl `warc.paths` manifest.
+"""Which files a crawl reads: local globs, URLs, Hub dataset globs, or a Common Crawl
+`warc.paths` manifest.
 
 Remote entries (http, https, s3) stay URLs; the workflow hands them to Snakemake's storage
-plugins, which download them to the job that reads them.
+plugins, which download them to the job that reads them. A Hub dataset glob
+(`hf://datasets/<repo>@<revision>/<glob>`) becomes its files, each pinned to the commit the
+revision resolved to; the workflow's `fetch_hub_dataset` jobs download them.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 from lmforge.io.storage import InputError
 
 REMOTE_SCHEMES = ("http://", "https://", "s3://")
+HUB_DATASETS = "hf://datasets/"
 
 
 def is_remote(path: str) -> bool:
@@ -38,7 +42,12 @@ def warc_inputs(patterns: list[str], manifest: str | None = None, base_url: str 
     crawl without a word)."""
     found: set[str] = set()
     for pattern in patterns:
-        matched = [pattern] if is_remote(pattern) else glob.glob(pattern)
+        if pattern.startswith(HUB_DATASETS):
+            from lmforge.io.hub import dataset_files
+
+            matched = dataset_files(pattern)
+        else:
+            matched = [pattern] if is_remote(pattern) else glob.glob(pattern)
         if not matched:
             raise InputError(f"crawl input {pattern!r} matches no file")
         found.update(matched)

@@ -139,17 +139,19 @@ def summary_markdown(rows: list[dict]) -> str:
 
 def write_summary(results: list[dict], out_md: str | Path, out_parquet: str | Path,
                   out_json: str | Path, contamination: dict[str, dict] | None = None) -> str:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    import polars as pl
 
     rows = summary_rows(results, contamination)
     table = summary_markdown(rows) + domain_markdown(results)
     write_text(out_md, "# Evaluation summary\n\n" + table)
     write_json(out_json, rows)
-    columns = ["model", "task", "kind", "metric", "value", "stderr", "ci95_low", "ci95_high",
-               "instances", "contamination_ngram", "contamination_exact", "hub_commit"]
+    # Typed, so a column with no value (no contamination measured, no Hub model) keeps its type.
+    text, number = pl.String, pl.Float64
+    schema = {"model": text, "task": text, "kind": text, "metric": text, "value": number,
+              "stderr": number, "ci95_low": number, "ci95_high": number, "instances": pl.Int64,
+              "contamination_ngram": number, "contamination_exact": number, "hub_commit": text}
     with atomic_path(out_parquet) as tmp:
-        pq.write_table(pa.Table.from_pylist([{c: r[c] for c in columns} for r in rows]), tmp)
+        pl.DataFrame([{c: r[c] for c in schema} for r in rows], schema=schema).write_parquet(tmp)
     return table
 
 

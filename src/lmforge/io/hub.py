@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import fnmatch
-import json
 import logging
 import re
 import tempfile
@@ -97,10 +96,13 @@ def model_card(name: str, facts: dict) -> str:
         lines += ["", "## Data: the mix and its funnel", "", facts["funnel"].strip()]
     if facts.get("evaluation"):
         lines += ["", "## Evaluation", "", facts["evaluation"].strip()]
+    lines += ["", "## Lineage", ""]
     if facts.get("lineage"):
-        lines += ["", "## Lineage", "", "The runs and content hashes that produced these "
-                  "weights, back to the crawl (`lmforge lineage`):", "", "```",
-                  *facts["lineage"], "```"]
+        lines += ["The runs and content hashes that produced these weights, back to the crawl "
+                  "(`lmforge lineage`):", "", "```", *facts["lineage"], "```"]
+    else:
+        lines += ["Not in the tracking store: the checkpoint was made outside the workflow "
+                  "or changed since."]
     return "\n".join(lines) + "\n"
 
 
@@ -200,31 +202,47 @@ def fetch_hub_model_command(args, job) -> None:
     log.info("%s is commit %s at %s", args.ref, record["commit"], record["path"])
 
 
+def tokens_seen(metrics_paths: list) -> int:
+    """Tokens a checkpoint was trained on: the last `tokens` of each stage it went through."""
+    import csv
+
+    total = 0
+    for path in metrics_paths:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if not rows or "tokens" not in rows[-1]:
+            raise InputError(f"{path}: a training metrics file with a tokens column")
+        total += int(float(rows[-1]["tokens"]))
+    return total
+
+
 @command("publish", CHECKPOINT, TOKENIZER, arg("--repo"), arg("--revision", default="main"),
+         arg("--metrics", nargs="+", help="metrics.csv of every stage the checkpoint went "
+                                           "through"),
          arg("--funnel", default=None), arg("--evaluation", default=None),
-         arg("--lineage", default=None, help="`lmforge lineage` of the checkpoint, as text"),
-         arg("--tokens-seen", type=int), arg("--message", default="Upload from lmforge"),
-         OUT, job=lambda args: f"publish/{args.repo}",
-         inputs=("checkpoint", "tokenizer", "funnel", "evaluation", "lineage"),
+         arg("--message", default="Upload from lmforge"), OUT,
+         job=lambda args: f"publish/{args.repo}",
+         inputs=("checkpoint", "tokenizer", "metrics", "funnel", "evaluation"),
          outputs=("out",))
 def publish_command(args, job) -> dict:
-    """Export a checkpoint in Hugging Face format with a model card and upload it to the Hub;
-    record the commit it made."""
+    """Export a checkpoint in Hugging Face format with a model card (architecture, tokens,
+    the mix's funnel, the evaluation, config hash, git commit, lineage back to the crawl) and
+    upload it to the Hub; record the commit it made."""
     from lmforge.io import tracking
+    from lmforge.io.lineage import lineage_of, render
 
     def text(path):
         return Path(path).read_text() if path else None
 
-    facts = {"tokens_seen": args.tokens_seen, "funnel": text(args.funnel),
+    tree, _ = lineage_of(Path(args.checkpoint) / "model.safetensors")
+    facts = {"tokens_seen": tokens_seen(args.metrics), "funnel": text(args.funnel),
              "evaluation": text(args.evaluation),
-             "lineage": text(args.lineage).splitlines() if args.lineage else None,
-             **tracking.provenance()}
+             "lineage": render(tree) if "run" in tree else None, **tracking.provenance()}
     record = publish(args.checkpoint, args.tokenizer, args.repo, args.revision, facts,
                      args.message)
     job.set_tags({"hub.repo": record["repo"], "hub.revision": record["revision"],
                   "hub.commit": record["commit"]})
-    with atomic_path(args.out) as tmp:
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(args.out, record)
     return {"files": len(record["files"])}
 
 

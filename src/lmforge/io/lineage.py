@@ -162,17 +162,23 @@ def render(node: dict, depth: int = 0, root: Path | None = None) -> list[str]:
     return lines
 
 
+def lineage_of(artifact: str | Path, tracking_uri: str | None = None) -> tuple[dict, dict]:
+    """The chain of runs that produced the artifact's current content, and the artifact's
+    own description (path, sha256)."""
+    from lmforge.io import tracking
+
+    client = tracking.open_client(tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    item = describe_path(artifact)
+    return Lineage(client, experiments).chain(item["path"], item["sha256"]), item
+
+
 @command("lineage", arg("artifact"), arg("--json", action="store_true", default=False),
          arg("--tracking-uri", default=None), tracked=False)
 def lineage_command(args, job) -> int:
     """The chain of runs, inputs and content hashes that produced an artifact, back to the
     files no job produced (the crawl's WARC files)."""
-    from lmforge.io import tracking
-
-    client = tracking.open_client(args.tracking_uri)
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    item = describe_path(args.artifact)
-    tree = Lineage(client, experiments).chain(item["path"], item["sha256"])
+    tree, item = lineage_of(args.artifact, args.tracking_uri)
     if "run" not in tree:
         print(f"lmforge lineage: no tracked run wrote {args.artifact} with its current content "
               f"(sha256 {item['sha256'][:12]}): changed since, or made outside the workflow",

@@ -205,7 +205,7 @@ def _analyse(con, paths, out_dir: Path, measured: list, cfg: StatsConfig, tasks,
         con.execute(f"CREATE TABLE {name} AS {queries[name]}")
         with atomic_path(out_dir / f"{name}.parquet") as tmp:
             con.execute(f"COPY {name} TO {sql_string(str(tmp))} (FORMAT parquet)")
-        frames[name] = con.table(name).fetchdf()
+        frames[name] = con.table(name).pl()  # polars, through Arrow
     summary = key_numbers(frames)
     plots(frames, out_dir, cfg.top_k)
     write_json(out_dir / "summary.json", summary)
@@ -221,19 +221,19 @@ def number(value):
 
 
 def key_numbers(frames: dict) -> dict:
-    summary = {k: number(v) for k, v in frames["summary"].iloc[0].to_dict().items()}
+    summary = {k: number(v) for k, v in frames["summary"].row(0, named=True).items()}
     dup_texts, dup_urls = frames["duplicate_texts"], frames["duplicate_urls"]
-    summary["duplicate_text_clusters"] = len(dup_texts)
+    summary["duplicate_text_clusters"] = dup_texts.height
     summary["documents_in_duplicate_text_clusters"] = int(dup_texts["cluster_size"].sum())
-    summary["duplicate_url_clusters"] = len(dup_urls)
+    summary["duplicate_url_clusters"] = dup_urls.height
     summary["documents_in_duplicate_url_clusters"] = int(dup_urls["cluster_size"].sum())
-    summary["domains"] = len(frames["domains"])
-    for row in frames["pii"].itertuples(index=False):
-        summary[f"pii_{row.type}"] = int(row.matches)
-    summary["toxic_sentences"] = int(frames["toxic"]["toxic_sentences"].iloc[0])
-    for row in frames["contamination"].itertuples(index=False):
-        summary[f"contaminated_{row.task}_ngram"] = int(row.contaminated_ngram)
-        summary[f"contaminated_{row.task}_exact"] = int(row.contaminated_exact)
+    summary["domains"] = frames["domains"].height
+    for row in frames["pii"].iter_rows(named=True):
+        summary[f"pii_{row['type']}"] = int(row["matches"])
+    summary["toxic_sentences"] = int(frames["toxic"]["toxic_sentences"][0])
+    for row in frames["contamination"].iter_rows(named=True):
+        summary[f"contaminated_{row['task']}_ngram"] = int(row["contaminated_ngram"])
+        summary[f"contaminated_{row['task']}_exact"] = int(row["contaminated_exact"])
     return summary
 
 

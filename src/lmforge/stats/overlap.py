@@ -38,9 +38,9 @@ def corpus_overlap(a_paths: list[str], b_paths: list[str], out_dir: str | Path,
     with atomic_path(out_dir / "overlap.parquet") as tmp:
         con.execute(f"COPY (SELECT * FROM overlap ORDER BY side) TO {sql_string(str(tmp))} "
                     "(FORMAT parquet)")
-    frame = con.sql("SELECT * FROM overlap ORDER BY side").fetchdf()
+    frame = con.sql("SELECT * FROM overlap ORDER BY side").pl()
     write_text(out_dir / "overlap.md", "\n".join(["# Corpus overlap", ""] + table(frame)) + "\n")
-    return {f"{row.side}_{k}": number(getattr(row, k)) for row in frame.itertuples(index=False)
+    return {f"{row['side']}_{k}": number(row[k]) for row in frame.iter_rows(named=True)
             for k in ("documents", "texts_in_other", "urls_in_other")}
 
 

@@ -1,0 +1,107 @@
+"""The Hub in the workflow, through the loopback Hub (tests/fakehub.py) that every job's real
+`huggingface_hub` client reaches by `HF_ENDPOINT`: a released corpus and a pinned model as
+inputs, and the tiny run's SFT checkpoint published with its card."""
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from lmforge.io.storage import read_jsonl
+from workflow_helpers import snakemake
+
+pytestmark = pytest.mark.workflow
+
+
+def hub_model_files(folder: Path) -> dict[str, bytes]:
+    """A tiny OLMo 2 exported with a tokenizer trained here: what a Hub model repo holds."""
+    from lmforge.data.tokenize import train_tokenizer
+    from lmforge.io.storage import write_jsonl_gz
+    from lmforge.model.hf import export_hf
+    from lmforge.model.olmo2 import ModelConfig, Olmo2
+
+    from conftest import make_docs
+
+    texts = [f"The answer to question {i} is {i % 7}." for i in range(200)]
+    write_jsonl_gz(folder / "docs.jsonl.gz", make_docs(texts))
+    train_tokenizer([str(folder / "docs.jsonl.gz")], folder / "tokenizer.json", 300, 1, 0.1)
+    torch.manual_seed(0)
+    model = Olmo2(ModelConfig(vocab_size=300, d_model=32, n_layers=2, n_heads=2, mlp_hidden=64,
+                              max_seq_len=64))
+    export_hf(model, folder / "hf", tokenizer=folder / "tokenizer.json")
+    return {p.name: p.read_bytes() for p in (folder / "hf").iterdir()}
+
+
+def test_a_hub_corpus_and_a_hub_model_enter_the_workflow(repo, fake_hub, tmp_path):
+    docs = [{"id": f"hub-{i}", "text": f"Hub document {i}.", "source": "hub",
+             "metadata": {"url": f"https://hub.example/{i % 4}"}} for i in range(8)]
+    table = io.BytesIO()
+    pq.write_table(pa.table({"text": ["Parquet text.", "More text."], "id": ["p0", "p1"],
+                             "url": ["https://hub.example/0", "https://other.example/"]}), table)
+    corpus_commit = fake_hub.add("org/corpus", {
+        "data/a.jsonl": "".join(json.dumps(d) + "\n" for d in docs).encode(),
+        "data/b.parquet": table.getvalue(), "README.md": b"# a corpus\n"}, kind="dataset")
+    model_commit = fake_hub.add("org/tiny", hub_model_files(tmp_path))
+    config = yaml.safe_load((repo / "fast.yaml").read_text())
+    config["crawl"].update(source="documents", name="hubcorpus",
+                           document_paths=["hf://datasets/org/corpus@main/data/*"])
+    config["evaluate"]["hub_models"] = {"tinyhub": f"hf:org/tiny@{model_commit}"}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    work = tmp_path / "work"
+    dedup = "results/attributes/dedup_url/hubcorpus/shard-0001.jsonl.gz"
+    snakemake(repo, work, dedup, "results/eval/tinyhub/cloze_mc.json",
+              "--configfile", str(tmp_path / "config.yaml"))
+    # Each file of the pinned dataset commit is a shard, in order: a.jsonl, then b.parquet.
+    local = work / "results/hub/datasets/shard-0000/a.jsonl"
+    assert local.read_bytes() == fake_hub.files("org/corpus", corpus_commit, "dataset")[
+        "data/a.jsonl"]
+    imported = list(read_jsonl(work / "results/documents/hubcorpus/shard-0001.jsonl.gz"))
+    assert [d["id"] for d in imported] == ["p0", "p1"]
+    flags = [bool(r["attributes"]) for r in read_jsonl(work / dedup)]
+    assert flags == [True, False]  # hub.example/0 came first in a.jsonl
+    record = json.loads((work / "results/hub/models/tinyhub.json").read_text())
+    assert record["commit"] == model_commit
+    result = json.loads((work / "results/eval/tinyhub/cloze_mc.json").read_text())
+    assert result["hub"]["commit"] == model_commit and result["metrics"]["instances"] > 0
+    # Token perplexity is not a Hub model's task; an unknown name is no target at all.
+    proc = snakemake(repo, work, "results/eval/tinyhub/heldout_ppl.json", "-n",
+                     "--configfile", str(tmp_path / "config.yaml"), check=False)
+    assert proc.returncode != 0 and "MissingRuleException" in proc.stdout + proc.stderr
+
+
+def test_the_tiny_runs_sft_is_published_with_its_card(finished, repo, fake_hub, tmp_path):
+    (tmp_path / "publish.yaml").write_text(yaml.safe_dump(
+        {"publish": {"repo": "org/lmforge-tiny", "revision": "v1"}}))
+    env_store = f"sqlite:///{finished / 'results/mlflow.db'}"
+    snakemake(repo, finished, "results/publish/sft.json", "--configfile",
+              str(repo / "fast.yaml"), str(tmp_path / "publish.yaml"))
+    record = json.loads((finished / "results/publish/sft.json").read_text())
+    uploaded = fake_hub.files("org/lmforge-tiny", "v1")
+    assert record["commit"] == fake_hub.repos[("model", "org/lmforge-tiny")].refs["v1"]
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+            "README.md"} <= set(uploaded)
+    card = uploaded["README.md"].decode()
+    tokens = 0
+    for stage in ("pretrain", "grow", "sft"):
+        with open(finished / f"results/train/{stage}/metrics.csv", newline="") as f:
+            tokens += int(float(list(csv.DictReader(f))[-1]["tokens"]))
+    assert f"tokens seen: {tokens:,}" in card
+    for section in ("## Data: the mix and its funnel", "## Evaluation", "| sft |"):
+        assert section in card
+    assert "<- sft (run" in card and "[source]" in card  # the lineage, down to the WARC files
+    import mlflow
+
+    client = mlflow.MlflowClient(env_store)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              "tags.`hub.repo` = 'org/lmforge-tiny'")
+    assert [r.data.tags["hub.commit"] for r in runs] == [record["commit"]]
+    # Without a repo there is nothing to publish to: a clear error before any job.
+    proc = snakemake(repo, finished, "results/publish/grow.json", "-n", "--configfile",
+                     str(repo / "fast.yaml"), check=False)
+    assert proc.returncode != 0 and "set publish.repo" in proc.stdout + proc.stderr
