@@ -165,3 +165,17 @@ def test_a_hub_model_is_evaluated_beside_ours_in_one_matrix(fake_hub, tiny, tmp_
                                                 "path": "tokens"})
     with pytest.raises(InputError, match="bits-per-byte task"):
         evaluate_pair(None, spec, tmp_path / "x.json", source=result["hub"])
+
+
+def test_tokens_seen_add_up_every_stage_and_bad_metrics_are_named(tmp_path):
+    from lmforge.io.hub import tokens_seen
+
+    (tmp_path / "a.csv").write_text("step,loss,valid_loss,tokens,flops\n1,3.0,,100,1e9\n"
+                                    "2,2.5,2.6,200,2e9\n")
+    (tmp_path / "b.csv").write_text("step,loss,valid_loss,tokens,flops\n1,2.0,,50,5e8\n")
+    assert tokens_seen([tmp_path / "a.csv", tmp_path / "b.csv"]) == 250
+    (tmp_path / "bad.csv").write_text("step,loss\n1,2.0\n")
+    with pytest.raises(InputError, match="bad.csv: a training metrics file needs"):
+        tokens_seen([tmp_path / "bad.csv"])
+    with pytest.raises(InputError, match="missing.csv: not a readable"):
+        tokens_seen([tmp_path / "missing.csv"])

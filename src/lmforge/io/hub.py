@@ -204,16 +204,9 @@ def fetch_hub_model_command(args, job) -> None:
 
 def tokens_seen(metrics_paths: list) -> int:
     """Tokens a checkpoint was trained on: the last `tokens` of each stage it went through."""
-    import csv
+    from lmforge.train.metrics import read_metrics
 
-    total = 0
-    for path in metrics_paths:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        if not rows or "tokens" not in rows[-1]:
-            raise InputError(f"{path}: a training metrics file with a tokens column")
-        total += int(float(rows[-1]["tokens"]))
-    return total
+    return sum(int(read_metrics(path)["tokens"][-1]) for path in metrics_paths)
 
 
 @command("publish", CHECKPOINT, TOKENIZER, arg("--repo"), arg("--revision", default="main"),

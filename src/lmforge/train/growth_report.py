@@ -9,24 +9,27 @@ FLOPs are 6 × non-embedding parameters (the output head included) + attention p
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from lmforge.io.storage import InputError, save_figure, write_json, write_text
 from lmforge.runner import OUT_JSON, OUT_MD, arg, command
+from lmforge.train.metrics import read_metrics
 
 Curve = list[tuple[float, float]]
 
 
 def read_curve(path: str | Path) -> tuple[Curve, dict]:
     """(cumulative FLOPs, held-out loss) at each evaluation, and the run's totals."""
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows or not rows[-1].get("valid_loss"):
+    import polars as pl
+
+    frame = read_metrics(path)
+    if "valid_loss" not in frame.columns or frame["valid_loss"][-1] is None:
         raise InputError(f"{path}: no held-out loss at the last step; the stage needs "
                          "eval_every in its training config")
-    curve = [(float(r["flops"]), float(r["valid_loss"])) for r in rows if r.get("valid_loss")]
-    last = rows[-1]
+    evals = frame.filter(pl.col("valid_loss").is_not_null())
+    curve = list(zip(evals["flops"].cast(pl.Float64).to_list(),
+                     evals["valid_loss"].cast(pl.Float64).to_list(), strict=True))
+    last = frame.row(-1, named=True)
     return curve, {"steps": int(last["step"]), "tokens": int(last["tokens"]),
                    "flops": float(last["flops"]), "final_loss": float(last["valid_loss"])}
 

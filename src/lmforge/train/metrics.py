@@ -6,9 +6,7 @@ import csv
 import logging
 from pathlib import Path
 
-import torch
-
-from lmforge.io.storage import atomic_path, save_figure
+from lmforge.io.storage import InputError, atomic_path, save_figure
 from lmforge.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -20,6 +18,8 @@ PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e1
 def peak_flops(device, cfg: TrainConfig) -> float | None:
     """Peak FLOP/s of one device for MFU: `peak_flops` from the config, else the data-sheet
     figure of a known GPU; None (no MFU) on a CPU without a configured figure."""
+    import torch  # here: the report commands read metrics without loading torch
+
     if cfg.peak_flops:
         return float(cfg.peak_flops)
     if torch.cuda.is_available() and torch.device(device).type == "cuda":
@@ -41,6 +41,21 @@ def write_metrics(path: str | Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
+def read_metrics(path: str | Path):
+    """A stage's metrics CSV as a polars frame, a row per logged step (empty cells: nulls)."""
+    import polars as pl
+
+    try:
+        frame = pl.read_csv(path, infer_schema_length=None)
+    except (OSError, pl.exceptions.PolarsError) as err:
+        raise InputError(f"{path}: not a readable training metrics file ({err})") from None
+    missing = {"step", "loss", "tokens", "flops"} - set(frame.columns)
+    if missing or frame.is_empty():
+        raise InputError(f"{path}: a training metrics file needs rows and the columns "
+                         f"step, loss, tokens, flops (missing: {sorted(missing)})")
+    return frame
+
+
 def plot_loss(metrics_paths: dict[str, str | Path], out_path: str | Path) -> None:
     """One loss-curve figure for the report."""
     import matplotlib
@@ -50,9 +65,8 @@ def plot_loss(metrics_paths: dict[str, str | Path], out_path: str | Path) -> Non
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for label, path in metrics_paths.items():
-        with open(path) as handle:
-            data = list(csv.DictReader(handle))
-        ax.plot([int(r["step"]) for r in data], [float(r["loss"]) for r in data], label=label)
+        frame = read_metrics(path)
+        ax.plot(frame["step"].to_list(), frame["loss"].to_list(), label=label)
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
     ax.legend()
