@@ -128,6 +128,11 @@ def test_hub_dataset_files_are_pinned_and_fetched_byte_identical(fake_hub, tmp_p
         dataset_files("hf://datasets/org/corpus@main/data/*.parquet")
     with pytest.raises(InputError, match="hf://datasets/<org>/<name>@<revision>/<glob>"):
         dataset_files("hf://datasets/org/corpus/data/*.jsonl")
+    from huggingface_hub import constants
+
+    constants.HF_HUB_OFFLINE = True  # listing needs the Hub: a clear error (restored by fixture)
+    with pytest.raises(InputError, match="OfflineModeIsEnabled"):
+        dataset_files("hf://datasets/org/corpus@main/data/*.jsonl")
 
 
 def test_a_hub_model_is_evaluated_beside_ours_in_one_matrix(fake_hub, tiny, tmp_path,

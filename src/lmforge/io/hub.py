@@ -63,13 +63,12 @@ def fetch_model(ref: str) -> dict:
     """Download a pinned Hub model into the standard cache: {repo, revision, commit, path,
     files}."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     model = HubModel.parse(ref)
     try:
         path = Path(snapshot_download(model.repo, revision=model.revision,
                                       allow_patterns=MODEL_FILES))
-    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as err:
+    except OSError as err:  # the client's HTTP, not-found and offline errors
         raise _hub_error(ref, err) from None
     files = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
     if "config.json" not in files or not any(f.endswith(".safetensors") for f in files):
@@ -123,7 +122,6 @@ def publish(checkpoint, tokenizer, repo: str, revision: str, facts: dict,
     """Export, write the card and upload to `repo` at branch `revision` (made if new):
     {repo, revision, commit, files}."""
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
 
     from lmforge.model.checkpoint import load_model
     from lmforge.model.hf import export_hf
@@ -142,7 +140,7 @@ def publish(checkpoint, tokenizer, repo: str, revision: str, facts: dict,
                 api.create_branch(repo, branch=revision, exist_ok=True)
             commit = api.upload_folder(repo_id=repo, folder_path=folder, revision=revision,
                                        commit_message=message)
-        except HfHubHTTPError as err:
+        except OSError as err:
             raise _hub_error(f"publishing to {repo}@{revision}", err) from None
     return {"repo": repo, "revision": revision, "commit": commit.oid,
             "url": commit.commit_url, "files": files}
@@ -152,7 +150,6 @@ def dataset_files(url: str) -> list[str]:
     """The files of a Hub dataset a `hf://datasets/<repo>@<revision>/<glob>` names, as
     `hf://` URLs pinned to the commit the revision resolves to, sorted."""
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
 
     match = _DATASET_URL.match(url)
     if match is None:
@@ -162,7 +159,7 @@ def dataset_files(url: str) -> list[str]:
     try:
         info = api.dataset_info(match["repo"], revision=match["revision"])
         names = api.list_repo_files(match["repo"], repo_type="dataset", revision=info.sha)
-    except HfHubHTTPError as err:
+    except OSError as err:
         raise _hub_error(url, err) from None
     found = sorted(n for n in names if fnmatch.fnmatchcase(n, match["pattern"]))
     if not found:
@@ -175,7 +172,6 @@ def fetch_dataset_file(url: str, out) -> dict:
     import shutil
 
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     match = _DATASET_URL.match(url)
     if match is None:
@@ -183,7 +179,7 @@ def fetch_dataset_file(url: str, out) -> dict:
     try:
         cached = hf_hub_download(match["repo"], match["pattern"], repo_type="dataset",
                                  revision=match["revision"])
-    except (HfHubHTTPError, LocalEntryNotFoundError) as err:
+    except OSError as err:
         raise _hub_error(url, err) from None
     with atomic_path(out) as tmp:
         shutil.copyfile(cached, tmp)
