@@ -5,6 +5,7 @@ inputs, and the tiny run's SFT checkpoint published with its card."""
 import csv
 import io
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -76,9 +77,14 @@ def test_a_hub_corpus_and_a_hub_model_enter_the_workflow(repo, fake_hub, tmp_pat
 
 
 def test_the_tiny_runs_sft_is_published_with_its_card(finished, repo, fake_hub, tmp_path):
+    # A copy of the run's MLflow store: the card's lineage comes from it, and the finished
+    # run's own store keeps its one invocation for the other tests.
+    store = tmp_path / "mlflow.db"
+    shutil.copy(finished / "results/mlflow.db", store)
+    mlflow_cfg = {**yaml.safe_load((repo / "fast.yaml").read_text())["mlflow"],
+                  "tracking_uri": f"sqlite:///{store}"}
     (tmp_path / "publish.yaml").write_text(yaml.safe_dump(
-        {"publish": {"repo": "org/lmforge-tiny", "revision": "v1"}}))
-    env_store = f"sqlite:///{finished / 'results/mlflow.db'}"
+        {"publish": {"repo": "org/lmforge-tiny", "revision": "v1"}, "mlflow": mlflow_cfg}))
     snakemake(repo, finished, "results/publish/sft.json", "--configfile",
               str(repo / "fast.yaml"), str(tmp_path / "publish.yaml"))
     record = json.loads((finished / "results/publish/sft.json").read_text())
@@ -94,13 +100,15 @@ def test_the_tiny_runs_sft_is_published_with_its_card(finished, repo, fake_hub, 
     assert f"tokens seen: {tokens:,}" in card
     for section in ("## Data: the mix and its funnel", "## Evaluation", "| sft |"):
         assert section in card
-    assert "<- sft (run" in card and "[source]" in card  # the lineage, down to the WARC files
+    # The lineage, from the SFT run down to the job that wrote the WARC files.
+    assert "<- sft (run" in card and "<- crawl_demo (run" in card
     import mlflow
 
-    client = mlflow.MlflowClient(env_store)
+    client = mlflow.MlflowClient(f"sqlite:///{store}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                              "tags.`hub.repo` = 'org/lmforge-tiny'")
-    assert [r.data.tags["hub.commit"] for r in runs] == [record["commit"]]
+                              "tags.`hub.repo` = 'org/lmforge-tiny'",
+                              order_by=["attributes.start_time DESC"])
+    assert runs[0].data.tags["hub.commit"] == record["commit"]
     # Without a repo there is nothing to publish to: a clear error before any job.
     proc = snakemake(repo, finished, "results/publish/grow.json", "-n", "--configfile",
                      str(repo / "fast.yaml"), check=False)
