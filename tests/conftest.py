@@ -128,6 +128,29 @@ def tokenizer_corpus(folder: Path, texts: list[str], vocab_size: int = 600) -> P
     return folder
 
 
+def tiny_olmo2(folder: Path, texts: list[str], vocab_size: int, max_seq_len: int) -> Path:
+    """A small random OLMo 2 (seed 0) and a tokenizer trained on the texts, in `folder`: the
+    tokenizer (`tokenizer.json`), the lmforge checkpoint (`native`) and its `transformers`
+    export with the tokenizer (`hf`)."""
+    import torch
+
+    from lmforge.data.tokenize import train_tokenizer
+    from lmforge.io.storage import write_jsonl_gz
+    from lmforge.model.checkpoint import save_model
+    from lmforge.model.hf import export_hf
+    from lmforge.model.olmo2 import ModelConfig, Olmo2
+
+    write_jsonl_gz(folder / "docs.jsonl.gz", make_docs(texts))
+    train_tokenizer([str(folder / "docs.jsonl.gz")], folder / "tokenizer.json", vocab_size, 1,
+                    0.1)
+    torch.manual_seed(0)
+    model = Olmo2(ModelConfig(vocab_size=vocab_size, d_model=32, n_layers=2, n_heads=2,
+                              mlp_hidden=64, max_seq_len=max_seq_len))
+    save_model(model, folder / "native")
+    export_hf(model, folder / "hf", tokenizer=folder / "tokenizer.json")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def repo(tmp_path_factory) -> Path:
     """A copy of the workflow, so a test may touch its code files."""

@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmforge.data.tokenize import train_tokenizer
 from lmforge.eval.formats import (
     ChoiceInstance,
     load_choice_instances,
@@ -26,11 +25,8 @@ from lmforge.eval.tasks import (
     score_choices,
 )
 from lmforge.io.storage import InputError, write_jsonl_gz
-from lmforge.model.checkpoint import save_model
-from lmforge.model.hf import export_hf
-from lmforge.model.olmo2 import ModelConfig, Olmo2
 
-from conftest import make_docs
+from conftest import make_docs, tiny_olmo2
 
 TEXTS = [f"Question {i}: how many apple trees grow in garden {i % 9}? Answer: {i % 7} trees."
          for i in range(300)]
@@ -40,15 +36,7 @@ TEXTS = [f"Question {i}: how many apple trees grow in garden {i % 9}? Answer: {i
 def checkpoint(tmp_path_factory):
     """A small random OLMo 2 with a tokenizer trained here, as an lmforge checkpoint and as a
     `transformers` directory."""
-    out = tmp_path_factory.mktemp("lm")
-    write_jsonl_gz(out / "docs.jsonl.gz", make_docs(TEXTS))
-    train_tokenizer([str(out / "docs.jsonl.gz")], out / "tokenizer.json", 400, 1, 0.1)
-    torch.manual_seed(0)
-    model = Olmo2(ModelConfig(vocab_size=400, d_model=32, n_layers=2, n_heads=2, mlp_hidden=64,
-                              max_seq_len=48))
-    save_model(model, out / "native")
-    export_hf(model, out / "hf", tokenizer=out / "tokenizer.json")
-    return out
+    return tiny_olmo2(tmp_path_factory.mktemp("lm"), TEXTS, vocab_size=400, max_seq_len=48)
 
 
 def test_request_encoding_follows_lm_eval(checkpoint):

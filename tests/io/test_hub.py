@@ -10,15 +10,11 @@ import pytest
 import torch
 import transformers
 
-from lmforge.data.tokenize import train_tokenizer
 from lmforge.eval.lm import load
 from lmforge.io.hub import dataset_files, fetch_dataset_file, fetch_model, publish
 from lmforge.io.storage import InputError, write_jsonl_gz
-from lmforge.model.checkpoint import save_model
-from lmforge.model.hf import export_hf
-from lmforge.model.olmo2 import ModelConfig, Olmo2
 
-from conftest import make_docs
+from conftest import make_docs, tiny_olmo2
 
 TEXTS = [f"Question {i}: how many apple trees grow in garden {i % 9}? Answer: {i % 7} trees."
          for i in range(200)]
@@ -28,15 +24,7 @@ TEXTS = [f"Question {i}: how many apple trees grow in garden {i % 9}? Answer: {i
 def tiny(tmp_path_factory) -> Path:
     """A tiny OLMo 2 as an lmforge checkpoint (`native`) and exported (`hf`), with its
     tokenizer."""
-    out = tmp_path_factory.mktemp("tiny")
-    write_jsonl_gz(out / "docs.jsonl.gz", make_docs(TEXTS))
-    train_tokenizer([str(out / "docs.jsonl.gz")], out / "tokenizer.json", 300, 1, 0.1)
-    torch.manual_seed(0)
-    model = Olmo2(ModelConfig(vocab_size=300, d_model=32, n_layers=2, n_heads=2, mlp_hidden=64,
-                              max_seq_len=32))
-    save_model(model, out / "native")
-    export_hf(model, out / "hf", tokenizer=out / "tokenizer.json")
-    return out
+    return tiny_olmo2(tmp_path_factory.mktemp("tiny"), TEXTS, vocab_size=300, max_seq_len=32)
 
 
 def folder_files(folder: Path) -> dict[str, bytes]:

@@ -11,31 +11,20 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 import yaml
 
 from lmforge.io.storage import read_jsonl
 from workflow_helpers import snakemake
+
+from conftest import tiny_olmo2
 
 pytestmark = pytest.mark.workflow
 
 
 def hub_model_files(folder: Path) -> dict[str, bytes]:
     """A tiny OLMo 2 exported with a tokenizer trained here: what a Hub model repo holds."""
-    from lmforge.data.tokenize import train_tokenizer
-    from lmforge.io.storage import write_jsonl_gz
-    from lmforge.model.hf import export_hf
-    from lmforge.model.olmo2 import ModelConfig, Olmo2
-
-    from conftest import make_docs
-
     texts = [f"The answer to question {i} is {i % 7}." for i in range(200)]
-    write_jsonl_gz(folder / "docs.jsonl.gz", make_docs(texts))
-    train_tokenizer([str(folder / "docs.jsonl.gz")], folder / "tokenizer.json", 300, 1, 0.1)
-    torch.manual_seed(0)
-    model = Olmo2(ModelConfig(vocab_size=300, d_model=32, n_layers=2, n_heads=2, mlp_hidden=64,
-                              max_seq_len=64))
-    export_hf(model, folder / "hf", tokenizer=folder / "tokenizer.json")
+    tiny_olmo2(folder, texts, vocab_size=300, max_seq_len=64)
     return {p.name: p.read_bytes() for p in (folder / "hf").iterdir()}
 
 
