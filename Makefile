@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed
 JOBS ?= 2
 # Rules call the `lmforge` CLI: put the venv first on PATH for every recipe.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
+# The venvs `make test` needs build side by side (each mostly waits on one pip process);
+# each one's output stays together.
+MAKEFLAGS += --jobs=$(JOBS) --output-sync=target
 
 PEERS := .venv-peers
 DATATROVE := $(PEERS)/datatrove/.installed

@@ -34,3 +34,14 @@ def measure(cmd: list[str], log: Path) -> tuple[float, float, dict]:
     """Wall seconds, peak RSS in MB and the JSON object the command prints last."""
     result = run(cmd, log)
     return result["wall"], result["rss_mb"], result["out"]
+
+
+def print_table(rows: list[dict], floats: int = 2) -> None:
+    """Rows of one benchmark as a Markdown table (polars' own formatting)."""
+    import polars as pl
+
+    with pl.Config(tbl_formatting="MARKDOWN", tbl_hide_column_data_types=True,
+                   tbl_hide_dataframe_shape=True, float_precision=floats,
+                   thousands_separator=",", tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=200,
+                   tbl_width_chars=400):
+        print(pl.DataFrame(rows))

@@ -103,18 +103,19 @@ print(json.dumps({
 LMFORGE_FULL = """
 import json, sys
 from pathlib import Path
-import pandas as pd
+import polars as pl
 from lmforge.stats.analyses import corpus_stats
 cfg, out = json.loads(sys.argv[1]), Path(sys.argv[2])
 summary = corpus_stats(sys.argv[4:], out, cfg, tasks_dir=sys.argv[3])
-hist = pd.read_parquet(out / "length_histogram.parquet")
-domains = pd.read_parquet(out / "domains.parquet")
+hist = pl.read_parquet(out / "length_histogram.parquet")
+domains = pl.read_parquet(out / "domains.parquet")
 print(json.dumps({
     **{k: summary[k] for k in ("documents", "characters", "median_characters")},
-    "length_histogram": {str(b): int(n) for b, n in zip(hist.log2_chars_bucket, hist.documents)},
+    "length_histogram": {str(b): n for b, n in zip(hist["log2_chars_bucket"],
+                                                   hist["documents"])},
     "domains": summary["domains"],
-    "domain_documents": dict(zip(domains.domain, map(int, domains.documents))),
-    "domain_characters": dict(zip(domains.domain, map(int, domains.characters))),
+    "domain_documents": dict(zip(domains["domain"], domains["documents"])),
+    "domain_characters": dict(zip(domains["domain"], domains["characters"])),
 }))
 """
 COMPARED = ("documents", "characters", "median_characters", "length_histogram", "domains",

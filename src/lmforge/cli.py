@@ -54,6 +54,8 @@ COMMANDS = {
     "plan-data": "lmforge.data.plan",
     "export-hf": "lmforge.model.hf",
     "fetch-hub-model": "lmforge.io.hub",
+    "import-hub-model": "lmforge.io.hub",
+    "hub-tokenizer": "lmforge.io.hub",
     "fetch-hub-dataset": "lmforge.io.hub",
     "publish": "lmforge.io.hub",
     # post-training

@@ -172,3 +172,70 @@ def test_tokens_seen_add_up_every_stage_and_bad_metrics_are_named(tmp_path):
         tokens_seen([tmp_path / "bad.csv"])
     with pytest.raises(InputError, match="missing.csv: not a readable"):
         tokens_seen([tmp_path / "missing.csv"])
+
+
+def test_a_hub_start_is_our_checkpoint_with_the_same_logits_and_tokenizer(fake_hub, tiny,
+                                                                          tmp_path,
+                                                                          mlflow_store):
+    from lmforge.cli import main
+    from lmforge.data.tokenize import load_tokenizer
+    from lmforge.model.checkpoint import load_model
+
+    commit = fake_hub.add("org/tiny", folder_files(tiny / "hf"))
+    record, init = tmp_path / "start.json", tmp_path / "init"
+    assert main(["fetch-hub-model", "--ref", f"hf:org/tiny@{commit}", "--out",
+                 str(record)]) == 0
+    assert main(["import-hub-model", "--record", str(record), "--out", str(init)]) == 0
+    assert main(["hub-tokenizer", "--record", str(record), "--out",
+                 str(tmp_path / "tok" / "tokenizer.json")]) == 0
+    reference = transformers.AutoModelForCausalLM.from_pretrained(
+        json.loads(record.read_text())["path"]).eval()
+    ids = torch.randint(0, 300, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(load_model(init)(ids), reference(ids).logits, atol=1e-5)
+    # Our tokenizer already has every special token: the Hub's is taken as it is.
+    ours, adopted = (load_tokenizer(tiny / "tokenizer.json"),
+                     load_tokenizer(tmp_path / "tok" / "tokenizer.json"))
+    assert adopted.get_vocab() == ours.get_vocab()
+    assert (tmp_path / "tok" / "tokenizer_config.json").is_file()
+    # The from-scratch baseline of a grown Hub start takes the Hub model's architecture.
+    assert main(["init-model", "--like", str(init), "--width-factor", "2", "--layers-factor",
+                 "2", "--seed", "1", "--out", str(tmp_path / "grown")]) == 0
+    grown = load_model(tmp_path / "grown").cfg
+    assert (grown.vocab_size, grown.d_model, grown.n_layers) == (300, 64, 4)
+    # A record whose snapshot left the cache is named, not a deep traceback.
+    stale = tmp_path / "stale.json"
+    stale.write_text(json.dumps({**json.loads(record.read_text()), "path": str(tmp_path / "x")}))
+    assert main(["import-hub-model", "--record", str(stale), "--out",
+                 str(tmp_path / "never")]) == 2
+    assert not (tmp_path / "never").exists()
+
+
+def test_released_tokenizers_get_the_chat_tokens_in_their_spare_embedding_rows(shared_data,
+                                                                               tmp_path):
+    from tokenizers import Tokenizer, models
+
+    from lmforge.data.tokenize import PAD, adopt_tokenizer, load_tokenizer
+    from lmforge.posttrain.chat import ASSISTANT, SYSTEM, USER
+
+    olmo2 = shared_data / "tokenizers" / "allenai_dolma2.json"
+    added = adopt_tokenizer(olmo2, tmp_path / "olmo2" / "tokenizer.json", 100_352)
+    assert added == {"vocab_size": 100_281, "added_tokens": [USER, ASSISTANT, SYSTEM]}
+    before, after = load_tokenizer(olmo2), load_tokenizer(tmp_path / "olmo2" / "tokenizer.json")
+    assert [after.token_to_id(t) for t in (USER, ASSISTANT, SYSTEM)] == [100_278, 100_279,
+                                                                         100_280]
+    assert after.token_to_id(PAD) == 100_277  # OLMo 2's own pad is kept
+    text = "Nine apple trees grow in the garden, said the gardener."
+    assert after.encode(text).ids == before.encode(text).ids
+    assert after.encode(f"{USER}\n{text}").ids[0] == 100_278
+    # OLMoE's tokenizer has <|padding|> and no <|pad|>: ours is added too.
+    olmoe = adopt_tokenizer(shared_data / "tokenizers" / "allenai_gpt-neox-olmo-dolma-v1_5.json",
+                            tmp_path / "olmoe" / "tokenizer.json", 50_304)
+    assert olmoe["added_tokens"] == [PAD, USER, ASSISTANT, SYSTEM]
+    with pytest.raises(InputError, match="more than the model's 100278 embedding rows"):
+        adopt_tokenizer(olmo2, tmp_path / "full" / "tokenizer.json", 100_278)
+    assert not (tmp_path / "full" / "tokenizer.json").exists()
+    bare = tmp_path / "bare.json"
+    Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")).save(str(bare))
+    with pytest.raises(InputError, match="has no <|endoftext|> token"):
+        adopt_tokenizer(bare, tmp_path / "bare" / "tokenizer.json", 10)

@@ -3,6 +3,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 from lmforge.model.checkpoint import load_model
 from lmforge.model.olmo2 import ModelConfig, Olmo2
@@ -52,8 +53,6 @@ def test_instance_batches_follow_a_seeded_permutation():
 
 
 def test_a_later_stage_continues_the_data_order_and_heldout_loss_is_a_fixed_set():
-    import torch
-
     from lmforge.model.olmo2 import causal_lm_loss
     from lmforge.train.data import heldout_loss_fn
 
@@ -74,8 +73,6 @@ def test_a_later_stage_continues_the_data_order_and_heldout_loss_is_a_fixed_set(
 
 
 def _run(tmp_path, name):
-    import torch
-
     torch.manual_seed(0)
     model = Olmo2(ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, mlp_hidden=64,
                               max_seq_len=16))
@@ -115,8 +112,6 @@ def test_deepspeed_training_learns_checkpoints_and_is_deterministic(tmp_path, on
 
 def test_olmoe_trains_through_the_engine_with_its_auxiliary_losses(tmp_path, one_rank_world):
     import csv
-
-    import torch
 
     from lmforge.model.olmoe import MoEConfig, Olmoe
 
@@ -241,25 +236,38 @@ def _ranked(tmp_path, name: str, processes: int, crash_at_step: int = -1, zero_s
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_and_a_checkpoint_of_two_resumes_in_one(tmp_path):
+@pytest.mark.parametrize("zero_stage", [1, 3])
+def test_two_processes_match_one_and_a_checkpoint_of_two_resumes_in_one(tmp_path, zero_stage):
+    """ZeRO-1 shards the optimizer state over the ranks, ZeRO-3 also the weights: either way
+    the final checkpoint is the whole model, and a step checkpoint of two ranks resumes in one."""
     import csv
 
     from lmforge.train.checkpointing import step_checkpoints
 
-    assert _ranked(tmp_path, "one", 1).returncode == 0
-    assert _ranked(tmp_path, "two", 2).returncode == 0
+    assert _ranked(tmp_path, "one", 1, zero_stage=zero_stage).returncode == 0
+    assert _ranked(tmp_path, "two", 2, zero_stage=zero_stage).returncode == 0
     one, two = (list(csv.DictReader(open(tmp_path / f"{n}.csv"))) for n in ("one", "two"))
     assert [r["tokens"] for r in one] == [r["tokens"] for r in two]  # the same global batches
     for a, b in zip(one, two):
         assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-5)
     assert not list(tmp_path.glob(".*tmp*"))  # the shared checkpoint directory was renamed
-    assert (tmp_path / "two" / "model.safetensors").exists()
+    weights = [load_model(tmp_path / n).state_dict() for n in ("one", "two")]
+    for name, tensor in weights[0].items():
+        torch.testing.assert_close(weights[1][name], tensor, rtol=1e-4, atol=1e-6, msg=name)
 
     # Two processes lose a node after step 4's checkpoint; one process (micro-batch doubled,
-    # the same global batch) resumes from it through DeepSpeed's universal checkpoint.
-    assert _ranked(tmp_path, "moved", 2, crash_at_step=6).returncode != 0
+    # the same global batch) resumes from it through DeepSpeed's universal checkpoint. Under
+    # ZeRO-3 that is refused (it is not exact in DeepSpeed), and two processes resume exactly.
+    assert _ranked(tmp_path, "moved", 2, crash_at_step=6, zero_stage=zero_stage).returncode != 0
     [checkpoint] = step_checkpoints(tmp_path / "moved")
-    assert _ranked(tmp_path, "moved", 1).returncode == 0
+    if zero_stage == 3:
+        refused = _ranked(tmp_path, "moved", 1, zero_stage=zero_stage)
+        assert refused.returncode != 0 and b"resume it on that many" in refused.stderr
+        assert _ranked(tmp_path, "moved", 2, zero_stage=zero_stage).returncode == 0
+        moved = list(csv.DictReader(open(tmp_path / "moved.csv")))
+        assert [r["loss"] for r in moved] == [r["loss"] for r in two]  # bitwise
+        return
+    assert _ranked(tmp_path, "moved", 1, zero_stage=zero_stage).returncode == 0
     moved = list(csv.DictReader(open(tmp_path / "moved.csv")))
     assert [r["tokens"] for r in moved] == [r["tokens"] for r in two]
     for a, b in zip(two, moved):
@@ -302,14 +310,12 @@ def test_resuming_refuses_another_config_or_global_batch(tmp_path):
         resume_point(tmp_path / "run", cfg.replace(lr=1e-3), 2)
 
 
-@pytest.mark.parametrize("zero_stage", [0, 1])
+@pytest.mark.parametrize("zero_stage", [0, 1, 3])
 def test_a_grown_training_state_steps_in_the_engine_as_in_torch(tmp_path, one_rank_world,
                                                                 zero_stage):
     """Moments saved by a run, grown in width, injected into a new engine: its first step
     equals a torch AdamW's from the same grown state (lr scales and moments included)."""
     import copy
-
-    import torch
 
     from lmforge.model.checkpoint import load_moments
     from lmforge.model.olmo2 import causal_lm_loss
@@ -349,7 +355,6 @@ def test_a_grown_training_state_steps_in_the_engine_as_in_torch(tmp_path, one_ra
 
 
 def test_sum_reduction_adds_the_labelled_tokens_losses():
-    import torch
     import torch.nn.functional as F
 
     from lmforge.train.loop import training_loss
@@ -384,3 +389,64 @@ def test_a_continuing_stage_runs_the_earlier_schedule_on_after_a_re_warm_up():
     rewarmed = [lr_lambda(s, {**rest, "rewarm_steps": 4}) for s in range(8)]
     assert rewarmed[0] == pytest.approx(lr_lambda(12, whole) / 4)
     assert rewarmed[4:] == [lr_lambda(s, whole) for s in range(16, 20)]
+
+
+def _accumulated_bf16_gradients(grad_accum_dtype: str, micro_batches: list) -> dict:
+    """DeepSpeed's gradient of a bf16 OLMo 2 (ZeRO-1) summed over the micro-batches, read
+    before the optimizer step, and the bf16 weights it started from."""
+    import deepspeed
+    from deepspeed.utils import safe_get_full_grad
+
+    from lmforge.model.olmo2 import causal_lm_loss
+    from lmforge.train.config import TrainConfig
+    from lmforge.train.loop import _ensure_distributed_env
+    from lmforge.train.optim import deepspeed_config
+
+    _ensure_distributed_env()
+    deepspeed.init_distributed(dist_backend="gloo", verbose=False)
+    torch.manual_seed(0)
+    model = Olmo2(ModelConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2, mlp_hidden=32,
+                              max_seq_len=16))
+    cfg = TrainConfig(steps=1, micro_batch_size=1, grad_accum=len(micro_batches), lr=1e-3,
+                      min_lr_ratio=1.0, warmup_steps=0, weight_decay=0.0, grad_clip=1e9,
+                      zero_stage=1, precision="bf16", log_every=1,
+                      grad_accum_dtype=grad_accum_dtype)
+    engine, *_ = deepspeed.initialize(model=model, config=deepspeed_config(cfg, 1),
+                                      optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3))
+    start = {n: p.detach().clone() for n, p in engine.module.named_parameters()}
+    for index, (inputs, labels) in enumerate(micro_batches):
+        engine.backward(causal_lm_loss(engine(inputs), labels))
+        if index + 1 < len(micro_batches):
+            engine.step()
+    grads = {n: safe_get_full_grad(p).double() for n, p in engine.module.named_parameters()}
+    engine.step()
+    return {"grads": grads, "start": start}
+
+
+def test_bf16_gradients_accumulate_in_fp32_over_a_long_accumulation(one_rank_world):
+    """256 micro-batches under bf16: fp32 accumulation (the default, as OLMo) gives the exact
+    sum of the bf16 micro-batch gradients to fp32 rounding; bf16 accumulation loses much of it."""
+    from lmforge.model.olmo2 import causal_lm_loss
+
+    generator = torch.Generator().manual_seed(1)
+    micro = [(torch.randint(0, 32, (1, 16), generator=generator),
+              torch.randint(0, 32, (1, 16), generator=generator)) for _ in range(256)]
+    fp32 = _accumulated_bf16_gradients("fp32", micro)
+    bf16 = _accumulated_bf16_gradients("bf16", micro)
+    # The reference: each micro-batch's bf16 gradient (DeepSpeed scales the loss by 1/256),
+    # summed in float64.
+    reference = Olmo2(ModelConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2,
+                                  mlp_hidden=32, max_seq_len=16)).bfloat16()
+    reference.load_state_dict(fp32["start"])
+    total = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in reference.named_parameters()}
+    for inputs, labels in micro:
+        reference.zero_grad()
+        (causal_lm_loss(reference(inputs), labels) / len(micro)).backward()
+        for name, param in reference.named_parameters():
+            total[name] += param.grad.double()
+
+    def error(grads: dict) -> float:
+        return max(((grads[n] - t).norm() / t.norm()).item() for n, t in total.items())
+
+    assert error(fp32["grads"]) < 1e-3
+    assert error(bf16["grads"]) > 10 * error(fp32["grads"])

@@ -5,12 +5,14 @@ inputs, and the tiny run's SFT checkpoint published with its card."""
 import csv
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
 
 from lmforge.io.storage import read_jsonl
@@ -102,3 +104,47 @@ def test_the_tiny_runs_sft_is_published_with_its_card(finished, repo, fake_hub, 
     proc = snakemake(repo, finished, "results/publish/grow.json", "-n", "--configfile",
                      str(repo / "fast.yaml"), check=False)
     assert proc.returncode != 0 and "set publish.repo" in proc.stdout + proc.stderr
+
+
+def test_training_starts_from_a_hub_model_with_its_tokenizer(finished, repo, fake_hub, tmp_path):
+    """`start_from` on the finished tiny run (a copy): the Hub model's tokenizer replaces the
+    trained one, so the mix is tokenized again; its weights, imported unchanged, are what
+    pretraining continues and SFT (`sft.from: init`) fine-tunes; nothing upstream reruns."""
+    hub_files = hub_model_files(tmp_path)
+    commit = fake_hub.add("org/tiny", hub_files)
+    work = tmp_path / "work"
+    shutil.copytree(finished, work, symlinks=True)  # copy2 keeps the times Snakemake compares
+    short = {"steps": 4, "micro_batch_size": 4, "global_batch_size": 4, "log_every": 2,
+             "warmup_steps": 1}
+    (tmp_path / "start.yaml").write_text(yaml.safe_dump({
+        "start_from": f"hf:org/tiny@{commit}", "sft": {"from": "init", "train": short},
+        "pretrain": {**short, "eval_every": 2, "eval_instances": 4, "checkpoint_every": 0}}))
+    targets = ("results/checkpoints/pretrain", "results/checkpoints/sft")
+    options = ("--configfile", str(repo / "fast.yaml"), str(tmp_path / "start.yaml"))
+    plan = snakemake(repo, work, *targets, "-n", *options).stdout
+    assert set(re.findall(r"^(?:local)?rule (\w+):", plan, re.M)) == {
+        "fetch_hub_model", "hub_tokenizer", "import_hub_model", "tokenize", "index_tokens",
+        "pretrain", "sft"}
+    snakemake(repo, work, *targets, *options)
+    assert (work / "results/tokenizer/web/tokenizer.json").read_bytes() == hub_files[
+        "tokenizer.json"]  # it has lmforge's special tokens already: taken as it is
+    assert json.loads((work / "results/tokens/web/meta.json").read_text())["vocab_size"] == 300
+    from safetensors.torch import load_file
+
+    from lmforge.io.lineage import lineage_of, render
+    from lmforge.model.checkpoint import load_model
+    from lmforge.model.hf import import_hf
+
+    record = json.loads((work / "results/hub/models/start.json").read_text())
+    assert record["commit"] == commit
+    hub_state = import_hf(record["path"]).state_dict()
+    for name, tensor in load_file(work / "results/checkpoints/init/model.safetensors").items():
+        assert torch.equal(tensor, hub_state[name]), name
+    for stage in ("pretrain", "sft"):
+        trained = load_model(work / f"results/checkpoints/{stage}")
+        assert trained.cfg == import_hf(record["path"]).cfg
+        assert not torch.equal(trained.state_dict()["lm_head.weight"], hub_state["lm_head.weight"])
+    tree, _ = lineage_of(work / "results/checkpoints/sft/model.safetensors",
+                         f"sqlite:///{work / 'results/mlflow.db'}")
+    lineage = "\n".join(render(tree))
+    assert "<- import_hub_model/init (run" in lineage and "<- fetch_hub_model/start" in lineage

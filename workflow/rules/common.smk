@@ -1,6 +1,7 @@
 import json
 import os
 import re
+import shlex
 from pathlib import Path
 
 from lmforge.codegraph import CodeGraph
@@ -180,11 +181,15 @@ OWN_MODELS = [
     "dpo",
     "rlvr",
 ]
-if set(HUB_MODELS) & set(OWN_MODELS + MIDTRAIN_MODELS):
+# A released model to start from instead of a random init (its tokenizer replaces ours);
+# fetched as the Hub model "start".
+START = config["start_from"]
+if set(HUB_MODELS) & set(OWN_MODELS + MIDTRAIN_MODELS + ["start"]):
     raise ValueError(
-        f"evaluate.hub_models names {sorted(set(HUB_MODELS) & set(OWN_MODELS))}, "
+        f"evaluate.hub_models names {sorted(set(HUB_MODELS) & set(OWN_MODELS + ['start']))}, "
         "which the workflow's own checkpoints use: give the Hub models other names"
     )
+HUB_REFS = {**HUB_MODELS, **({"start": START} if START else {})}
 
 
 def one_of(names):
@@ -193,13 +198,15 @@ def one_of(names):
 
 
 # The stages each checkpoint went through, for the tokens it has seen (publish's card).
+BASE_STAGES = {"init": [], "pretrain": ["pretrain"], "grow": ["pretrain", "grow"]}
+SFT_STAGES = BASE_STAGES[config["sft"]["from"]] + ["sft"]
 MODEL_STAGES = {
     "pretrain": ["pretrain"],
     "baseline": ["baseline"],
     "grow": ["pretrain", "grow"],
-    "sft": ["pretrain", "grow", "sft"],
-    "dpo": ["pretrain", "grow", "sft", "dpo"],
-    "rlvr": ["pretrain", "grow", "sft", "dpo", "rlvr"],
+    "sft": SFT_STAGES,
+    "dpo": SFT_STAGES + ["dpo"],
+    "rlvr": SFT_STAGES + ["dpo", "rlvr"],
 }
 PUBLISH = config["publish"]
 
@@ -215,6 +222,7 @@ def publish_inputs(wildcards):
         "tokenizer": f"{R}/tokenizer/{MIX}/tokenizer.json",
         "funnel": f"{R}/mixes/{MIX}/funnel.md",
         "evaluation": f"{R}/eval/summary.md",
+        **({"start": f"{R}/hub/models/start.json"} if START else {}),
     }
 
 

@@ -60,12 +60,12 @@ rule fetch_hub_model:
     log:
         f"{R}/logs/hub/{{model}}.log",
     wildcard_constraints:
-        model=one_of(HUB_MODELS),
+        model=one_of(HUB_REFS),
     localrule: True  # the Hub is reached from the submit host, not the compute nodes
     conda:
         "../../envs/eval.yaml"
     params:
-        ref=lambda w: HUB_MODELS[w.model],
+        ref=lambda w: HUB_REFS[w.model],
     shell:
         "lmforge fetch-hub-model --ref {params.ref} --out {output} > {log} 2>&1"
 
@@ -107,10 +107,12 @@ rule publish:
     params:
         repo=PUBLISH["repo"],
         revision=PUBLISH["revision"],
+        start=f"--start {R}/hub/models/start.json" if START else "",
     shell:
         "lmforge publish --checkpoint {input.checkpoint} --tokenizer {input.tokenizer} "
         "--repo {params.repo} --revision {params.revision} --metrics {input.metrics} "
-        "--funnel {input.funnel} --evaluation {input.evaluation} --out {output} > {log} 2>&1"
+        "--funnel {input.funnel} --evaluation {input.evaluation} {params.start} "
+        "--out {output} > {log} 2>&1"
 
 
 rule eval_summary:

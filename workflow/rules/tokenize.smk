@@ -1,29 +1,48 @@
-rule train_tokenizer:
-    input:
-        code("train-tokenizer"),
-        docs=mixed("{mix}"),
-    output:
-        tokenizer=f"{R}/tokenizer/{{mix}}/tokenizer.json",
-        # transformers' tokenizer_config.json: special tokens and the Tulu chat template.
-        config=f"{R}/tokenizer/{{mix}}/tokenizer_config.json",
-    log:
-        f"{R}/logs/train_tokenizer/{{mix}}.log",
-    priority: 1
-    conda:
-        "../../envs/data.yaml"
-    params:
-        seed=SEED,
-        vocab=config["tokenizer"]["vocab_size"],
-        valid=config["tokenizer"]["valid_fraction"],
-        sample=(
-            f"--sample-bytes {config['tokenizer']['sample_bytes']}"
-            if config["tokenizer"]["sample_bytes"]
-            else ""
-        ),
-    shell:
-        "lmforge train-tokenizer --docs {input.docs} --out {output.tokenizer} "
-        "--seed {params.seed} --vocab-size {params.vocab} --valid-fraction {params.valid} "
-        "{params.sample} > {log} 2>&1"
+if START:
+
+    rule hub_tokenizer:
+        input:
+            code("hub-tokenizer"),
+            record=f"{R}/hub/models/start.json",
+        output:
+            tokenizer=f"{R}/tokenizer/{MIX}/tokenizer.json",
+            config=f"{R}/tokenizer/{MIX}/tokenizer_config.json",
+        log:
+            f"{R}/logs/hub_tokenizer.log",
+        conda:
+            "../../envs/data.yaml"
+        shell:
+            "lmforge hub-tokenizer --record {input.record} --out {output.tokenizer} "
+            "> {log} 2>&1"
+
+else:
+
+    rule train_tokenizer:
+        input:
+            code("train-tokenizer"),
+            docs=mixed("{mix}"),
+        output:
+            tokenizer=f"{R}/tokenizer/{{mix}}/tokenizer.json",
+            # transformers' tokenizer_config.json: special tokens and the Tulu chat template.
+            config=f"{R}/tokenizer/{{mix}}/tokenizer_config.json",
+        log:
+            f"{R}/logs/train_tokenizer/{{mix}}.log",
+        priority: 1
+        conda:
+            "../../envs/data.yaml"
+        params:
+            seed=SEED,
+            vocab=config["tokenizer"]["vocab_size"],
+            valid=config["tokenizer"]["valid_fraction"],
+            sample=(
+                f"--sample-bytes {config['tokenizer']['sample_bytes']}"
+                if config["tokenizer"]["sample_bytes"]
+                else ""
+            ),
+        shell:
+            "lmforge train-tokenizer --docs {input.docs} --out {output.tokenizer} "
+            "--seed {params.seed} --vocab-size {params.vocab} --valid-fraction {params.valid} "
+            "{params.sample} > {log} 2>&1"
 
 
 rule tokenize:

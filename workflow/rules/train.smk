@@ -4,25 +4,47 @@ TOKENS = f"{R}/tokens/{MIX}"
 rule init_model:
     input:
         code("init-model"),
-        tokenizer=f"{R}/tokenizer/{MIX}/tokenizer.json",
+        # From scratch: the model config for the tokenizer's vocabulary; after a Hub start,
+        # the imported model's architecture.
+        shape=(
+            checkpoint_path("init") if START else f"{R}/tokenizer/{MIX}/tokenizer.json"
+        ),
     output:
         directory(f"{R}/checkpoints/{{init}}"),
     log:
         f"{R}/logs/init_model/{{init}}.log",
     wildcard_constraints:
-        init="init|init-grown",
+        init="init-grown" if START else "init|init-grown",
     priority: 1
     conda:
         "../../envs/train.yaml"
     params:
-        cfg=cfg_json("model"),
+        cfg="" if START else f"--cfg {shlex.quote(cfg_json('model'))}",
+        shape="--like" if START else "--tokenizer",
         seed=SEED,
         layers=lambda w: grown_factor(w.init, "depth"),
         width=lambda w: grown_factor(w.init, "width"),
     shell:
-        "lmforge init-model --cfg {params.cfg:q} --seed {params.seed} --out {output} "
-        "--tokenizer {input.tokenizer} --layers-factor {params.layers} "
-        "--width-factor {params.width} > {log} 2>&1"
+        "lmforge init-model {params.cfg} {params.shape} {input.shape} --seed {params.seed} "
+        "--out {output} "
+        "--layers-factor {params.layers} --width-factor {params.width} > {log} 2>&1"
+
+
+if START:
+
+    rule import_hub_model:
+        input:
+            code("import-hub-model"),
+            record=f"{R}/hub/models/start.json",
+        output:
+            directory(checkpoint_path("init")),
+        log:
+            f"{R}/logs/import_hub_model.log",
+        priority: 1
+        conda:
+            "../../envs/train.yaml"
+        shell:
+            "lmforge import-hub-model --record {input.record} --out {output} > {log} 2>&1"
 
 
 rule pretrain:
@@ -201,7 +223,8 @@ rule sft_data:
         "../../envs/train.yaml"
     params:
         cfg=lambda w: json.dumps(
-            {k: v for k, v in config["sft"].items() if k != "train"}, sort_keys=True
+            {k: v for k, v in config["sft"].items() if k not in ("from", "train")},
+            sort_keys=True,
         ),
         tasks_cfg=cfg_json("tasks"),
         seed=SEED,
@@ -215,7 +238,7 @@ rule sft_data:
 rule sft:
     input:
         code("launch", "sft"),
-        checkpoint=checkpoint_path("grow"),
+        checkpoint=checkpoint_path(config["sft"]["from"]),
         data=f"{R}/sft/data.jsonl.gz",
         tokenizer=f"{R}/tokenizer/{MIX}/tokenizer.json",
     output:

@@ -27,67 +27,110 @@ METHODS = {
 }
 
 
-def evaluate_labels(labels_path, docs_paths: list, attr_dirs: dict[str, list]) -> dict:
-    """attr_dirs maps an attribute set name to its per-shard files (same order as docs_paths)."""
+PII_KINDS = ("email", "phone", "ip")
+
+
+def document_table(labels_path, docs_paths: list, attr_dirs: dict[str, list]):
+    """One row per document: its labels and what each method decided about it."""
+    import polars as pl
+
     labels = {row["record_id"]: row for row in read_jsonl(labels_path)}
     rows = []
     for shard_index, docs_path in enumerate(docs_paths):
         readers = {name: read_jsonl(paths[shard_index]) for name, paths in attr_dirs.items()}
         for doc in read_jsonl(docs_path):
-            merged = {}
+            attrs = {}
             for reader in readers.values():
-                merged.update(next(reader)["attributes"])
-            rows.append((labels[doc["metadata"]["warc_record_id"]], merged))
+                attrs.update(next(reader)["attributes"])
+            label = labels[doc["metadata"]["warc_record_id"]]
+            quality = attrs.get("quality__score")
+            rows.append({
+                "kinds": label["kinds"], "boilerplate": label["boilerplate"],
+                "toxic_sentences": label.get("toxic_sentences", 0),
+                **{method: bool(attrs.get(attribute)) == (when == "present")
+                   for method, (attribute, _, _, when) in METHODS.items()},
+                **{f"pii_labelled_{kind}": label["pii"].get(kind, 0) for kind in PII_KINDS},
+                **{f"pii_found_{kind}": len(attrs.get(f"pii__{kind}") or [])
+                   for kind in PII_KINDS},
+                "quality": quality[0][2] if quality else None,
+                "toxic_spans": len(attrs.get("toxic__sentence") or []),
+                "duplicate_paragraphs": len(attrs.get("dedup_para__paragraph") or []),
+            })
+    schema = {"kinds": pl.List(pl.String), "boilerplate": pl.Boolean,
+              "toxic_sentences": pl.Int64, **dict.fromkeys(METHODS, pl.Boolean),
+              **{f"pii_{what}_{kind}": pl.Int64 for what in ("labelled", "found")
+                 for kind in PII_KINDS},
+              "quality": pl.Float64, "toxic_spans": pl.Int64, "duplicate_paragraphs": pl.Int64}
+    return pl.DataFrame(rows, schema=schema)
+
+
+def _has_kind(kinds: set[str]):
+    import polars as pl
+
+    return pl.col("kinds").list.eval(pl.element().is_in(sorted(kinds))).list.any()
+
+
+def method_scores(docs) -> dict:
+    """Each method's precision and recall against the labels, and the quality classifier's
+    mean score per label kind, from the document table."""
+    import polars as pl
+
     results = {}
-    for method, (attribute, wanted, tolerated, when) in METHODS.items():
-        found = false_positives = missed = flagged_ok = 0
-        for label, attrs in rows:
-            flagged = bool(attrs.get(attribute)) == (when == "present")
-            kinds = set(label["kinds"])
-            found += flagged and bool(kinds & wanted)
-            missed += not flagged and bool(kinds & wanted)
-            flagged_ok += flagged and bool(kinds & (wanted | tolerated))
-            false_positives += flagged and not kinds & (wanted | tolerated)
+    for method, (_, wanted, tolerated, _) in METHODS.items():
+        flagged, hits, accepted = pl.col(method), _has_kind(wanted), _has_kind(wanted | tolerated)
+        r = docs.select(found=(flagged & hits).sum(), missed=(~flagged & hits).sum(),
+                        flagged_ok=(flagged & accepted).sum(),
+                        false_positives=(flagged & ~accepted).sum()).row(0, named=True)
         results[method] = {
-            "labelled": found + missed, "found": found, "false_positives": false_positives,
-            "precision": flagged_ok / max(flagged_ok + false_positives, 1),
-            "recall": found / max(found + missed, 1),
+            "labelled": r["found"] + r["missed"], "found": r["found"],
+            "false_positives": r["false_positives"],
+            "precision": r["flagged_ok"] / max(r["flagged_ok"] + r["false_positives"], 1),
+            "recall": r["found"] / max(r["found"] + r["missed"], 1),
         }
-    pii_found = {kind: 0 for kind in ("email", "phone", "ip")}
-    pii_labelled = {kind: 0 for kind in ("email", "phone", "ip")}
-    for label, attrs in rows:
-        for kind in pii_found:
-            pii_found[kind] += len(attrs.get(f"pii__{kind}") or [])
-            pii_labelled[kind] += label["pii"].get(kind, 0)
-    results["pii"] = {"found": pii_found, "labelled": pii_labelled}
-    results["toxic_spans"] = _toxic_span_eval(rows)
-    scores: dict[str, list[float]] = {}
-    for label, attrs in rows:
-        if attrs.get("quality__score"):
-            for kind in label["kinds"] or ["clean"]:
-                scores.setdefault(kind, []).append(attrs["quality__score"][0][2])
-    results["quality_mean_score"] = {k: sum(v) / len(v) for k, v in sorted(scores.items())}
-    boiler = [(label, attrs) for label, attrs in rows if label["boilerplate"]]
-    found = sum(len(attrs.get("dedup_para__paragraph") or []) >= 2 for _, attrs in boiler)
-    results["dedup_para"] = {
-        "labelled": max(len(boiler) - 1, 0), "found": found,
-        "recall": found / max(len(boiler) - 1, 1)}
+    # A clean page has no kinds: its scores go under "clean".
+    by_kind = (docs.filter(pl.col("quality").is_not_null())
+               .with_columns(pl.when(pl.col("kinds").list.len() == 0)
+                             .then(pl.lit(["clean"])).otherwise(pl.col("kinds")).alias("kind"))
+               .explode("kind").group_by("kind").agg(pl.col("quality").mean()).sort("kind"))
+    results["quality_mean_score"] = dict(zip(by_kind["kind"], by_kind["quality"], strict=True))
     return results
 
 
-def _toxic_span_eval(rows) -> dict:
+def evaluate_labels(labels_path, docs_paths: list, attr_dirs: dict[str, list]) -> dict:
+    """attr_dirs maps an attribute set name to its per-shard files (same order as docs_paths)."""
+    import polars as pl
+
+    docs = document_table(labels_path, docs_paths, attr_dirs)
+    scores = method_scores(docs)
+    results = {method: scores[method] for method in METHODS}
+    sums = docs.select(pl.col("^pii_.*$").sum()).row(0, named=True)
+    results["pii"] = {what: {kind: sums[f"pii_{what}_{kind}"] for kind in PII_KINDS}
+                      for what in ("found", "labelled")}
+    results["toxic_spans"] = _toxic_span_eval(docs)
+    results["quality_mean_score"] = scores["quality_mean_score"]
+    boiler = docs.filter(pl.col("boilerplate"))
+    found = boiler.filter(pl.col("duplicate_paragraphs") >= 2).height
+    results["dedup_para"] = {
+        "labelled": max(boiler.height - 1, 0), "found": found,
+        "recall": found / max(boiler.height - 1, 1)}
+    return results
+
+
+def _toxic_span_eval(docs) -> dict:
     """Sentence spans on pages with one injected abusive sentence: that sentence must be the
     one found; any span on an English page without injected abuse is a false positive."""
-    found = missed = false_positives = 0
-    for label, attrs in rows:
-        spans = len(attrs.get("toxic__sentence") or [])
-        kinds = set(label["kinds"])
-        if "toxic_span" in kinds:
-            found += min(spans, label["toxic_sentences"])
-            missed += max(label["toxic_sentences"] - spans, 0)
-            false_positives += max(spans - label["toxic_sentences"], 0)
-        elif not kinds & {"toxic", "non_english"}:
-            false_positives += spans
+    import polars as pl
+
+    spans, injected = pl.col("toxic_spans"), pl.col("toxic_sentences")
+    on_toxic_span_page = _has_kind({"toxic_span"})
+    clean_english = ~_has_kind({"toxic", "non_english"})
+    r = docs.select(
+        found=pl.when(on_toxic_span_page).then(pl.min_horizontal(spans, injected)).sum(),
+        missed=pl.when(on_toxic_span_page).then((injected - spans).clip(0)).sum(),
+        false_positives=(pl.when(on_toxic_span_page).then((spans - injected).clip(0))
+                         .when(clean_english).then(spans).otherwise(0).sum()),
+    ).row(0, named=True)
+    found, missed, false_positives = r["found"], r["missed"], r["false_positives"]
     return {"labelled": found + missed, "found": found, "false_positives": false_positives,
             "precision": found / max(found + false_positives, 1),
             "recall": found / max(found + missed, 1)}

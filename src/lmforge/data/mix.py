@@ -148,31 +148,42 @@ def mix_shard(docs_path, attr_paths, out_dir, funnel_path, cfg: MixConfig | Mapp
     return result
 
 
+def funnel_totals(funnel_paths: list[str | Path]) -> dict[str, int]:
+    """The per-shard funnels (one row each, a column per counter; a counter a shard lacks is
+    0) summed column by column."""
+    import polars as pl
+
+    frame = pl.DataFrame([read_json(path) for path in funnel_paths], infer_schema_length=None)
+    return dict(sorted(frame.fill_null(0).sum().row(0, named=True).items()))
+
+
 def summarize_funnel(funnel_paths: list[str | Path], rules: list[ExcludeRule | Mapping]
                      ) -> tuple[dict, str]:
     """Add the per-shard funnels; return the total and a markdown table in rule order."""
-    total: Counter = Counter()
-    for path in funnel_paths:
-        total.update(read_json(path))
+    totals = funnel_totals(funnel_paths)
+
+    def total(key: str) -> int:
+        return totals.get(key, 0)
+
     lines = ["| step | documents | whitespace tokens |", "| --- | ---: | ---: |",
-             f"| in | {total['documents_in']} | {total['tokens_in']} |"]
+             f"| in | {total('documents_in')} | {total('tokens_in')} |"]
     for rule in map(ExcludeRule.of, rules):
         reason = rule.reason
-        lines.append(f"| drop: {reason} | -{total[f'dropped_documents:{reason}']} | "
-                     f"-{total[f'dropped_tokens:{reason}']} |")
+        lines.append(f"| drop: {reason} | -{total(f'dropped_documents:{reason}')} | "
+                     f"-{total(f'dropped_tokens:{reason}')} |")
     for step in ("empty_after_span_removal", "downsampled"):
-        if total[f"dropped_documents:{step}"]:
-            lines.append(f"| drop: {step} | -{total[f'dropped_documents:{step}']} | "
-                         f"-{total[f'dropped_tokens:{step}']} |")
+        if total(f"dropped_documents:{step}"):
+            lines.append(f"| drop: {step} | -{total(f'dropped_documents:{step}')} | "
+                         f"-{total(f'dropped_tokens:{step}')} |")
     lines.append(f"| spans removed, PII masked (kept documents) | | "
-                 f"-{total['tokens_removed_by_spans']} |")
-    if total["upsampled_copies"]:
-        lines.append(f"| upsampled copies | +{total['upsampled_copies']} | "
-                     f"+{total['upsampled_tokens']} |")
-    lines.append(f"| out | {total['documents_out']} | {total['tokens_out']} |")
-    lines.append(f"\nSpans removed: {total['spans_removed']}; PII spans masked: "
-                 f"{total['pii_spans_masked']}; output parts: {total['output_parts']}")
-    return dict(sorted(total.items())), "\n".join(lines) + "\n"
+                 f"-{total('tokens_removed_by_spans')} |")
+    if total("upsampled_copies"):
+        lines.append(f"| upsampled copies | +{total('upsampled_copies')} | "
+                     f"+{total('upsampled_tokens')} |")
+    lines.append(f"| out | {total('documents_out')} | {total('tokens_out')} |")
+    lines.append(f"\nSpans removed: {total('spans_removed')}; PII spans masked: "
+                 f"{total('pii_spans_masked')}; output parts: {total('output_parts')}")
+    return totals, "\n".join(lines) + "\n"
 
 
 @command("mix", arg("--docs"), arg("--attributes", nargs="+"), OUT, arg("--funnel"), CFG,

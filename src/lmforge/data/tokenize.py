@@ -93,6 +93,29 @@ def train_tokenizer(paths: list[str], out_path: str | Path, vocab_size: int, see
             "bytes": sum(len(t.encode("utf-8")) for t in texts)}
 
 
+def adopt_tokenizer(source: str | Path, out_path: str | Path, embedding_rows: int) -> dict:
+    """A released model's tokenizer as the workflow's: the token ids must be the ones its
+    embeddings were trained on. Special tokens the workflow needs and the tokenizer lacks (the
+    chat roles; OLMoE's pad) are added after its vocabulary, into the rows the model pads its
+    embedding to (OLMo 2: 100,278 tokens, 100,352 rows), as open-instruct adds them."""
+    try:
+        tokenizer = Tokenizer.from_file(str(source))
+    except Exception as err:  # tokenizers raises a bare Exception for an unreadable file
+        raise InputError(f"{source}: not a readable tokenizer.json ({err})") from None
+    if tokenizer.token_to_id(EOS) is None:
+        raise InputError(f"{source}: has no {EOS} token; lmforge ends every document and "
+                         "chat turn with it")
+    missing = [token for token in SPECIAL_TOKENS if tokenizer.token_to_id(token) is None]
+    tokenizer.add_special_tokens(missing)
+    if tokenizer.get_vocab_size() > embedding_rows:
+        raise InputError(f"{source}: adding {missing} makes {tokenizer.get_vocab_size()} "
+                         f"tokens, more than the model's {embedding_rows} embedding rows")
+    with atomic_path(out_path) as tmp:
+        tokenizer.save(str(tmp), pretty=False)
+    write_json(Path(out_path).parent / "tokenizer_config.json", tokenizer_config(EOS, PAD))
+    return {"vocab_size": tokenizer.get_vocab_size(), "added_tokens": missing}
+
+
 def load_tokenizer(path: str | Path) -> Tokenizer:
     return Tokenizer.from_file(str(path))
 

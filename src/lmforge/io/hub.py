@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmforge.io.storage import InputError, atomic_path, write_json
+from lmforge.io.storage import InputError, atomic_dir, atomic_path, read_json, write_json
 from lmforge.runner import CHECKPOINT, OUT, TOKENIZER, arg, command
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,13 @@ def model_card(name: str, facts: dict) -> str:
              "| | |", "| --- | --- |"]
     lines += [f"| {key} | {value:,} |" if isinstance(value, int) else f"| {key} | {value} |"
               for key, value in arch.items()]
-    lines += ["", "## Training", "", f"- tokens seen: {facts['tokens_seen']:,}",
+    lines += ["", "## Training", ""]
+    if facts.get("start"):
+        start = facts["start"]
+        lines += [f"- started from: [{start['repo']}](https://huggingface.co/{start['repo']}) "
+                  f"at commit `{start['commit']}` (its own training is in its card)"]
+    lines += [f"- tokens seen{' since' if facts.get('start') else ''}: "
+              f"{facts['tokens_seen']:,}",
               f"- config hash: `{facts['config_hash']}`", f"- git commit: `{facts['git_commit']}`"]
     if facts.get("funnel"):
         lines += ["", "## Data: the mix and its funnel", "", facts["funnel"].strip()]
@@ -198,6 +204,52 @@ def fetch_hub_model_command(args, job) -> None:
     log.info("%s is commit %s at %s", args.ref, record["commit"], record["path"])
 
 
+def _snapshot(record_path) -> tuple[dict, Path]:
+    record = read_json(record_path)
+    path = Path(record["path"])
+    if not (path / "config.json").is_file():
+        raise InputError(f"{record_path}: the snapshot {path} is gone from the Hugging Face "
+                         "cache; fetch the model again (delete the record)")
+    return record, path
+
+
+@command("import-hub-model", arg("--record", help="fetch-hub-model's record"), OUT,
+         job=lambda args: f"import_hub_model/{Path(args.out).name}",
+         params=lambda args: {"ref": read_json(args.record)["ref"]}, inputs=("record",),
+         outputs=("out",))
+def import_hub_model_command(args, job) -> dict:
+    """A fetched Hub OLMo 2 / OLMoE model as an lmforge checkpoint (the weights unchanged, so
+    its logits are the `transformers` model's), to train on from there."""
+    from lmforge.model.checkpoint import load_model, save_model
+
+    record, path = _snapshot(args.record)
+    model = load_model(path)
+    with atomic_dir(args.out) as tmp:
+        save_model(model, tmp)
+    job.set_tags({"hub.repo": record["repo"], "hub.revision": record["revision"],
+                  "hub.commit": record["commit"]})
+    return {"params": model.num_params(non_embedding=False)}
+
+
+@command("hub-tokenizer", arg("--record", help="fetch-hub-model's record"), OUT,
+         job="hub_tokenizer", params=lambda args: {"ref": read_json(args.record)["ref"]},
+         inputs=("record",), outputs=("out",))
+def hub_tokenizer_command(args, job) -> dict:
+    """A fetched Hub model's tokenizer as the workflow's (its ids are the ones its embeddings
+    learned), with the chat tokens lmforge needs added into its spare embedding rows."""
+    from lmforge.data.tokenize import adopt_tokenizer
+    from lmforge.model.checkpoint import read_architecture
+
+    _, path = _snapshot(args.record)
+    if not (path / "tokenizer.json").is_file():
+        raise InputError(f"{read_json(args.record)['ref']}: the repo has no tokenizer.json "
+                         "(a fast tokenizer); lmforge tokenizes with the `tokenizers` library")
+    rows = read_architecture(path)[1]["vocab_size"]
+    adopted = adopt_tokenizer(path / "tokenizer.json", args.out, rows)
+    log.info("added %s to the Hub tokenizer", adopted["added_tokens"] or "nothing")
+    return {"vocab_size": adopted["vocab_size"], "added_tokens": len(adopted["added_tokens"])}
+
+
 def tokens_seen(metrics_paths: list) -> int:
     """Tokens a checkpoint was trained on: the last `tokens` of each stage it went through."""
     from lmforge.train.metrics import read_metrics
@@ -209,9 +261,11 @@ def tokens_seen(metrics_paths: list) -> int:
          arg("--metrics", nargs="+", help="metrics.csv of every stage the checkpoint went "
                                            "through"),
          arg("--funnel", default=None), arg("--evaluation", default=None),
+         arg("--start", default=None, help="fetch-hub-model's record of the model the "
+                                            "checkpoint started from"),
          arg("--message", default="Upload from lmforge"), OUT,
          job=lambda args: f"publish/{args.repo}",
-         inputs=("checkpoint", "tokenizer", "metrics", "funnel", "evaluation"),
+         inputs=("checkpoint", "tokenizer", "metrics", "funnel", "evaluation", "start"),
          outputs=("out",))
 def publish_command(args, job) -> dict:
     """Export a checkpoint in Hugging Face format with a model card (architecture, tokens,
@@ -226,6 +280,7 @@ def publish_command(args, job) -> dict:
     tree, _ = lineage_of(Path(args.checkpoint) / "model.safetensors")
     facts = {"tokens_seen": tokens_seen(args.metrics), "funnel": text(args.funnel),
              "evaluation": text(args.evaluation),
+             "start": read_json(args.start) if args.start else None,
              "lineage": render(tree) if "run" in tree else None, **tracking.provenance()}
     record = publish(args.checkpoint, args.tokenizer, args.repo, args.revision, facts,
                      args.message)

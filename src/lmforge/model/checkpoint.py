@@ -91,17 +91,25 @@ def load_model(directory: str | Path) -> Olmo2 | Olmoe:
     return model
 
 
-def init_model(cfg: dict, vocab_size: int, seed: int, n_layers: int | None = None,
-               width_factor: int = 1) -> Olmo2:
-    """A fresh model; `n_layers` / `width_factor` size it as a grown model (the from-scratch
-    baseline of staged training)."""
+def read_architecture(directory: str | Path) -> tuple[str, dict]:
+    """A checkpoint's architecture ("olmo2" / "olmoe") and model config, without its weights."""
+    try:
+        config = json.loads((Path(directory) / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(f"{directory}: not a readable lmforge checkpoint ({err})") from None
+    return config.pop("architecture", "olmo2"), config
+
+
+def init_model(cfg: dict, seed: int, layers_factor: int = 1, width_factor: int = 1,
+               architecture: str = "olmo2") -> Olmo2 | Olmoe:
+    """A fresh model; `layers_factor` / `width_factor` size it as a grown model (the
+    from-scratch baseline of staged training)."""
+    from lmforge.model.hf import build
+
     torch.manual_seed(seed)
-    model_cfg = ModelConfig(vocab_size=vocab_size, **{
-        **cfg, "d_model": cfg["d_model"] * width_factor, "n_heads": cfg["n_heads"] * width_factor,
-        "mlp_hidden": cfg["mlp_hidden"] * width_factor})
-    if n_layers is not None:
-        model_cfg.n_layers = n_layers
-    return Olmo2(model_cfg)
+    sized = {**cfg, "n_layers": cfg["n_layers"] * layers_factor,
+             **{key: cfg[key] * width_factor for key in ("d_model", "n_heads", "mlp_hidden")}}
+    return build((MoEConfig if architecture == "olmoe" else ModelConfig)(**sized))
 
 
 def soup(directories: list[str | Path]) -> Olmo2 | Olmoe:

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 
@@ -144,10 +145,11 @@ class Decoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.model = backbone
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = OutputHead(cfg.d_model, cfg.vocab_size, bias=False)
         cos, sin = rope_cache(cfg.max_seq_len, cfg.d_model // cfg.n_heads, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self.activation_checkpointing = False
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -183,8 +185,21 @@ class Decoder(nn.Module):
         mask = (doc_ids[:, :, None] == doc_ids[:, None, :]) & causal
         return x, cos, sin, mask.unsqueeze(1)
 
+    def run_block(self, block: nn.Module, x: torch.Tensor, *args):
+        """A block's forward; with `activation_checkpointing` (set by the trainer) while
+        training, only its input is kept and its activations are recomputed in backward."""
+        if self.activation_checkpointing and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(block, x, *args, use_reentrant=False)
+        return block(x, *args)
+
     def head(self, x: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.model.norm(x))
+
+    def head_loss(self, x: torch.Tensor, labels: torch.Tensor, z_weight: float,
+                  chunk_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`cross_entropy_and_z_loss` of the head's logits, computed in chunks of tokens
+        (_ChunkedHeadLoss): ce + z_weight · z, ce, z."""
+        return self.lm_head(self.model.norm(x), labels, z_weight, chunk_tokens)
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int, eos: int, **options
                  ) -> list[tuple[list[int], bool]]:
@@ -199,8 +214,11 @@ class Olmo2(Decoder):
         super().__init__(cfg, Backbone(cfg))
 
     def forward(self, input_ids: torch.Tensor, doc_ids: torch.Tensor | None = None,
-                prefix: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.hidden_states(input_ids, doc_ids, prefix))
+                prefix: torch.Tensor | None = None, **loss):
+        """Logits; given `labels` (with `z_weight`, `chunk_tokens`), the loss in chunks
+        instead (Decoder.head_loss)."""
+        x = self.hidden_states(input_ids, doc_ids, prefix)
+        return self.head_loss(x, **loss) if loss else self.head(x)
 
     def hidden_states(self, input_ids: torch.Tensor, doc_ids: torch.Tensor | None = None,
                       prefix: torch.Tensor | None = None) -> torch.Tensor:
@@ -208,7 +226,7 @@ class Olmo2(Decoder):
         turns any subset of its positions into logits."""
         x, cos, sin, mask = self.embed(input_ids, doc_ids, prefix)
         for layer in self.model.layers:
-            x = layer(x, cos, sin, mask)
+            x = self.run_block(layer, x, cos, sin, mask)
         return x if prefix is None else x[:, prefix.shape[-2]:]
 
     def num_params(self, non_embedding: bool = True) -> int:
@@ -240,6 +258,64 @@ def cross_entropy_and_z_loss(logits: torch.Tensor,
     count = mask.sum()
     return ((log_partition - target) * mask).sum() / count, \
         (log_partition.pow(2) * mask).sum() / count
+
+
+class _ChunkedHeadLoss(torch.autograd.Function):
+    """`cross_entropy_and_z_loss` of `hidden @ weight.T`, one chunk of tokens at a time, with
+    the gradients computed in the forward pass (as Liger's fused linear cross-entropy does): no
+    token's logits outlive its chunk, so the head holds one chunk × vocabulary of fp32 logits
+    instead of every token's (about three copies in the eager loss's backward). The weight's
+    gradient is summed over chunks in fp32. Returns ce + z_weight · z, ce and z."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, z_weight: float, chunk_tokens: int):
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        targets = labels.reshape(-1)
+        count = (targets != -100).sum()
+        with_grads = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        grad_hidden = torch.empty_like(flat) if with_grads else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if with_grads else None
+        ce_sum = z_sum = torch.zeros((), dtype=torch.float32, device=flat.device)
+        for start in range(0, len(flat), chunk_tokens):
+            part, y = flat[start:start + chunk_tokens], targets[start:start + chunk_tokens]
+            logits = (part @ weight.T).float()
+            mask = (y != -100).float()
+            log_partition = logits.logsumexp(-1)
+            target = logits.gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            ce_sum = ce_sum + ((log_partition - target) * mask).sum()
+            z_sum = z_sum + (log_partition.pow(2) * mask).sum()
+            if with_grads:
+                # d(ce + w·z)/d logits = softmax · (1 + 2w·lse) − onehot(target), per token
+                # over `count`.
+                scale = mask / count
+                grad = (logits - log_partition.unsqueeze(-1)).exp_()
+                grad.mul_((scale * (1 + 2 * z_weight * log_partition)).unsqueeze(-1))
+                grad.scatter_add_(-1, y.clamp(min=0).unsqueeze(-1), -scale.unsqueeze(-1))
+                grad = grad.to(flat.dtype)
+                grad_hidden[start:start + chunk_tokens] = grad @ weight
+                grad_weight.add_((grad.T @ part).float())
+        ce, z = ce_sum / count, z_sum / count
+        if with_grads:
+            ctx.save_for_backward(grad_hidden.view_as(hidden), grad_weight.to(weight.dtype))
+        ctx.mark_non_differentiable(ce, z)
+        return ce + z_weight * z, ce, z
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_ce, _grad_z):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return (grad_hidden * grad_loss.to(grad_hidden.dtype),
+                grad_weight * grad_loss.to(grad_weight.dtype), None, None, None)
+
+
+class OutputHead(nn.Linear):
+    """The untied output projection; given labels, the loss in chunks instead of the logits.
+    The loss runs inside this module's forward so that ZeRO-3 gathers the weight for it."""
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None,
+                z_weight: float = 0.0, chunk_tokens: int = 0):
+        if labels is None:
+            return super().forward(x)
+        return _ChunkedHeadLoss.apply(x, self.weight, labels, z_weight, chunk_tokens)
 
 
 def perplexity_from_loss(loss: float) -> float:

@@ -103,14 +103,16 @@ class Olmoe(Decoder):
         super().__init__(cfg, MoEBackbone(cfg))
 
     def forward(self, input_ids: torch.Tensor, return_aux: bool = False,
-                doc_ids: torch.Tensor | None = None, prefix: torch.Tensor | None = None):
+                doc_ids: torch.Tensor | None = None, prefix: torch.Tensor | None = None,
+                **loss):
         """Logits (at the tokens' positions, after any `prefix` of input embeddings, see
-        Decoder.embed); with `return_aux`, also the weighted auxiliary losses by name."""
+        Decoder.embed), or given `labels` the loss in chunks (Decoder.head_loss); with
+        `return_aux`, also the weighted auxiliary losses by name."""
         x, router_logits = self._blocks(input_ids, doc_ids, prefix)
-        logits = self.head(x)
+        out = self.head_loss(x, **loss) if loss else self.head(x)
         if not return_aux:
-            return logits
-        return logits, {
+            return out
+        return out, {
             "load_balancing": self.cfg.load_balancing_weight
             * load_balancing_loss(router_logits, self.cfg.top_k),
             "router_z": self.cfg.router_z_loss_weight * router_z_loss(router_logits),
@@ -126,7 +128,7 @@ class Olmoe(Decoder):
         x, cos, sin, mask = self.embed(input_ids, doc_ids, prefix)
         router_logits = []
         for layer in self.model.layers:
-            x, layer_logits = layer(x, cos, sin, mask)
+            x, layer_logits = self.run_block(layer, x, cos, sin, mask)
             router_logits.append(layer_logits)
         return (x if prefix is None else x[:, prefix.shape[-2]:]), router_logits
 

@@ -43,6 +43,14 @@ class TrainConfig(Section):
     eval_every: int = 0
     eval_instances: int = 64
     compile: bool = False
+    # The loss head in chunks of this many tokens (lmforge.model.olmo2._ChunkedHeadLoss);
+    # 0: every token's logits at once.
+    loss_chunk_tokens: int = 0
+    # Recompute each block's activations in backward instead of keeping them.
+    activation_checkpointing: bool = False
+    # Under bf16: the dtype gradients are accumulated and reduced in (fp32 as in OLMo; bf16
+    # only to measure what fp32 buys).
+    grad_accum_dtype: str = "fp32"
     peak_flops: float | None = None
     # DPO
     max_seq_len: int | None = None  # None: the model's context

@@ -8,6 +8,7 @@ the config.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -67,14 +68,20 @@ def training_loss(engine, inputs, labels, cfg: TrainConfig, doc_ids=None
     cross-entropy per token). `loss_reduction: sum` sums over the labelled tokens instead of
     averaging (open-instruct's option for SFT: every token weighs the same across
     micro-batches with different numbers of labels). `doc_ids` marks packed documents."""
+    chunked = ({"labels": labels, "z_weight": cfg.z_loss,
+                "chunk_tokens": cfg.loss_chunk_tokens} if cfg.loss_chunk_tokens else {})
     if isinstance(engine.module, Olmoe):
-        logits, aux = engine(inputs, return_aux=True, doc_ids=doc_ids)
+        out, aux = engine(inputs, return_aux=True, doc_ids=doc_ids, **chunked)
     else:
-        logits, aux = engine(inputs, doc_ids=doc_ids), {}
-    ce, log_partition_sq = cross_entropy_and_z_loss(logits, labels)
+        out, aux = engine(inputs, doc_ids=doc_ids, **chunked), {}
+    if chunked:
+        loss, ce, log_partition_sq = out
+    else:
+        ce, log_partition_sq = cross_entropy_and_z_loss(out, labels)
+        loss = ce + cfg.z_loss * log_partition_sq
     z_loss = cfg.z_loss * log_partition_sq
     scale = int((labels != -100).sum()) if cfg.loss_reduction == "sum" else 1
-    total = (ce + z_loss) * scale + sum(aux.values())
+    total = loss * scale + sum(aux.values())
     return total, {"loss": ce.item(), "z_loss": z_loss.item(),
                    **{k: v.item() for k, v in aux.items()}}
 
@@ -98,6 +105,23 @@ def _across_ranks(window: dict[str, float], tokens: int, world_size: int):
     values = torch.tensor([window[k] for k in names] + [tokens], dtype=torch.float64)
     dist.all_reduce(values)
     return ({k: float(v) / world_size for k, v in zip(names, values)}, int(values[-1]))
+
+
+def _deepspeed_version() -> str:
+    import deepspeed
+
+    return deepspeed.__version__
+
+
+def whole_parameters(engine):
+    """Every parameter whole on every rank while inside (collective): ZeRO-3 keeps a slice of
+    each per rank, and a checkpoint must hold the model."""
+    if not engine.zero_optimization_partition_weights():
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(engine.module.parameters()),
+                                             modifier_rank=None)
 
 
 def train(model: Olmo2, batches: Callable[[int, int], object], cfg: TrainConfig | Mapping,
@@ -140,6 +164,7 @@ def train(model: Olmo2, batches: Callable[[int, int], object], cfg: TrainConfig 
     log.info("plan:\n%s", markdown(plan))
     check_fits(plan, device_memory_bytes("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(seed)
+    model.activation_checkpointing = cfg.activation_checkpointing
     if cfg.compile:
         compile_blocks(model)
     deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl",
@@ -155,9 +180,17 @@ def train(model: Olmo2, batches: Callable[[int, int], object], cfg: TrainConfig 
     # universal form. Without ZeRO every rank holds it whole and any world size loads it.
     reshard = (resume is not None and resume[1]["world_size"] != world_size
                and cfg.zero_stage > 0)
+    if reshard and cfg.zero_stage == 3:
+        raise ValueError(
+            f"{resume[0]} was written by {resume[1]['world_size']} processes under ZeRO-3: "
+            f"resume it on that many, not {world_size}. DeepSpeed {_deepspeed_version()}'s "
+            "universal checkpoint does not continue a ZeRO-3 run exactly on another number of "
+            "processes (its loss drifts from the uninterrupted run's); stages 1 and 2 do.")
     ds_config = deepspeed_config(cfg, world_size)
     if reshard:
         ds_config["checkpoint"] = {"load_universal": True}
+    # Counted before ZeRO-3 partitions the parameters (each rank then holds a slice).
+    flops_per_token = model.flops_per_token()
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                            lr_scheduler=scheduler, config=ds_config)
     rows, started, tokens_seen, first_step = [], time.perf_counter(), 0, 0
@@ -195,8 +228,8 @@ def train(model: Olmo2, batches: Callable[[int, int], object], cfg: TrainConfig 
             row = {"step": step + 1, **{k: v / n for k, v in window.items()},
                    "lr": scheduler.get_last_lr()[0], "tokens": tokens_seen,
                    "tokens_per_s": tokens_per_s,
-                   "flops": tokens_seen * engine.module.flops_per_token(),
-                   "mfu": engine.module.flops_per_token() * tokens_per_s / world_size / peak
+                   "flops": tokens_seen * flops_per_token,
+                   "mfu": flops_per_token * tokens_per_s / world_size / peak
                    if peak else None}
             if eval_every and ((step + 1) % eval_every == 0 or step + 1 == cfg.steps):
                 scores = heldout(engine.module, engine.device)
@@ -220,8 +253,9 @@ def train(model: Olmo2, batches: Callable[[int, int], object], cfg: TrainConfig 
     with shared_atomic_dir(checkpoint_dir) as tmp:
         # Full engine state (optimizer moments, scheduler, step) for exact continuation.
         engine.save_checkpoint(str(tmp / "deepspeed"), tag="final")
-        if is_rank0():
-            save_model(engine.module, tmp)
+        with whole_parameters(engine):
+            if is_rank0():
+                save_model(engine.module, tmp)
             if moments is not None:
                 save_moments(moments, (start.step if start else 0) + cfg.steps, tmp)
             next_instance = first_instance + cfg.steps * global_batch(cfg, world_size)

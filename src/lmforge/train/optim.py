@@ -70,9 +70,9 @@ def full_moments(engine) -> dict[str, dict[str, torch.Tensor]]:
     _link_state_slices(engine.optimizer)
     moments = {}
     for name, param in engine.module.named_parameters():
-        # ZeRO 1/2 and bf16 master weights: every rank takes part for every parameter, also
-        # where it holds no slice of it (its _hp_mapping is None then).
-        if hasattr(param, "_hp_mapping"):
+        # ZeRO 1/2/3 and bf16 master weights: every rank takes part for every parameter,
+        # also where it holds no slice of it (its _hp_mapping is None then).
+        if hasattr(param, "_hp_mapping") or hasattr(param, "ds_id"):
             moments[name] = {k: safe_get_full_optimizer_state(param, k).detach().float().cpu()
                              for k in MOMENTS}
         else:  # ZeRO 0 in fp32: the torch optimizer itself
@@ -107,14 +107,22 @@ def start_from_moments(engine, moments: dict, step: int) -> None:
         for name, param in params.items():
             for key in MOMENTS:
                 safe_set_full_optimizer_state(param, moments[name][key].to(param.device), key)
+    elif engine.zero_optimization_partition_weights():
+        # ZeRO-3 also creates its flat fp32 state on the first step: create it, fill slices.
+        for flat in optimizer.fp32_partitioned_groups_flat:
+            inner.state[flat] = {"step": torch.tensor(float(step)),
+                                 **{k: torch.zeros_like(flat) for k in MOMENTS}}
+        for name, param in params.items():
+            for key in MOMENTS:
+                safe_set_full_optimizer_state(param, moments[name][key].to(param.device), key)
     elif isinstance(inner, torch.optim.Optimizer) and inner is optimizer:
         for name, param in params.items():
             inner.state[param] = {"step": torch.tensor(float(step)),
                                   **{k: moments[name][k].to(param.device).clone()
                                      for k in MOMENTS}}
     else:
-        raise ValueError("a grown optimizer state needs zero_stage 1 or 2, or zero_stage 0 in "
-                         "fp32")
+        raise ValueError("a grown optimizer state needs zero_stage 1, 2 or 3, or zero_stage 0 "
+                         "in fp32")
 
 
 def compile_blocks(model: Olmo2 | Olmoe) -> None:
@@ -126,7 +134,10 @@ def compile_blocks(model: Olmo2 | Olmoe) -> None:
 
 
 def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
-    return {
+    """DeepSpeed's config for a stage. Under bf16, gradients are accumulated over micro-batches
+    and reduced over ranks in fp32, as OLMo does (bf16 sums lose the small micro-batch
+    contributions of a long accumulation); DeepSpeed does that with ZeRO ≥ 1 only."""
+    config = {
         "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
         "gradient_accumulation_steps": cfg.grad_accum,
         "train_batch_size": cfg.micro_batch_size * cfg.grad_accum * world_size,
@@ -136,3 +147,11 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    if cfg.precision == "bf16":
+        if cfg.zero_stage == 0:
+            raise ValueError("precision bf16 needs zero_stage ≥ 1: DeepSpeed accumulates and "
+                             "reduces gradients in fp32 only under ZeRO (stage 1 on one process "
+                             "holds what stage 0 does)")
+        config.update(data_types={"grad_accum_dtype": cfg.grad_accum_dtype},
+                      communication_data_type=cfg.grad_accum_dtype)
+    return config

@@ -4,7 +4,8 @@ trainer refuses a run that cannot fit the device.
 Memory per device (mixed-precision AdamW as DeepSpeed keeps it, Rajbhandari et al. 2020):
 weights in the training dtype, fp32 master weights when that dtype is bf16, gradients in the
 training dtype, two fp32 AdamW moments; ZeRO stage 1 shards the optimizer state (master weights
-and moments) over the data-parallel ranks, stage 2 also the gradients, stage 3 also the weights.
+and moments) over the data-parallel ranks, stage 2 also the gradients, stage 3 also the weights
+(plus the layers it gathers whole while they compute: at most 1e9 parameters live).
 
 Activations are not taken from a textbook formula (Korthikanti et al.'s 34·s·b·h bytes per layer
 is half of what an OLMo 2 block keeps with its fp32 norms and full-width QK-norm): one block of
@@ -14,7 +15,10 @@ attention kernel that is linear in the sequence length. The head adds the final 
 vocabulary entry and token, the fp32 logits the loss keeps plus what the start of backward holds
 at once: three fp32 temporaries of the logsumexp gradient and the logits' gradient in the
 training dtype. On an H200 this predicts the measured peak of OLMo 2 1B (84.0 vs 84.3 GiB eager,
-bf16, 16k tokens per micro-batch) and of the OLMoE-1B-7B shape (36.9 vs 36.7 GiB).
+bf16, 16k tokens per micro-batch) and of the OLMoE-1B-7B shape (36.9 vs 36.7 GiB). With the
+loss head in chunks (`loss_chunk_tokens`) the head's vocabulary-sized terms are one chunk's;
+with `activation_checkpointing` a block keeps only its input, and one block's activations
+exist at a time while backward recomputes them.
 FLOPs per step: the model's training FLOPs per token times the tokens of one global batch.
 """
 
@@ -39,6 +43,7 @@ from lmforge.train.stages import (
 )
 
 GIB = 1024**3
+ZERO3_LIVE_PARAMETERS = 10**9
 
 
 def estimate(model_cfg: ModelConfig, train_cfg: TrainConfig | Mapping, world_size: int = 1
@@ -54,6 +59,9 @@ def estimate(model_cfg: ModelConfig, train_cfg: TrainConfig | Mapping, world_siz
     stage = train_cfg.zero_stage
     shard = lambda stage_from: world_size if stage >= stage_from else 1  # noqa: E731
     weights = params * width / shard(3)
+    if stage == 3:  # the layers gathered whole around the one computing (DeepSpeed's default
+        # stage3_max_live_parameters, 1e9)
+        weights += min(params, ZERO3_LIVE_PARAMETERS) * width
     grads = params * width / shard(2)
     optimizer = params * ((4 if bf16 else 0) + 8) / shard(1)
     # A DPO micro-batch holds both sides of each pair; RLVR keeps the frozen reference model
@@ -63,9 +71,12 @@ def estimate(model_cfg: ModelConfig, train_cfg: TrainConfig | Mapping, world_siz
         weights += params * width
     tokens = min(model_cfg.max_seq_len, train_cfg.max_seq_len or model_cfg.max_seq_len) * rows
     dtype = torch.bfloat16 if bf16 else torch.float32
-    activations = tokens * (model_cfg.n_layers * block_activation_bytes_per_token(model_cfg, dtype)
-                            + model_cfg.d_model * (4 + 2 * width)
-                            + model_cfg.vocab_size * (4 + 3 * 4 + width))
+    block = block_activation_bytes_per_token(model_cfg, dtype)
+    if train_cfg.activation_checkpointing:  # every block's input, one block's activations
+        blocks = tokens * (model_cfg.n_layers * model_cfg.d_model * width + block)
+    else:
+        blocks = tokens * model_cfg.n_layers * block
+    activations = blocks + head_bytes(model_cfg, tokens, width, train_cfg.loss_chunk_tokens)
     tokens_per_step = tokens * train_cfg.grad_accum * world_size
     return {
         "parameters": params,
@@ -77,6 +88,20 @@ def estimate(model_cfg: ModelConfig, train_cfg: TrainConfig | Mapping, world_siz
         "tokens_per_step": tokens_per_step,
         "flops_per_step": model.flops_per_token() * tokens_per_step,
     }
+
+
+def head_bytes(model_cfg: ModelConfig, tokens: int, width: int, chunk_tokens: int) -> int:
+    """The final norm's saved tensors, and the loss head's: eager, per token and vocabulary
+    entry the fp32 logits plus three fp32 temporaries of backward and the logits' gradient;
+    in chunks, one chunk's fp32 logits, their fp32 gradient and its copy in the training dtype,
+    plus the hidden states' gradient (kept from forward) and the weight's fp32 gradient sum."""
+    norm = tokens * model_cfg.d_model * (4 + 2 * width)
+    vocab = model_cfg.vocab_size
+    if not chunk_tokens:
+        return norm + tokens * vocab * (4 + 3 * 4 + width)
+    chunk = min(chunk_tokens, tokens)
+    return (norm + chunk * vocab * (4 + 4 + width) + tokens * model_cfg.d_model * width
+            + vocab * model_cfg.d_model * (4 + width))
 
 
 def block_activation_bytes_per_token(model_cfg: ModelConfig, dtype: torch.dtype,

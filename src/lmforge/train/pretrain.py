@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 
 from lmforge.data.tokenize import token_files
-from lmforge.io.storage import atomic_dir
-from lmforge.model.checkpoint import init_model, load_model, save_model
+from lmforge.io.storage import InputError, atomic_dir
+from lmforge.model.checkpoint import init_model, load_model, read_architecture, save_model
 from lmforge.model.olmo2 import ModelConfig, Olmo2
-from lmforge.runner import CFG, METRICS, OUT, SEED, TOKENS_DIR, arg, command
+from lmforge.runner import METRICS, OUT, SEED, TOKENS_DIR, arg, command, json_object
 from lmforge.train.job import TRAIN_CFG, heldout, token_batches, train_job
 from lmforge.train.loop import train
 from lmforge.train.metrics import plot_loss
@@ -33,19 +33,32 @@ def warmup_command(args, job) -> None:
     print("DeepSpeed CPU ops are built")
 
 
-@command("init-model", CFG, SEED, OUT, arg("--tokenizer"),
+def _init_params(args) -> dict:
+    params = {"cfg": args.cfg, "like": args.like, "layers_factor": args.layers_factor,
+              "width_factor": args.width_factor, "seed": args.seed}
+    return {key: value for key, value in params.items() if value is not None}
+
+
+@command("init-model", arg("--cfg", type=json_object, default=None), SEED, OUT,
+         arg("--tokenizer", default=None),
+         arg("--like", default=None, help="a checkpoint whose architecture to take instead of "
+                                          "--cfg and --tokenizer (a model started from the Hub)"),
          arg("--layers-factor", type=int, default=1), arg("--width-factor", type=int, default=1),
-         job=lambda args: f"init/{Path(args.out).name}",
-         params=lambda args: {**args.cfg, "n_layers": args.cfg["n_layers"] * args.layers_factor,
-                              "width_factor": args.width_factor, "seed": args.seed},
-         inputs=("tokenizer",), outputs=("out",))
+         job=lambda args: f"init/{Path(args.out).name}", params=_init_params,
+         inputs=("tokenizer", "like"), outputs=("out",))
 def init_model_command(args, job) -> dict:
-    """A randomly initialised model for the tokenizer's vocabulary."""
+    """A randomly initialised model: `--cfg` for the tokenizer's vocabulary, or the
+    architecture of `--like`; the factors size it as a grown model."""
     from lmforge.data.tokenize import load_tokenizer
 
-    vocab = load_tokenizer(args.tokenizer).get_vocab_size()
-    layers = args.cfg["n_layers"] * args.layers_factor
-    model = init_model(args.cfg, vocab, args.seed, n_layers=layers, width_factor=args.width_factor)
+    if args.like:
+        architecture, cfg = read_architecture(args.like)
+    elif args.cfg is not None and args.tokenizer:
+        architecture = "olmo2"
+        cfg = {**args.cfg, "vocab_size": load_tokenizer(args.tokenizer).get_vocab_size()}
+    else:
+        raise InputError("init-model needs --cfg and --tokenizer, or --like")
+    model = init_model(cfg, args.seed, args.layers_factor, args.width_factor, architecture)
     with atomic_dir(args.out) as tmp:
         save_model(model, tmp)
     return {"params": model.num_params(non_embedding=False),
