@@ -450,3 +450,12 @@ def test_bf16_gradients_accumulate_in_fp32_over_a_long_accumulation(one_rank_wor
 
     assert error(fp32["grads"]) < 1e-3
     assert error(bf16["grads"]) > 10 * error(fp32["grads"])
+
+
+def test_the_chunked_head_is_refused_where_a_stage_needs_the_logits(tmp_path, one_rank_world):
+    model = Olmo2(ModelConfig(vocab_size=17, d_model=16, n_layers=1, n_heads=2, mlp_hidden=24,
+                              max_seq_len=16))
+    with pytest.raises(ValueError, match="needs the logits themselves"):
+        train(model, lambda step, micro_step: None, {**TRAIN, "loss_chunk_tokens": 8}, 1,
+              tmp_path / "never", tmp_path / "never.csv", objective=lambda e, b, c: None)
+    assert not (tmp_path / "never").exists()

@@ -164,7 +164,12 @@ def train(model: Olmo2, batches: Callable[[int, int], object], cfg: TrainConfig 
     log.info("plan:\n%s", markdown(plan))
     check_fits(plan, device_memory_bytes("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(seed)
-    model.activation_checkpointing = cfg.activation_checkpointing
+    # A wrapped decoder (soft prompt, vision tower) checkpoints the decoder's blocks.
+    getattr(model, "decoder", model).activation_checkpointing = cfg.activation_checkpointing
+    if cfg.loss_chunk_tokens and (objective is not language_modeling or hasattr(model, "decoder")):
+        raise ValueError("loss_chunk_tokens is for the language-modeling stages of a bare "
+                         "decoder (pretrain, grow, mid-training, SFT): this stage needs the "
+                         "logits themselves")
     if cfg.compile:
         compile_blocks(model)
     deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl",
