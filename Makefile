@@ -75,10 +75,8 @@ lint: $(STAMP)
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(BIN)/ruff check src tests benchmarks
 
-# Two workers: the tests that read the finished tiny run (and the SLURM cluster) share one, so
-# that run is made once; the rest go to the other as it frees up.
 test: $(STAMP) $(DATATROVE) $(LM_EVAL) lint
-	$(BIN)/pytest -q -n 2 --dist loadgroup
+	$(BIN)/pytest -q
 
 # The inner loop: every test not marked slow (workflow runs, peers, multi-process training).
 test-fast: $(STAMP)

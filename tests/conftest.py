@@ -170,11 +170,7 @@ def finished(repo, tmp_path_factory) -> Path:
 
 
 def pytest_collection_modifyitems(items):
-    """Every test that runs the workflow is slow (`make test-fast` leaves them out). Under
-    `pytest -n N --dist loadgroup` the tests that read the finished tiny run or use the one
-    localhost SLURM cluster share a worker, so each is made once."""
+    """Every test that runs the workflow is slow (`make test-fast` leaves them out)."""
     for item in items:
         if item.get_closest_marker("workflow"):
             item.add_marker(pytest.mark.slow)
-        if {"finished", "cluster"} & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.xdist_group("finished"))
