@@ -107,12 +107,6 @@ def _across_ranks(window: dict[str, float], tokens: int, world_size: int):
     return ({k: float(v) / world_size for k, v in zip(names, values)}, int(values[-1]))
 
 
-def _deepspeed_version() -> str:
-    import deepspeed
-
-    return deepspeed.__version__
-
-
 def whole_parameters(engine):
     """Every parameter whole on every rank while inside (collective): ZeRO-3 keeps a slice of
     each per rank, and a checkpoint must hold the model."""
@@ -188,7 +182,7 @@ def train(model: Olmo2, batches: Callable[[int, int], object], cfg: TrainConfig 
     if reshard and cfg.zero_stage == 3:
         raise ValueError(
             f"{resume[0]} was written by {resume[1]['world_size']} processes under ZeRO-3: "
-            f"resume it on that many, not {world_size}. DeepSpeed {_deepspeed_version()}'s "
+            f"resume it on that many, not {world_size}. DeepSpeed {deepspeed.__version__}'s "
             "universal checkpoint does not continue a ZeRO-3 run exactly on another number of "
             "processes (its loss drifts from the uninterrupted run's); stages 1 and 2 do.")
     ds_config = deepspeed_config(cfg, world_size)
