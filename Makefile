@@ -98,10 +98,12 @@ bench-eval: $(STAMP) $(LM_EVAL)
 	$(BIN)/python benchmarks/evaluate/lm_eval_parity.py
 	$(BIN)/python benchmarks/evaluate/bench.py --limit 100
 
-# Like with like: eager against eager, then compiled against compiled.
+# Like with like: eager against eager, then compiled against compiled; then the OLMoE experts'
+# three ways of computing (one process, the same weights and tokens).
 bench-train: $(STAMP)
 	$(BIN)/python benchmarks/train/bench.py
 	$(BIN)/python benchmarks/train/bench.py --compile
+	$(BIN)/python benchmarks/train/experts.py
 
 # What benchmarks/gpu_check.sh needs on a GPU machine that has PyTorch but no network: DeepSpeed
 # (an sdist on PyPI, so built here into a pure-Python wheel) and the packages it needs beyond

@@ -108,8 +108,10 @@ print(json.dumps({"tokens_per_s": timed_tokens / timed_seconds}))
 GPU_VARIANTS = (
     ("OLMo 2 1B, ZeRO-1, eager", "olmo2-1b", {}, {"zero_stage": 1, "compile": False}),
     ("OLMo 2 1B, ZeRO-1, compiled blocks", "olmo2-1b", {}, {"zero_stage": 1, "compile": True}),
-    ("OLMoE 1B-7B shape, 2 layers, eager", "olmoe-1b-7b", {"n_layers": 2},
+    ("OLMoE 1B-7B shape, 2 layers, eager, grouped experts", "olmoe-1b-7b", {"n_layers": 2},
      {"zero_stage": 1, "compile": False}),
+    ("OLMoE 1B-7B shape, 2 layers, eager, experts looped", "olmoe-1b-7b",
+     {"n_layers": 2, "expert_compute": "loop"}, {"zero_stage": 1, "compile": False}),
     # The plan's activation model was fitted to the two eager peaks above; this width (4096)
     # and depth were not used, so its row checks the plan out of sample.
     ("OLMo 2 7B shape, 4 layers, eager (plan not fitted here)", "olmo2-7b", {"n_layers": 4},

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 import transformers
 
 from lmforge.io.storage import InputError
@@ -80,9 +81,10 @@ def test_import_refuses_what_it_cannot_represent(tmp_path):
         import_hf(tmp_path / "hf")
 
 
-def test_moe_is_dropless_and_weights_its_top_k_experts():
+@pytest.mark.parametrize("compute", ["grouped", "padded", "loop"])
+def test_moe_is_dropless_and_weights_its_top_k_experts(compute):
     torch.manual_seed(0)
-    cfg = MoEConfig(**{**SPARSE.to_dict(), "norm_topk_prob": True})
+    cfg = MoEConfig(**{**SPARSE.to_dict(), "norm_topk_prob": True, "expert_compute": compute})
     moe = MoE(cfg)
     with torch.no_grad():
         moe.gate.weight[0] += 0.5  # route every token to expert 0: no capacity limit
@@ -92,11 +94,40 @@ def test_moe_is_dropless_and_weights_its_top_k_experts():
     weights, chosen = probs.topk(cfg.top_k, dim=-1)
     weights = weights / weights.sum(-1, keepdim=True)
     tokens = x.reshape(-1, cfg.d_model)
-    dense = torch.stack([expert(tokens) for expert in moe.experts], dim=1)  # every expert
+    experts = moe.experts
+    dense = torch.stack([  # every expert on every token
+        F.linear(F.silu(F.linear(tokens, experts.gate_proj[e]))
+                 * F.linear(tokens, experts.up_proj[e]), experts.down_proj[e])
+        for e in range(cfg.n_experts)], dim=1)
     expected = (dense.gather(1, chosen[..., None].expand(-1, -1, cfg.d_model))
                 * weights[..., None]).sum(1)
     assert (chosen == 0).any(-1).all()
     assert torch.allclose(out.reshape(-1, cfg.d_model), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_grouped_and_padded_experts_equal_the_loop(dtype, atol):
+    """Outputs and every gradient of the grouped and padded matmuls equal one matmul per
+    expert, with one expert getting no token and the others uneven groups."""
+    torch.manual_seed(0)
+    results = {}
+    for compute in ("loop", "grouped", "padded"):
+        torch.manual_seed(1)
+        moe = MoE(MoEConfig(**{**SPARSE.to_dict(), "mlp_hidden": 32,
+                               "expert_compute": compute})).to(dtype)
+        with torch.no_grad():
+            for weight in moe.experts.parameters():
+                weight.normal_(0, 0.1)
+            moe.gate.weight[5] = -1.0  # expert 5 gets no token (the inputs are positive)
+        x = torch.rand(4, 12, SPARSE.d_model, dtype=dtype, requires_grad=True)
+        out, logits = moe(x)
+        (out.float().square().sum() + logits.float().sum()).backward()
+        results[compute] = [out, x.grad] + [p.grad for p in moe.parameters()]
+        counts = torch.bincount(logits.topk(2).indices.flatten(), minlength=6)
+        assert counts[5] == 0 and len(set(counts[:5].tolist())) > 1
+    for compute in ("grouped", "padded"):
+        for ours, loop in zip(results[compute], results["loop"], strict=True):
+            assert torch.allclose(ours.float(), loop.float(), atol=atol), compute
 
 
 def test_auxiliary_losses_match_transformers_and_their_definitions():

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from lmforge.io.storage import InputError, atomic_dir
 from lmforge.model.olmo2 import ModelConfig, Olmo2
-from lmforge.model.olmoe import MoEConfig, Olmoe
+from lmforge.model.olmoe import MoEConfig, Olmoe, stacked_expert_weights
 from lmforge.runner import OUT, arg, command
 
 PROMPT_FILE = "soft_prompt.safetensors"
@@ -87,7 +87,8 @@ def load_model(directory: str | Path) -> Olmo2 | Olmoe:
     except (OSError, json.JSONDecodeError, TypeError) as err:
         raise InputError(f"{directory}: not a readable lmforge checkpoint ({err})") from None
     model = build(cfg)
-    model.load_state_dict(state, strict=True)
+    # Checkpoints written before the experts were stacked hold them per expert.
+    model.load_state_dict(stacked_expert_weights(state), strict=True)
     return model
 
 

@@ -2,8 +2,9 @@
 `OlmoeForCausalLM` load, and the reverse (including sharded checkpoints and the fused expert
 tensors `transformers` keeps in memory).
 
-Our parameter names already are `transformers`' names, so only the config is translated and,
-for OLMoE, fused experts are split into the per-expert layout `save_pretrained` writes.
+Our parameter names are `transformers`' names except OLMoE's experts, which we stack per
+weight: they are written in the per-expert layout `save_pretrained` writes and read from it or
+from the fused one.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from lmforge.io.storage import InputError, atomic_dir
 from lmforge.model.olmo2 import ModelConfig, Olmo2
-from lmforge.model.olmoe import MoEConfig, Olmoe
+from lmforge.model.olmoe import MoEConfig, Olmoe, per_expert_weights, stacked_expert_weights
 from lmforge.runner import CHECKPOINT, OUT, arg, command
 
 # Published shapes (OLMo 2 and OLMoE papers, the official configs), beside the tiny CPU ones.
@@ -75,7 +76,8 @@ def export_hf(model: Olmo2 | Olmoe, directory: str | Path,
     from lmforge.data.tokenize import EOS, PAD
     from lmforge.posttrain.chat import tokenizer_config
 
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu()
+             for k, v in per_expert_weights(model.state_dict()).items()}
     with atomic_dir(directory) as tmp:
         (tmp / "config.json").write_text(json.dumps(hf_config(model.cfg), indent=2) + "\n")
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
@@ -95,25 +97,6 @@ def _read_state(directory: Path) -> dict[str, torch.Tensor]:
     for name in files:
         state.update(load_file(str(directory / name)))
     return state
-
-
-def _split_fused_experts(state: dict[str, torch.Tensor], n_experts: int) -> dict:
-    """`mlp.experts.gate_up_proj` (E, 2I, H) and `mlp.experts.down_proj` (E, H, I), as
-    `transformers` holds OLMoE experts in memory, into per-expert linear weights."""
-    out = {}
-    for key, tensor in state.items():
-        prefix, _, leaf = key.rpartition("mlp.experts.")
-        if leaf == "gate_up_proj":
-            gate, up = tensor.chunk(2, dim=1)
-            for i in range(n_experts):
-                out[f"{prefix}mlp.experts.{i}.gate_proj.weight"] = gate[i]
-                out[f"{prefix}mlp.experts.{i}.up_proj.weight"] = up[i]
-        elif leaf == "down_proj":
-            for i in range(n_experts):
-                out[f"{prefix}mlp.experts.{i}.down_proj.weight"] = tensor[i]
-        else:
-            out[key] = tensor
-    return out
 
 
 def import_hf(directory: str | Path) -> Olmo2 | Olmoe:
@@ -142,7 +125,7 @@ def import_hf(directory: str | Path) -> Olmo2 | Olmoe:
         cfg = MoEConfig(**common, n_experts=hf["num_experts"], top_k=hf["num_experts_per_tok"],
                         norm_topk_prob=hf.get("norm_topk_prob", False),
                         load_balancing_weight=hf.get("router_aux_loss_coef", 0.01))
-        state = _split_fused_experts(state, cfg.n_experts)
+        state = stacked_expert_weights(state)
     elif model_type == "olmo2":
         cfg = ModelConfig(**common)
     else:

@@ -117,3 +117,16 @@ def universal_checkpoint(latest: Path) -> Path:
     if dist.is_initialized():
         dist.barrier()
     return target
+
+
+def universal_state(universal: Path, model: torch.nn.Module) -> tuple[dict, dict]:
+    """A universal checkpoint's whole fp32 weights and AdamW moments by parameter name (the
+    converter writes each ZeRO-3 tensor flat)."""
+    zero = universal / "state" / "zero"
+    weights, moments = {}, {}
+    for name, param in model.named_parameters():
+        state = {key: torch.load(zero / name / f"{key}.pt", weights_only=True).view(param.shape)
+                 for key in ("fp32", "exp_avg", "exp_avg_sq")}
+        weights[name] = state.pop("fp32")
+        moments[name] = state
+    return weights, moments

@@ -80,11 +80,13 @@ def _width_kind(name: str) -> str:
 
 
 def _widen(tensor: torch.Tensor, kind: str, k: int, scale: float) -> torch.Tensor:
-    if kind == "repeat":
-        return tensor.repeat(k) * scale if tensor.dim() == 1 else tensor.repeat(1, k) * scale
-    if kind == "read":
-        return tensor.repeat(1, k) * scale
-    return tensor.repeat(k, k) * scale
+    """Matrices may be stacked (the experts): the last two dimensions are the matrix."""
+    if tensor.dim() == 1:
+        return tensor.repeat(k) * scale
+    stacked = (1,) * (tensor.dim() - 2)
+    if kind in ("repeat", "read"):
+        return tensor.repeat(*stacked, 1, k) * scale
+    return tensor.repeat(*stacked, k, k) * scale
 
 
 def _zero_sum_noise(rows: int, cols: int, k: int, std: float,
@@ -119,8 +121,10 @@ def grow_width(state: TrainingState, k: int, noise: float = 0.5, seed: int = 0) 
         weights[name] = _widen(param, kind, k, stored)
         if kind != "repeat" and noise:  # it reads a duplicated input: break the symmetry
             std = noise * param.float().std().item() / k
-            weights[name] += _zero_sum_noise(len(weights[name]), param.shape[1], k, std,
-                                             generator).to(weights[name])
+            grown_weight = weights[name]
+            rows = grown_weight.numel() // grown_weight.shape[-1]
+            grown_weight += _zero_sum_noise(rows, param.shape[-1], k, std, generator).to(
+                grown_weight).view_as(grown_weight)
         lr_scale[name] = state.lr_scale.get(name, 1.0) * stored
         if name in state.moments:
             moments[name] = {
@@ -135,8 +139,7 @@ def _identity_tensors(block: nn.Module) -> list[nn.Parameter]:
     """The parameters whose zeroing makes a block the identity."""
     if hasattr(block, "post_feedforward_layernorm"):  # OLMo 2: norms on the residual branches
         return [block.post_attention_layernorm.weight, block.post_feedforward_layernorm.weight]
-    return [block.self_attn.o_proj.weight] + [expert.down_proj.weight
-                                              for expert in block.mlp.experts]
+    return [block.self_attn.o_proj.weight, block.mlp.experts.down_proj]
 
 
 def grow_depth(state: TrainingState, k: int) -> TrainingState:

@@ -31,6 +31,7 @@ from lmforge.train.checkpointing import (
     save_step,
     shared_atomic_dir,
     universal_checkpoint,
+    universal_state,
 )
 from lmforge.train.config import TrainConfig
 from lmforge.train.data import Batch
@@ -118,6 +119,19 @@ def whole_parameters(engine):
                                              modifier_rank=None)
 
 
+def _start_from_universal(engine, weights: dict, moments: dict, step: int) -> None:
+    """A fresh ZeRO-3 engine, whose module already holds `weights`, continues a run at `step`:
+    the fp32 master weights (bf16 modules held only their rounding), AdamW's moments and step
+    count, and the learning-rate schedule."""
+    from deepspeed.utils import safe_set_full_fp32_param
+
+    for name, param in engine.module.named_parameters():
+        safe_set_full_fp32_param(param, weights[name])
+    start_from_moments(engine, moments, step)
+    engine.lr_scheduler.last_epoch = step - 1
+    engine.lr_scheduler.step()
+
+
 def train(model: Olmo2, batches: Callable[[int, int], object], cfg: TrainConfig | Mapping,
           seed: int, checkpoint_dir: str | Path, metrics_path: str | Path, tracker=None,
           start=None,
@@ -179,14 +193,16 @@ def train(model: Olmo2, batches: Callable[[int, int], object], cfg: TrainConfig 
     # universal form. Without ZeRO every rank holds it whole and any world size loads it.
     reshard = (resume is not None and resume[1]["world_size"] != world_size
                and cfg.zero_stage > 0)
+    resharded_zero3 = None
     if reshard and cfg.zero_stage == 3:
-        raise ValueError(
-            f"{resume[0]} was written by {resume[1]['world_size']} processes under ZeRO-3: "
-            f"resume it on that many, not {world_size}. DeepSpeed {deepspeed.__version__}'s "
-            "universal checkpoint does not continue a ZeRO-3 run exactly on another number of "
-            "processes (its loss drifts from the uninterrupted run's); stages 1 and 2 do.")
+        # DeepSpeed's universal loader does not continue a ZeRO-3 run exactly (the loss drifted
+        # from the uninterrupted run's; one cause: it gives every parameter group the first
+        # group's settings). Its converter's per-parameter files are exact: the engine starts
+        # from them as from a grown state.
+        resharded_zero3 = universal_state(universal_checkpoint(resume[0]), model)
+        model.load_state_dict(resharded_zero3[0])
     ds_config = deepspeed_config(cfg, world_size)
-    if reshard:
+    if reshard and resharded_zero3 is None:
         ds_config["checkpoint"] = {"load_universal": True}
     # Counted before ZeRO-3 partitions the parameters (each rank then holds a slice).
     flops_per_token = model.flops_per_token()
@@ -199,8 +215,11 @@ def train(model: Olmo2, batches: Callable[[int, int], object], cfg: TrainConfig 
         start_from_moments(engine, start.moments, start.step)
     if resume is not None:
         latest, resumed = resume
-        engine_dir = universal_checkpoint(latest) if reshard else latest / "deepspeed"
-        engine.load_checkpoint(str(engine_dir), tag="state")
+        if resharded_zero3 is not None:
+            _start_from_universal(engine, *resharded_zero3, resumed["step"])
+        else:
+            engine_dir = universal_checkpoint(latest) if reshard else latest / "deepspeed"
+            engine.load_checkpoint(str(engine_dir), tag="state")
         torch.set_rng_state(torch.load(latest / "rng.pt"))
         log.info("resuming from %s (step %d, %d → %d processes)", latest, resumed["step"],
                  resumed["world_size"], world_size)
