@@ -132,8 +132,9 @@ class MoE(nn.Module):
         if self.cfg.norm_topk_prob:
             weights = weights / weights.sum(dim=-1, keepdim=True)
         # Every (token, slot) assignment, sorted by expert (stable: deterministic order).
-        order = chosen.flatten().argsort(stable=True)
-        counts = torch.bincount(chosen.flatten(), minlength=self.cfg.n_experts)
+        assigned = chosen.flatten()
+        order = assigned.argsort(stable=True)
+        counts = torch.bincount(assigned, minlength=self.cfg.n_experts)
         expert_out = self.experts(tokens[order // self.cfg.top_k], counts)
         by_slot = torch.empty_like(expert_out)
         by_slot[order] = expert_out

@@ -16,6 +16,7 @@ import torch
 
 from lmforge.io.storage import atomic_dir, write_json
 from lmforge.train.config import TrainConfig
+from lmforge.train.optim import MOMENTS
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ def universal_state(universal: Path, model: torch.nn.Module) -> tuple[dict, dict
     weights, moments = {}, {}
     for name, param in model.named_parameters():
         state = {key: torch.load(zero / name / f"{key}.pt", weights_only=True).view(param.shape)
-                 for key in ("fp32", "exp_avg", "exp_avg_sq")}
+                 for key in ("fp32", *MOMENTS)}
         weights[name] = state.pop("fp32")
         moments[name] = state
     return weights, moments
