@@ -53,7 +53,8 @@ def mlflow_store(tmp_path, monkeypatch) -> str:
     """Point MLflow at a private sqlite store and detach from any parent run."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    for name in ("LMFORGE_PARENT_RUN_ID", "LMFORGE_CONFIG_HASH", "LMFORGE_GIT_COMMIT"):
+    for name in ("LMFORGE_PARENT_RUN_ID", "LMFORGE_CONFIG_HASH", "LMFORGE_GIT_COMMIT",
+                 "LMFORGE_TRACKING_SPOOL", "LMFORGE_TRACKING_SYNC_EVERY_S"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("LMFORGE_MLFLOW_EXPERIMENT", "tests")
     return uri
@@ -159,18 +160,34 @@ def repo(tmp_path_factory) -> Path:
     return copy_repo(tmp_path_factory.mktemp("repo"))
 
 
-@pytest.fixture(scope="session")
-def finished(repo, tmp_path_factory) -> Path:
-    """The whole tiny DAG, run once per session with the local executor (shortened training)."""
-    from workflow_helpers import snakemake
+@pytest.fixture(scope="session", autouse=True)
+def finished_dag(request, tmp_path_factory):
+    """The whole tiny DAG (shortened training, local executor), started as the session begins
+    when a selected test needs it, on one core and one thread: the other tests use the other
+    core meanwhile. None when no test needs it."""
+    if not any("finished" in item.fixturenames for item in request.session.items):
+        yield None
+        return
+    from workflow_helpers import BackgroundSnakemake
 
+    repo = request.getfixturevalue("repo")
     work = tmp_path_factory.mktemp("work")
-    snakemake(repo, work, "--configfile", str(repo / "fast.yaml"))
-    return work
+    run = BackgroundSnakemake(repo, work, "--configfile", str(repo / "fast.yaml"), cores=1,
+                              env={"OMP_NUM_THREADS": "1"})
+    yield run
+    run.stop()
+
+
+@pytest.fixture(scope="session")
+def finished(finished_dag) -> Path:
+    """The working directory of the finished DAG."""
+    return finished_dag.wait()
 
 
 def pytest_collection_modifyitems(items):
-    """Every test that runs the workflow is slow (`make test-fast` leaves them out)."""
+    """Every test that runs the workflow is slow (`make test-fast` leaves them out). Tests of
+    the finished DAG run last: it builds in the background meanwhile (`finished_dag`)."""
     for item in items:
         if item.get_closest_marker("workflow"):
             item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: "finished" in item.fixturenames)  # stable: order kept otherwise

@@ -37,20 +37,51 @@ FAST = {"pretrain": {"steps": 60}, "grow": {"train": {"steps": 20}},
                                           "global_batch_size": 8, "log_every": 2}}}}
 
 
-def snakemake(repo: Path, work: Path, *args: str, check: bool = True):
-    """`snakemake` on the copy's Snakefile in `work`; give targets before options that take
-    several values (--configfile)."""
+def _command(repo: Path, work: Path, args: tuple[str, ...], cores: int,
+             env: dict[str, str] | None) -> tuple[list[str], dict[str, str]]:
     # A DeepSpeed test in this process may have described a one-rank world in os.environ;
     # jobs must pick their own.
-    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
-    env["PATH"] = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
-    proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "-d", str(work),
-         "--cores", "2", *args], capture_output=True, text=True, env=env, timeout=2700)
+    full_env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
+    full_env["PATH"] = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+    full_env.update(env or {})
+    return [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "-d", str(work),
+            "--cores", str(cores), *args], full_env
+
+
+def snakemake(repo: Path, work: Path, *args: str, check: bool = True, cores: int = 2):
+    """`snakemake` on the copy's Snakefile in `work`; give targets before options that take
+    several values (--configfile)."""
+    command, env = _command(repo, work, args, cores, None)
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=2700)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n"
                              f"{proc.stderr[-4000:]}")
     return proc
+
+
+class BackgroundSnakemake:
+    """`snakemake` running while other tests do; its output goes to `work`/../<name>.log."""
+
+    def __init__(self, repo: Path, work: Path, *args: str, cores: int = 2,
+                 env: dict[str, str] | None = None):
+        command, full_env = _command(repo, work, args, cores, env)
+        self.work, self.args = work, args
+        self.log = work.with_suffix(".log")
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                         env=full_env)
+
+    def wait(self) -> Path:
+        """The working directory once the run has succeeded."""
+        if self.proc.wait(timeout=2700) != 0:
+            raise AssertionError(f"snakemake {' '.join(self.args)} failed:\n"
+                                 f"{self.log.read_text()[-8000:]}")
+        return self.work
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=60)
 
 
 def copy_repo(destination: Path) -> Path:

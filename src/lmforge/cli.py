@@ -79,6 +79,7 @@ COMMANDS = {
     "vlm-report": "lmforge.vision.evaluate",
     # provenance
     "lineage": "lmforge.io.lineage",
+    "sync-runs": "lmforge.io.tracking",
 }
 
 

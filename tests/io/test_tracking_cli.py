@@ -9,33 +9,82 @@ from lmforge.cli import main
 from lmforge.io import tracking
 
 
-def test_child_runs_hang_under_the_invocation_run(mlflow_store, monkeypatch, tmp_path):
+def _runs(uri: str, name: str) -> list:
     from mlflow.tracking import MlflowClient
 
-    config = {"mlflow": {"tracking_uri": mlflow_store, "experiment": "tests"}, "seed": 1}
+    client = MlflowClient(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiments, f"attributes.run_name = '{name}'")
+
+
+def _invocation(mlflow_store, tmp_path, sync_every_s=60) -> dict:
+    config = {"mlflow": {"tracking_uri": mlflow_store, "experiment": "tests",
+                         "sync_every_s": sync_every_s}, "seed": 1}
     tracking.start_invocation(config, tmp_path, tmp_path)
+    return config
+
+
+def test_child_runs_hang_under_the_invocation_run(mlflow_store, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    config = _invocation(mlflow_store, tmp_path)
     parent = tracking.os.environ[tracking.ENV_PARENT]
+    report = tmp_path / "report.md"
+    report.write_text("as logged")
     with tracking.job_run("stage", {"a": {"b": 1}}) as run:
         run.log_metrics({"loss": 1.5, "nested": {"x": 2}, "skip": "text"}, step=3)
+        run.log_artifact(report)
+        run.log_dict({"k": 1}, "record.json")
+    report.write_text("changed after the job logged it")
+    assert _runs(mlflow_store, "stage") == []  # spooled: MLflow not opened by the job
     tracking.end_invocation(True)
     client = MlflowClient(mlflow_store)
-    child = client.get_run(run.run_id)
+    [child] = _runs(mlflow_store, "stage")
     assert child.data.tags["mlflow.parentRunId"] == parent
     assert child.data.tags["lmforge.config_hash"] == tracking.config_hash(config)
     assert child.data.params == {"a.b": "1"}
     assert child.data.metrics == {"loss": 1.5, "nested.x": 2.0}
+    [loss] = client.get_metric_history(child.info.run_id, "loss")
+    assert loss.step == 3
+    assert Path(client.download_artifacts(child.info.run_id, "report.md")).read_text() == \
+        "as logged"
+    assert json.loads(Path(client.download_artifacts(child.info.run_id, "record.json"))
+                      .read_text()) == {"k": 1}
     assert client.get_run(parent).info.status == "FINISHED" == child.info.status
+    assert not list((tmp_path / tracking.SPOOL_DIR).iterdir())  # sent runs leave the spool
 
 
 def test_failed_job_marks_its_run_failed(mlflow_store):
-    from mlflow.tracking import MlflowClient
-
     try:
-        with tracking.job_run("boom") as run:
+        with tracking.job_run("boom"):
             raise RuntimeError
     except RuntimeError:
         pass
-    assert MlflowClient(mlflow_store).get_run(run.run_id).info.status == "FAILED"
+    [run] = _runs(mlflow_store, "boom")  # used alone, a job sends its run when it ends
+    assert run.info.status == "FAILED"
+
+
+def test_a_running_job_syncs_as_it_goes_and_a_killed_one_ends_killed(mlflow_store, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    _invocation(mlflow_store, tmp_path, sync_every_s=0)  # every event sent at once
+    killed = tracking.SpooledRun(tracking.current_spool(), "killed", {}, None)
+    killed.log_metrics({"loss": 3.0}, step=1)
+    with tracking.job_run("train") as run:
+        run.log_metrics({"loss": 2.0}, step=1)
+        [live] = _runs(mlflow_store, "train")  # visible while the job runs
+        assert live.info.status == "RUNNING" and live.data.metrics == {"loss": 2.0}
+        run.log_metrics({"loss": 1.0}, step=2)
+    client = MlflowClient(mlflow_store)
+    assert [m.value for m in client.get_metric_history(live.info.run_id, "loss")] == [2.0, 1.0]
+    assert client.get_run(live.info.run_id).info.status == "FINISHED"  # a live run's end too
+    assert tracking.sync(tracking.current_spool()) == 1  # only `killed` had news
+    assert _runs(mlflow_store, "killed")[0].info.status == "RUNNING"
+    killed.log_metrics({"loss": 2.5}, step=2)  # the next sync continues where the last stopped
+    tracking.end_invocation(False)  # its jobs are gone: the unended run was killed
+    [run] = _runs(mlflow_store, "killed")
+    assert run.info.status == "KILLED"
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "loss")] == [3.0, 2.5]
 
 
 def test_cli_reports_bad_input_without_traceback(mlflow_store, tmp_path, capsys):

@@ -167,6 +167,7 @@ def lineage_of(artifact: str | Path, tracking_uri: str | None = None) -> tuple[d
     own description (path, sha256)."""
     from lmforge.io import tracking
 
+    tracking.sync(tracking.current_spool())  # the runs of jobs that ended since the last sync
     client = tracking.open_client(tracking_uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
     item = describe_path(artifact)
