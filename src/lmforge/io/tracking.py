@@ -4,11 +4,12 @@ The Snakefile's `onstart` creates the parent run and exports its id; each job's 
 a child run under it, tagged with the git commit and the config hash.
 
 A job does not talk to MLflow itself: importing MLflow and opening its store costs about 5 s
-per process, more than most jobs' work. It appends its run (parameters, metrics with their
-times, tags, copies of its artifacts) as JSON lines to a spool file, and `sync` replays spooled
-runs into the store through MLflow's client: at the end of the invocation (`onsuccess` /
-`onerror`), whenever `lmforge sync-runs` is called, and, for a job that outlives
-`mlflow.sync_every_s`, from the job itself as it goes, so long training runs show live curves.
+per process (docs/configuration.md), more than most jobs' work. It appends its run (parameters,
+metrics with their times, tags, copies of its artifacts) as JSON lines to a spool file, and
+`sync` replays spooled runs into the store through MLflow's client: at the end of the
+invocation (`onsuccess` / `onerror`), whenever `lmforge sync-runs` is called, and, for a job
+that outlives `mlflow.sync_every_s`, from the job itself as it goes, so long training runs
+show live curves.
 One writer per store at a time also spares a sqlite store on a shared filesystem the lock
 contention of many jobs. The client API is used directly (no global active run), so nothing
 leaks between jobs.
@@ -157,7 +158,7 @@ class JobRun:
             self.client.log_batch(self.run_id, tags=items[start : start + 100])
 
     def log_artifact(self, path: Path, artifact_path: str | None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path or None)
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
 
 
 class SpooledRun:
@@ -301,7 +302,7 @@ def sync_file(path: Path, final: bool = False, clients: dict | None = None) -> b
         if not events and not final:
             return False
         run = _replay(state, events, clients, path.with_suffix(""))
-        ended = any(event["event"] == "end" for event in events) or state.get("ended", False)
+        ended = state.get("ended", False)
         if final and not ended:
             run.client.set_terminated(run.run_id, "KILLED")
             log.warning("run %s of job %s never ended: marked KILLED", run.run_id, state["name"])
