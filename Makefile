@@ -75,8 +75,9 @@ lint: $(STAMP)
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(BIN)/ruff check src tests benchmarks
 
+# Two pytest shards side by side, one per core (tests/shards.sh).
 test: $(STAMP) $(DATATROVE) $(LM_EVAL) lint
-	$(BIN)/pytest -q
+	tests/shards.sh $(BIN)/pytest -q
 
 # The inner loop: every test not marked slow (workflow runs, peers, multi-process training).
 test-fast: $(STAMP)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 from pathlib import Path
@@ -9,6 +10,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
+pytest_plugins = ["slurm_fixtures"]
 
 
 @pytest.fixture(scope="session")
@@ -160,19 +162,29 @@ def repo(tmp_path_factory) -> Path:
     return copy_repo(tmp_path_factory.mktemp("repo"))
 
 
+# Session fixtures that build in the background (BackgroundSnakemake): started as the session
+# begins when a selected test needs them, while the other tests run.
+BACKGROUND = ("finished_dag", "slurm_data_run")
+
+
 @pytest.fixture(scope="session", autouse=True)
-def finished_dag(request, tmp_path_factory):
-    """The whole tiny DAG (shortened training, local executor), started as the session begins
-    when a selected test needs it, on one core and one thread: the other tests use the other
-    core meanwhile. None when no test needs it."""
-    if not any("finished" in item.fixturenames for item in request.session.items):
-        yield None
-        return
+def background_runs(request):
+    needed = {name for item in request.session.items for name in item.fixturenames}
+    for name in BACKGROUND:
+        if name in needed:
+            # A failure or skip is cached with the fixture: each test that needs it reports it.
+            with contextlib.suppress(Exception, pytest.skip.Exception, pytest.fail.Exception):
+                request.getfixturevalue(name)
+
+
+@pytest.fixture(scope="session")
+def finished_dag(repo, tmp_path_factory):
+    """The whole tiny DAG (shortened training, local executor), one thread per job and two jobs
+    at a time: the jobs share the two cores with the tests that run meanwhile."""
     from workflow_helpers import BackgroundSnakemake
 
-    repo = request.getfixturevalue("repo")
-    work = tmp_path_factory.mktemp("work")
-    run = BackgroundSnakemake(repo, work, "--configfile", str(repo / "fast.yaml"), cores=1,
+    run = BackgroundSnakemake(repo, tmp_path_factory.mktemp("work"), "--configfile",
+                              str(repo / "fast.yaml"), "--max-threads", "1",
                               env={"OMP_NUM_THREADS": "1"})
     yield run
     run.stop()
@@ -186,7 +198,7 @@ def finished(finished_dag) -> Path:
 
 def pytest_collection_modifyitems(items):
     """Every test that runs the workflow is slow (`make test-fast` leaves them out). Tests of
-    the finished DAG run last: it builds in the background meanwhile (`finished_dag`)."""
+    the finished DAG run last: it builds in the background meanwhile (`background_runs`)."""
     for item in items:
         if item.get_closest_marker("workflow"):
             item.add_marker(pytest.mark.slow)

@@ -1,5 +1,6 @@
 """Running the workflow from tests: a copy of the repository, the shortened tiny config."""
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -93,3 +94,10 @@ def copy_repo(destination: Path) -> Path:
     fast = merge_config(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), FAST)
     (destination / "fast.yaml").write_text(yaml.safe_dump(fast))
     return destination
+
+
+def corpus_digests(work: Path) -> dict[str, str]:
+    """sha256 of every file of a run's corpus: documents, attributes, mixes, tokens, tokenizer."""
+    files = [p for folder in ("documents", "attributes", "mixes", "tokens", "tokenizer")
+             for p in sorted((work / "results" / folder).rglob("*")) if p.is_file()]
+    return {str(p.relative_to(work)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}

@@ -74,13 +74,14 @@ def datatrove_decisions(docs_path: Path, out_path: Path, peer: Path = PEER) -> d
     return json.loads(out_path.read_text())
 
 
-def compare(config: dict, peer: Path = PEER) -> dict:
+def compare(config: dict, peer: Path = PEER, per_corpus: int | None = None) -> dict:
+    """Both sides' decisions on every corpus (its first `per_corpus` texts)."""
     gopher_cfg, c4_cfg = config["curate"]["gopher"], config["curate"]["c4"]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         texts = corpora(work, config)
         docs = [{"id": f"{name}/{i}", "text": text}
-                for name, items in texts.items() for i, text in enumerate(items)]
+                for name, items in texts.items() for i, text in enumerate(items[:per_corpus])]
         write_jsonl_gz(work / "docs.jsonl.gz", docs)
         theirs = datatrove_decisions(work / "docs.jsonl.gz", work / "decisions.json", peer)
     rows = []

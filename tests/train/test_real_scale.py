@@ -5,17 +5,17 @@ that each remote WARC exists, so Common Crawl's host is replaced by a loopback s
 a slice of the manifest's layout (16 files); everything else is the config as shipped.
 """
 
+import contextlib
 import functools
 import http.server
+import io
 import shutil
-import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import pytest
 import yaml
 
+from lmforge.cli import main as cli
 from workflow_helpers import ROOT, snakemake
 
 CONFIGS = {"olmo2-1b": {"params": "1.48 B", "nodes": 4},
@@ -24,18 +24,25 @@ WARCS = 16
 pytestmark = pytest.mark.workflow
 
 
+def plan(*args: str) -> tuple[int, str, str]:
+    """`lmforge plan ARGS`: its exit status, stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = cli(["plan", *args])
+    return status, out.getvalue(), err.getvalue()
+
+
 @pytest.mark.parametrize("name", CONFIGS)
 def test_plan_prints_every_stage_and_checks_it_fits(name):
-    proc = subprocess.run([str(Path(sys.executable).parent / "lmforge"), "plan", "--configfile",
-                           str(ROOT / "config" / f"{name}.yaml")], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    rows = {line.split("|")[1].strip(): line for line in proc.stdout.splitlines()
+    status, stdout, stderr = plan("--configfile", str(ROOT / "config" / f"{name}.yaml"))
+    assert status == 0, stderr
+    rows = {line.split("|")[1].strip(): line for line in stdout.splitlines()
             if line.startswith("| ") and "---" not in line}
     assert set(rows) == {"stage", "pretrain", "grow", "baseline", "sft", "anneal", "dpo", "rlvr"}
     assert CONFIGS[name]["params"] in rows["pretrain"]
     assert f"| {CONFIGS[name]['nodes']} × 8 |" in rows["pretrain"]
     for stage in ("pretrain", "grow", "baseline", "sft", "anneal"):
-        assert f"{stage}: fits a" in proc.stdout
+        assert f"{stage}: fits a" in stdout
 
 
 def test_plan_refuses_a_stage_that_cannot_fit(tmp_path):
@@ -43,11 +50,9 @@ def test_plan_refuses_a_stage_that_cannot_fit(tmp_path):
     over.write_text(yaml.safe_dump({"pretrain": {"micro_batch_size": 16, "global_batch_size": 512},
                                     "launch": {"pretrain": {"nodes": 4, "processes_per_node": 8,
                                                             "gpus_per_node": 8}}}))
-    proc = subprocess.run([str(Path(sys.executable).parent / "lmforge"), "plan", "--configfile",
-                           str(ROOT / "config" / "olmo2-1b.yaml"), str(over)],
-                          capture_output=True, text=True)
-    assert proc.returncode == 2
-    assert "pretrain: the run needs about" in proc.stderr and "80.0 GiB" in proc.stderr
+    status, _, stderr = plan("--configfile", str(ROOT / "config" / "olmo2-1b.yaml"), str(over))
+    assert status == 2
+    assert "pretrain: the run needs about" in stderr and "80.0 GiB" in stderr
 
 
 @pytest.fixture(scope="module")
@@ -101,11 +106,10 @@ def test_dry_run_on_the_slurm_profile_plans_the_whole_dag(name, repo, crawl_mirr
 
 
 def test_plan_prints_the_staged_training_schedule():
-    proc = subprocess.run([str(Path(sys.executable).parent / "lmforge"), "plan", "--configfile",
-                           str(ROOT / "config" / "olmo2-1b.yaml"), "--target-loss", "2.6"],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    staged = proc.stdout[proc.stdout.index("Staged training"):]
+    status, stdout, stderr = plan("--configfile", str(ROOT / "config" / "olmo2-1b.yaml"),
+                                  "--target-loss", "2.6")
+    assert status == 0, stderr
+    staged = stdout[stdout.index("Staged training"):]
     assert "| 1 | 1.07 B |" in staged and "| 2 | 2.15 B |" in staged  # 16 → 32 layers
     saved = float(staged.split("% saved")[0].rsplit(" ", 1)[1])
     assert 5 < saved < 40

@@ -1,71 +1,18 @@
-"""The workflow through `--profile profiles/slurm` on a real single-node SLURM cluster.
+"""The workflow through `--profile profiles/slurm` on a real single-node SLURM cluster (started
+by tests/slurm_fixtures.py) against the local run (`finished`)."""
 
-The cluster (slurmctld, slurmd, slurmdbd + MariaDB for sacct, munge) is installed from Debian's
-packages and started by tests/slurm/localhost_cluster.sh, and stopped after the module. It needs
-root, as in CI; elsewhere the module is skipped, unless LMFORGE_REQUIRE_SLURM=1 (set by .ci/run)
-makes that a failure.
-"""
-
-import hashlib
 import json
-import os
 import shutil
 import sqlite3
 import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
-from workflow_helpers import ROOT, snakemake
+from slurm_fixtures import DATA_TARGETS, slurm_config, slurm_options
+from workflow_helpers import corpus_digests, snakemake
 
-CLUSTER = ROOT / "tests" / "slurm" / "localhost_cluster.sh"
 pytestmark = [pytest.mark.workflow, pytest.mark.slurm]
-
-# Per-shard jobs (extract of both shards, a tag of one) and the sharded dedup, its keys in two
-# buckets (the local run has one: the decisions must not change).
-DATA_TARGETS = ["results/attributes/lang/demo/shard-0000.jsonl.gz",
-                *(f"results/attributes/{method}/demo/shard-0000.jsonl.gz"
-                  for method in ("dedup_exact", "dedup_url", "dedup_para"))]
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    if os.geteuid() != 0:
-        if os.environ.get("LMFORGE_REQUIRE_SLURM") == "1":
-            pytest.fail("LMFORGE_REQUIRE_SLURM=1 but a SLURM cluster needs root to start")
-        pytest.skip("starting a SLURM cluster on localhost needs root")
-    state = tmp_path_factory.mktemp("slurm")
-    start = subprocess.run(["timeout", "-k", "5", "300", "bash", str(CLUSTER), "start",
-                            str(state)], capture_output=True, text=True)
-    assert start.returncode == 0, f"cluster did not start:\n{start.stdout}\n{start.stderr}"
-    yield state
-    subprocess.run(["timeout", "-k", "5", "60", "bash", str(CLUSTER), "stop", str(state)],
-                   capture_output=True)
-
-
-def _config(repo: Path, tmp_path: Path, processes: int, partitions: int = 1) -> Path:
-    """The session's shortened config, training on `processes` processes."""
-    config = yaml.safe_load((repo / "fast.yaml").read_text())
-    config["curate"]["dedup"]["partitions"] = partitions
-    config["launch"]["pretrain"]["processes_per_node"] = processes
-    # The same global batch (16 instances per step) on any number of processes.
-    config["pretrain"]["micro_batch_size"] = config["pretrain"]["global_batch_size"] // processes
-    path = tmp_path / f"slurm-{processes}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def through_slurm(repo: Path, work: Path, config: Path, *targets: str) -> str:
-    """`snakemake --profile profiles/slurm`, checking job states every 2 s (not 20)."""
-    proc = snakemake(repo, work, *targets, "--configfile", str(config), "--profile",
-                     str(repo / "profiles" / "slurm"), "--jobs", "4",
-                     "--slurm-init-seconds-before-status-checks", "2")
-    return proc.stdout + proc.stderr
-
-
-def _digests(work: Path, targets: list[str]) -> dict[str, str]:
-    return {t: hashlib.sha256((work / t).read_bytes()).hexdigest() for t in targets}
 
 
 def _losses(metrics: Path) -> list[float]:
@@ -86,13 +33,15 @@ def _runs(work: Path) -> list[tuple[str, str, str | None]]:
             by_run.items()]
 
 
-def test_data_stages_through_slurm_equal_the_local_run(cluster, repo, finished, tmp_path):
-    work = tmp_path / "work"
-    log = through_slurm(repo, work, _config(repo, tmp_path, 1, partitions=2), *DATA_TARGETS)
-    assert "submitted with SLURM jobid" in log
+def test_data_stages_through_slurm_equal_the_local_run(slurm_data_run, finished):
+    """Per-shard jobs and the sharded dedup, built in the background since the session began."""
+    work = slurm_data_run.wait()
+    assert "submitted with SLURM jobid" in slurm_data_run.log.read_text()
     assert sorted(p.name for p in (work / "results/dedup/later/demo").iterdir()) == [
         "bucket-0000", "bucket-0001"]
-    assert _digests(work, DATA_TARGETS) == _digests(finished, DATA_TARGETS)
+    corpus = corpus_digests(work)
+    assert set(DATA_TARGETS) <= set(corpus)
+    assert corpus == {k: v for k, v in corpus_digests(finished).items() if k in corpus}
     # Accounting saw every job finish (the executor's sacct checks depend on it).
     sacct = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "State", "-S", "now-1hour"],
                            capture_output=True, text=True, check=True).stdout.split()
@@ -110,7 +59,7 @@ def test_data_stages_through_slurm_equal_the_local_run(cluster, repo, finished, 
     assert all(parent == parents[0] for _, parent in children)
 
 
-def test_two_process_deepspeed_through_srun_matches_one_process(cluster, repo, finished,
+def test_two_process_deepspeed_through_srun_matches_one_process(slurm_cluster, repo, finished,
                                                                tmp_path):
     """The local run's pretraining again, as 2 gloo processes that srun starts on SLURM."""
     work = tmp_path / "work"
@@ -118,9 +67,10 @@ def test_two_process_deepspeed_through_srun_matches_one_process(cluster, repo, f
     one_process = _losses(finished / "results/train/pretrain/metrics.csv")
     for stale in ("results/checkpoints/pretrain", "results/train/pretrain"):
         shutil.rmtree(work / stale)
-    log = through_slurm(repo, work, _config(repo, tmp_path, 2), "results/checkpoints/pretrain")
+    proc = snakemake(repo, work, "results/checkpoints/pretrain",
+                     *slurm_options(repo, slurm_config(repo, tmp_path, 2)))
     # Only the training job ran: the data it reads was already there.
-    assert log.count("submitted with SLURM jobid") == 1
+    assert (proc.stdout + proc.stderr).count("submitted with SLURM jobid") == 1
     train_log = (work / "results/logs/pretrain.log").read_text()
     assert "srun --kill-on-bad-exit=1" in train_log
     assert "(rank 0 of 2" in train_log and "(rank 1 of 2" in train_log

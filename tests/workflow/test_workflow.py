@@ -1,15 +1,13 @@
 """The Snakemake workflow itself, on the tiny config (shortened training), in a temp copy."""
 
 import csv
-import hashlib
 import json
 import sqlite3
-from pathlib import Path
 
 import pytest
 import yaml
 
-from workflow_helpers import snakemake
+from workflow_helpers import corpus_digests, snakemake
 
 pytestmark = pytest.mark.workflow
 STAGES = ["make_tasks", "crawl_demo", "extract", "tag", "dedup", "mix", "funnel", "stats",
@@ -191,17 +189,12 @@ def test_one_artifact_rebuilds_alone_and_code_change_reruns_its_stage(repo, fini
                                         "all"}
 
 
-def _digests(work: Path) -> dict[str, str]:
-    files = [p for folder in ("documents", "attributes", "mixes", "tokens", "tokenizer")
-             for p in sorted((work / "results" / folder).rglob("*")) if p.is_file()]
-    return {str(p.relative_to(work)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
-
-
 def test_corpus_and_tokens_are_byte_identical_across_runs(repo, finished, tmp_path):
     snakemake(repo, tmp_path, "results/tokens/web/meta.json", "--configfile",
               str(repo / "fast.yaml"))
-    again = _digests(tmp_path)
-    assert len(again) > 20 and again == {k: v for k, v in _digests(finished).items() if k in again}
+    again = corpus_digests(tmp_path)
+    assert len(again) > 20 and again == {k: v for k, v in corpus_digests(finished).items()
+                                         if k in again}
 
 
 def test_real_warc_files_feed_the_same_dag(repo, tmp_path, shared_data):
