@@ -219,6 +219,9 @@ rule sft_data:
         f"{R}/sft/data.jsonl.gz",
     log:
         f"{R}/logs/sft_data.log",
+    # A training stage's data: made as soon as the mixes are, like the training jobs
+    # (priority 1), so that the chain of stages starts as early as it can.
+    priority: 1
     conda:
         "../../envs/train.yaml"
     params:
@@ -272,6 +275,7 @@ rule instruct_data:
         **{name: f"{R}/instruct/{name}.jsonl.gz" for name in INSTRUCT_FILES},
     log:
         f"{R}/logs/instruct_data.log",
+    priority: 1
     conda:
         "../../envs/train.yaml"
     params:
@@ -357,6 +361,7 @@ rule prompt_tasks:
         heldout=f"{R}/promptability/heldout.jsonl.gz",
     log:
         f"{R}/logs/prompt_tasks.log",
+    priority: 1
     conda:
         "../../envs/train.yaml"
     params:

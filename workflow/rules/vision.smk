@@ -10,6 +10,7 @@ rule scenes:
         directory(f"{R}/vision/scenes"),
     log:
         f"{R}/logs/scenes.log",
+    priority: 1
     conda:
         "../../envs/train.yaml"
     params:
