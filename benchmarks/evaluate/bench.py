@@ -68,7 +68,8 @@ def main() -> None:
                 [sys.executable, "-c", LMFORGE, str(model), str(dump), str(args.batch_size),
                  str(args.limit or 0)],
                 check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
-            peer = parity.run_lm_eval(model, dump, work, args.limit)
+            run = parity.run_lm_eval(model, [dump], work, args.limit)
+            peer = {"seconds": run["seconds"], **run["tasks"][args.task]}
         rates = []
         for name, result in (("lmforge", ours), ("lm-evaluation-harness 0.4.13", peer)):
             rates.append(result["documents"] / result["seconds"])

@@ -17,7 +17,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,37 +42,43 @@ def run_lmforge(model_dir: Path, dump: Path, limit: int | None = None) -> dict:
     from lmforge.eval.lm import load
     from lmforge.eval.tasks import choice_metrics, score_choices
 
-    start = time.perf_counter()
     _, instances = load_olmes_requests(dump)
     results = score_choices(load(model_dir), instances[:limit])
-    seconds = time.perf_counter() - start
     metrics = choice_metrics(results)
-    return {"seconds": seconds, "documents": len(results), "acc": metrics["acc_raw"],
+    return {"documents": len(results), "acc": metrics["acc_raw"],
             "acc_norm": metrics["acc_per_char"], "loglikelihoods": [r["logprobs"] for r in results]}
 
 
-def run_lm_eval(model_dir: Path, dump: Path, work: Path, limit: int | None = None) -> dict:
+def run_lm_eval(model_dir: Path, dumps: list[Path], work: Path, limit: int | None = None) -> dict:
+    """lm-eval on every dump in one process: {"seconds": all dumps, "tasks": {task: scores}}."""
     if not PEER.exists():
         sys.exit(f"no lm-eval venv at {PEER}: run `make peers`")
-    out = work / f"lm-eval-{dump.parent.name}.json"
+    out = work / "lm-eval.json"
     subprocess.run([str(PEER), str(ROOT / "benchmarks/evaluate/lm_eval_peer.py"), "--model",
-                    str(model_dir), "--requests", str(dump), "--out", str(out),
+                    str(model_dir), "--requests", *map(str, dumps), "--out", str(out),
                     *(["--limit", str(limit)] if limit else [])],
                    check=True, capture_output=True, cwd=work)
     return json.loads(out.read_text())
 
 
-def compare(task: str, work: Path, limit: int | None = None) -> dict:
-    """Both harnesses on the dump's documents (the first `limit` of them)."""
-    dump = SHARED / "olmes" / task / "rc_0shot"
-    model_dir = make_model(work / "model") if not (work / "model").exists() else work / "model"
-    ours, peer = run_lmforge(model_dir, dump, limit), run_lm_eval(model_dir, dump, work, limit)
-    differences = [abs(a - b) for ra, rb in zip(ours["loglikelihoods"], peer["loglikelihoods"])
-                   for a, b in zip(ra, rb, strict=True)]
-    return {"task": task, "documents": ours["documents"], "peer_documents": peer["documents"],
+def compare(tasks: list[str], work: Path, limit: int | None = None) -> list[dict]:
+    """Both harnesses on each task's dump (its first `limit` documents), lm-eval in one process."""
+    dumps = [SHARED / "olmes" / task / "rc_0shot" for task in tasks]
+    model_dir = make_model(work / "model")
+    peer = run_lm_eval(model_dir, dumps, work, limit)["tasks"]
+    comparisons = []
+    for task, dump in zip(tasks, dumps, strict=True):
+        ours, theirs = run_lmforge(model_dir, dump, limit), peer[task]
+        differences = [abs(a - b)
+                       for ra, rb in zip(ours["loglikelihoods"], theirs["loglikelihoods"],
+                                         strict=True)
+                       for a, b in zip(ra, rb, strict=True)]
+        comparisons.append({
+            "task": task, "documents": ours["documents"], "peer_documents": theirs["documents"],
             "max_abs_loglikelihood_difference": max(differences),
-            "acc": (ours["acc"], peer["acc"]), "acc_norm": (ours["acc_norm"], peer["acc_norm"]),
-            "seconds": (ours["seconds"], peer["seconds"])}
+            "acc": (ours["acc"], theirs["acc"]),
+            "acc_norm": (ours["acc_norm"], theirs["acc_norm"])})
+    return comparisons
 
 
 def main() -> None:
@@ -84,9 +89,9 @@ def main() -> None:
           "| acc_norm (lmforge / lm-eval) |")
     print("| --- | ---: | ---: | --- | --- |")
     with tempfile.TemporaryDirectory(prefix="lmforge-eval-parity-") as work:
-        for task in args.tasks:
-            r = compare(task, Path(work))
-            print(f"| {task} | {r['documents']} | {r['max_abs_loglikelihood_difference']:.2e} | "
+        for r in compare(args.tasks, Path(work)):
+            print(f"| {r['task']} | {r['documents']} | "
+                  f"{r['max_abs_loglikelihood_difference']:.2e} | "
                   f"{r['acc'][0]:.3f} / {r['acc'][1]:.3f} | "
                   f"{r['acc_norm'][0]:.3f} / {r['acc_norm'][1]:.3f} |")
 

@@ -5,7 +5,12 @@ lmforge. The dump's documents become a local jsonl task (`dataset_path: json`) w
 and continuations are the dump's strings verbatim (`target_delimiter: ""`, the continuations
 keep their leading space), scored by lm-eval's `hf` model in fp32 on the CPU.
 
-    python lm_eval_peer.py --model HF_DIR --requests DUMP_DIR --out result.json
+Several dumps are scored in one `simple_evaluate` call (one model load), each as its own task;
+the result maps each dump's task name (its folder's parent, e.g. `copa`) to its scores. Only our
+task folder is indexed (`include_defaults=False`): indexing lm-eval's thousands of built-in task
+files is start-up, not evaluation, and would count against its time.
+
+    python lm_eval_peer.py --model HF_DIR --requests DUMP_DIR [DUMP_DIR ...] --out result.json
 """
 
 from __future__ import annotations
@@ -60,10 +65,10 @@ def dump_documents(requests_dir: Path, out: Path) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True)
-    parser.add_argument("--requests", required=True, type=Path)
+    parser.add_argument("--requests", required=True, type=Path, nargs="+")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--limit", type=int, help="only the first N documents")
+    parser.add_argument("--limit", type=int, help="only the first N documents of each dump")
     args = parser.parse_args()
     os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     import lm_eval
@@ -71,23 +76,28 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="lm-eval-peer-") as work:
         work = Path(work)
-        name = "olmes_" + args.requests.parent.name.replace("-", "_")
-        n_docs = dump_documents(args.requests, work / "docs.jsonl")
-        (work / f"{name}.yaml").write_text(TASK_YAML.format(name=name, docs=work / "docs.jsonl"))
+        task_names, n_docs = {}, {}
+        for dump in args.requests:
+            task, name = dump.parent.name, "olmes_" + dump.parent.name.replace("-", "_")
+            docs = work / f"{name}.jsonl"
+            n_docs[task], task_names[task] = dump_documents(dump, docs), name
+            (work / f"{name}.yaml").write_text(TASK_YAML.format(name=name, docs=docs))
         start = time.perf_counter()
+        task_manager = TaskManager(include_path=str(work), include_defaults=False)
         results = lm_eval.simple_evaluate(
-            model="hf", model_args=f"pretrained={args.model},dtype=float32", tasks=[name],
-            task_manager=TaskManager(include_path=str(work)), device="cpu",
+            model="hf", model_args=f"pretrained={args.model},dtype=float32",
+            tasks=list(task_names.values()), task_manager=task_manager, device="cpu",
             batch_size=args.batch_size, log_samples=True, limit=args.limit)
         seconds = time.perf_counter() - start
-    samples = sorted(results["samples"][name], key=lambda s: s["doc_id"])
-    metrics = results["results"][name]
-    args.out.write_text(json.dumps({
-        "documents": min(n_docs, args.limit or n_docs), "seconds": seconds,
-        "acc": metrics["acc,none"], "acc_norm": metrics["acc_norm,none"],
-        "loglikelihoods": [[float(r[0]) for r in s["filtered_resps"]] for s in samples],
-    }))
-
+    scores = {}
+    for task, name in task_names.items():
+        samples = sorted(results["samples"][name], key=lambda s: s["doc_id"])
+        metrics = results["results"][name]
+        scores[task] = {
+            "documents": min(n_docs[task], args.limit or n_docs[task]),
+            "acc": metrics["acc,none"], "acc_norm": metrics["acc_norm,none"],
+            "loglikelihoods": [[float(r[0]) for r in s["filtered_resps"]] for s in samples]}
+    args.out.write_text(json.dumps({"seconds": seconds, "tasks": scores}))
 
 if __name__ == "__main__":
     main()
