@@ -6,6 +6,8 @@
 #
 #   tests/shards.sh PYTEST [PYTEST OPTIONS...]
 set -uo pipefail
+# One core per shard: torch's intra-op threads would only wait on each other's core.
+export OMP_NUM_THREADS=1
 pytest=${1:?usage: $0 PYTEST [OPTIONS...]}
 shift
 ( "$pytest" "$@" tests/workflow tests/data 2>&1 | sed -u 's/^/[workflow+data] /' ) &

@@ -39,14 +39,21 @@ def slurm_cluster(tmp_path_factory) -> Path:
                    capture_output=True)
 
 
-def slurm_config(repo: Path, folder: Path, processes: int, partitions: int = 1) -> Path:
+def slurm_config(repo: Path, folder: Path, processes: int, partitions: int = 1,
+                 pretrain_steps: int | None = None) -> Path:
     """The session's shortened config, pretraining on `processes` processes with the same global
-    batch (16 instances per step) and dedup keys in `partitions` buckets."""
+    batch (16 instances per step) and dedup keys in `partitions` buckets. `pretrain_steps` stops
+    pretraining early on the same learning-rate schedule: the schedule spans pretraining and
+    growth (grow.continue_schedule), so growth takes the steps pretraining gives up."""
     config = yaml.safe_load((repo / "fast.yaml").read_text())
     config["curate"]["dedup"]["partitions"] = partitions
     config["launch"]["pretrain"]["processes_per_node"] = processes
     config["pretrain"]["micro_batch_size"] = config["pretrain"]["global_batch_size"] // processes
-    path = folder / f"slurm-{processes}-{partitions}.yaml"
+    if pretrain_steps:
+        assert config["grow"]["continue_schedule"]
+        config["grow"]["train"]["steps"] += config["pretrain"]["steps"] - pretrain_steps
+        config["pretrain"]["steps"] = pretrain_steps
+    path = folder / f"slurm-{processes}-{partitions}-{pretrain_steps or 'all'}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 

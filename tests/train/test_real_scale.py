@@ -20,7 +20,7 @@ from workflow_helpers import ROOT, snakemake
 
 CONFIGS = {"olmo2-1b": {"params": "1.48 B", "nodes": 4},
            "olmo2-7b": {"params": "7.30 B", "nodes": 32}}
-WARCS = 16
+WARCS = 4
 pytestmark = pytest.mark.workflow
 
 

@@ -61,26 +61,26 @@ def test_data_stages_through_slurm_equal_the_local_run(slurm_data_run, finished)
 
 def test_two_process_deepspeed_through_srun_matches_one_process(slurm_cluster, repo, finished,
                                                                tmp_path):
-    """The local run's pretraining again, as 2 gloo processes that srun starts on SLURM."""
+    """The local run's first 20 pretraining steps again (the same learning rates), as 2 gloo
+    processes that srun starts on SLURM."""
     work = tmp_path / "work"
     shutil.copytree(finished, work, symlinks=True)  # copy2 keeps the times Snakemake compares
     one_process = _losses(finished / "results/train/pretrain/metrics.csv")
     for stale in ("results/checkpoints/pretrain", "results/train/pretrain"):
         shutil.rmtree(work / stale)
     proc = snakemake(repo, work, "results/checkpoints/pretrain",
-                     *slurm_options(repo, slurm_config(repo, tmp_path, 2)))
+                     *slurm_options(repo, slurm_config(repo, tmp_path, 2, pretrain_steps=20)))
     # Only the training job ran: the data it reads was already there.
     assert (proc.stdout + proc.stderr).count("submitted with SLURM jobid") == 1
     train_log = (work / "results/logs/pretrain.log").read_text()
     assert "srun --kill-on-bad-exit=1" in train_log
     assert "(rank 0 of 2" in train_log and "(rank 1 of 2" in train_log
     two_processes = _losses(work / "results/train/pretrain/metrics.csv")
-    assert len(two_processes) == len(one_process) == 6
+    assert len(two_processes) == 2 and len(one_process) == 6  # a row every 10 steps
     # Two halves averaged vs one full batch: the same math in another summation order. The
-    # first steps agree to 1e-5; the rounding differences then grow through 60 steps of training
-    # at lr 3e-3 (measured up to 2.2e-4 relative by step 80).
-    assert two_processes[:2] == pytest.approx(one_process[:2], rel=1e-5)
-    assert two_processes == pytest.approx(one_process, rel=1e-3)
+    # first 20 steps agree to 1e-5 (the rounding differences grow later: measured up to 2.2e-4
+    # relative by step 80 at lr 3e-3).
+    assert two_processes == pytest.approx(one_process[:2], rel=1e-5)
     state = json.loads((work / "results/checkpoints/pretrain/trainer_state.json").read_text())
     # The same global batch of 16: 2 processes × 8 instances (1 × 16 before).
     assert state["world_size"] == 2 and state["config"]["grad_accum"] == 1
