@@ -1,4 +1,6 @@
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -129,7 +131,8 @@ def tracking_server(tmp_path):
         [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port",
          str(port), "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
          "--artifacts-destination", str(tmp_path / "artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
+        start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
@@ -138,11 +141,17 @@ def tracking_server(tmp_path):
         except OSError:
             time.sleep(0.1)
     else:
-        server.kill()
+        os.killpg(server.pid, signal.SIGKILL)
         pytest.fail("mlflow server did not start")
     yield uri
-    server.terminate()
+    # The whole group: the server's uvicorn worker and job consumers (huey) outlive a terminated
+    # server and would keep polling for the rest of the session.
+    os.killpg(server.pid, signal.SIGTERM)
     server.wait(timeout=30)
+    try:
+        os.killpg(server.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 @pytest.mark.workflow
