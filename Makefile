@@ -6,9 +6,6 @@ STAMP := $(VENV)/.installed
 JOBS ?= 2
 # Rules call the `lmforge` CLI: put the venv first on PATH for every recipe.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
-# No byte-compiling at install: installing the CPU torch wheel took 44 s here, 12 s without it,
-# and most of the modules it compiles are never imported; Python compiles what runs, once.
-PIP_INSTALL := -q --no-compile
 # The venvs `make test` needs build side by side (each mostly waits on one pip process);
 # each one's output stays together.
 MAKEFLAGS += --jobs=$(JOBS) --output-sync=target
@@ -29,8 +26,8 @@ setup: $(STAMP)
 # (about a minute); warming it here keeps that out of the workflow and the tests.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install $(PIP_INSTALL) torch==2.13.0
-	$(BIN)/pip install $(PIP_INSTALL) -c constraints.txt -e .
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e .
 	$(BIN)/lmforge warmup
 	touch $(STAMP)
 
@@ -40,20 +37,20 @@ peers: $(DATATROVE) $(LM_EVAL)
 
 $(DATATROVE): benchmarks/curate/requirements-datatrove.txt
 	$(PYTHON) -m venv $(PEERS)/datatrove
-	$(PEERS)/datatrove/bin/pip install $(PIP_INSTALL) -r benchmarks/curate/requirements-datatrove.txt
+	$(PEERS)/datatrove/bin/pip install -q -r benchmarks/curate/requirements-datatrove.txt
 	touch $(DATATROVE)
 
 # Only the scale benchmark needs dolma (its pins conflict with ours): not part of `peers`.
 $(DOLMA): benchmarks/scale/requirements-dolma.txt
 	$(PYTHON) -m venv $(PEERS)/dolma
-	$(PEERS)/dolma/bin/pip install $(PIP_INSTALL) -r benchmarks/scale/requirements-dolma.txt
+	$(PEERS)/dolma/bin/pip install -q -r benchmarks/scale/requirements-dolma.txt
 	touch $(DOLMA)
 
 # torch first, as in .venv: the CPU wheel, which the constraints file then keeps.
 $(LM_EVAL): benchmarks/evaluate/requirements-lm-eval.txt constraints.txt
 	$(PYTHON) -m venv $(PEERS)/lm-eval
-	$(PEERS)/lm-eval/bin/pip install $(PIP_INSTALL) torch==2.13.0
-	$(PEERS)/lm-eval/bin/pip install $(PIP_INSTALL) -c constraints.txt \
+	$(PEERS)/lm-eval/bin/pip install -q torch==2.13.0
+	$(PEERS)/lm-eval/bin/pip install -q -c constraints.txt \
 		-r benchmarks/evaluate/requirements-lm-eval.txt
 	touch $(LM_EVAL)
 
