@@ -37,13 +37,13 @@ def make_model(out: Path, d_model: int = 64, n_layers: int = 2) -> Path:
     return out
 
 
-def run_lmforge(model_dir: Path, dump: Path, limit: int | None = None) -> dict:
+def run_lmforge(model, dump: Path, limit: int | None = None) -> dict:
+    """lmforge's scores of a dump with `model` (a loaded lmforge.eval.lm.LanguageModel)."""
     from lmforge.eval.formats import load_olmes_requests
-    from lmforge.eval.lm import load
     from lmforge.eval.tasks import choice_metrics, score_choices
 
     _, instances = load_olmes_requests(dump)
-    results = score_choices(load(model_dir), instances[:limit])
+    results = score_choices(model, instances[:limit])
     metrics = choice_metrics(results)
     return {"documents": len(results), "acc": metrics["acc_raw"],
             "acc_norm": metrics["acc_per_char"], "loglikelihoods": [r["logprobs"] for r in results]}
@@ -64,11 +64,14 @@ def run_lm_eval(model_dir: Path, dumps: list[Path], work: Path, limit: int | Non
 def compare(tasks: list[str], work: Path, limit: int | None = None) -> list[dict]:
     """Both harnesses on each task's dump (its first `limit` documents), lm-eval in one process."""
     dumps = [SHARED / "olmes" / task / "rc_0shot" for task in tasks]
+    from lmforge.eval.lm import load
+
     model_dir = make_model(work / "model")
     peer = run_lm_eval(model_dir, dumps, work, limit)["tasks"]
+    model = load(model_dir)
     comparisons = []
     for task, dump in zip(tasks, dumps, strict=True):
-        ours, theirs = run_lmforge(model_dir, dump, limit), peer[task]
+        ours, theirs = run_lmforge(model, dump, limit), peer[task]
         differences = [abs(a - b)
                        for ra, rb in zip(ours["loglikelihoods"], theirs["loglikelihoods"],
                                          strict=True)
