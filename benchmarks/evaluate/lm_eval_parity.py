@@ -63,9 +63,9 @@ def run_lm_eval(model_dir: Path, dumps: list[Path], work: Path, limit: int | Non
 
 def compare(tasks: list[str], work: Path, limit: int | None = None) -> list[dict]:
     """Both harnesses on each task's dump (its first `limit` documents), lm-eval in one process."""
-    dumps = [SHARED / "olmes" / task / "rc_0shot" for task in tasks]
     from lmforge.eval.lm import load
 
+    dumps = [SHARED / "olmes" / task / "rc_0shot" for task in tasks]
     model_dir = make_model(work / "model")
     peer = run_lm_eval(model_dir, dumps, work, limit)["tasks"]
     model = load(model_dir)

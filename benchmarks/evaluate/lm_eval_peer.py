@@ -70,6 +70,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--limit", type=int, help="only the first N documents of each dump")
     args = parser.parse_args()
+    tasks = [dump.parent.name for dump in args.requests]
+    if len(set(tasks)) < len(tasks):  # one task's documents would overwrite another's
+        parser.error(f"two dumps of the same task in --requests: {tasks}")
     os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -98,6 +101,7 @@ def main() -> None:
             "acc": metrics["acc,none"], "acc_norm": metrics["acc_norm,none"],
             "loglikelihoods": [[float(r[0]) for r in s["filtered_resps"]] for s in samples]}
     args.out.write_text(json.dumps({"seconds": seconds, "tasks": scores}))
+
 
 if __name__ == "__main__":
     main()

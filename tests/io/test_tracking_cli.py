@@ -1,3 +1,4 @@
+import contextlib
 import json
 import os
 import signal
@@ -147,11 +148,11 @@ def tracking_server(tmp_path):
     # The whole group: the server's uvicorn worker and job consumers (huey) outlive a terminated
     # server and would keep polling for the rest of the session.
     os.killpg(server.pid, signal.SIGTERM)
-    server.wait(timeout=30)
     try:
-        os.killpg(server.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+        server.wait(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the group may be gone already
+            os.killpg(server.pid, signal.SIGKILL)
 
 
 @pytest.mark.workflow
